@@ -1,0 +1,241 @@
+"""The installer (installer/install.sh) and the CI entry point (.ci/run).
+
+The dry-run tests run the real script on a copy of the repository's install files in a
+temporary directory, so the checkout and its .venv are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INSTALL_SH = REPO_ROOT / "installer" / "install.sh"
+CI_RUN = REPO_ROOT / ".ci" / "run"
+README = REPO_ROOT / "README.md"
+
+STEP_TITLES = ["[1/5] python", "[2/5] venv", "[3/5] torch", "[4/5] package", "[5/5] system"]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The current environment without the installer's own variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATARFORCING_")}
+    env.update(extra)
+    return env
+
+
+def _env_torch_source_fixed(**extra: str) -> dict[str, str]:
+    """As _clean_env, with the torch source fixed to pip's own indexes: for tests about other
+    steps, this skips the installer's local-wheel probe (a pip run of a few seconds)."""
+    return _clean_env(AVATARFORCING_TORCH_INDEX="pypi", **extra)
+
+
+@pytest.fixture()
+def repo_copy(tmp_path: Path) -> Path:
+    """A minimal repository root holding what the installer reads."""
+    (tmp_path / "installer").mkdir()
+    shutil.copy2(INSTALL_SH, tmp_path / "installer" / "install.sh")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, tmp_path / name)
+    return tmp_path
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under root with its size and mtime (ns)."""
+    return {
+        str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _run_installer(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(root / "installer" / "install.sh"), *args],
+        cwd=root,
+        env=env if env is not None else _clean_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _fake_nvidia_smi(bin_dir: Path, cuda_version: str) -> None:
+    """An `nvidia-smi` printing a driver header: no GPU can be real on CPU machines."""
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"echo '| NVIDIA-SMI 580.65.06   Driver Version: 580.65.06   CUDA Version: {cuda_version}  |'\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+
+def test_shellcheck_passes_on_install_and_ci_scripts():
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (install.sh installs it with the test extra: apt-get install shellcheck)")
+    result = subprocess.run([shellcheck, str(INSTALL_SH), str(CI_RUN)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dry_run_prints_every_step_torch_first_and_changes_nothing(repo_copy: Path):
+    before = _snapshot(repo_copy)
+    result = _run_installer(repo_copy, "--dry-run", "--python", sys.executable)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+
+    positions = [out.index(title) for title in STEP_TITLES]
+    assert positions == sorted(positions), out
+    lines = out.splitlines()
+    torch_line = next(i for i, line in enumerate(lines) if "pip install" in line and "torch==2.13.0" in line)
+    package_line = next(i for i, line in enumerate(lines) if "--editable '.[face,export,test]'" in line)
+    assert torch_line < package_line, out
+    assert lines[torch_line].lstrip().startswith("[dry-run]")
+    assert "-m venv .venv" in out
+    # Nothing was executed: executed commands are printed with "+ ".
+    assert not [line for line in lines if line.lstrip().startswith("+ ")], out
+    assert "nothing was changed" in out
+    assert _snapshot(repo_copy) == before
+    assert not (repo_copy / ".venv").exists()
+
+
+def test_dry_run_on_this_machine_uses_the_local_torch_wheel_without_an_index(repo_copy: Path):
+    """Where pip's find-links hold the pinned CPU wheel (CI, dev boxes), no extra index is used."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps",
+         "--ignore-installed", "--quiet", "torch==2.13.0"],
+        capture_output=True, text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip("pip has no local torch==2.13.0 wheel here (no find-links with it)")
+    result = _run_installer(repo_copy, "--dry-run", "--no-system", "--python", sys.executable)
+    assert result.returncode == 0, result.stdout + result.stderr
+    torch_cmd = next(line for line in result.stdout.splitlines() if "pip install" in line and "torch==" in line)
+    assert "--index-url" not in torch_cmd
+    assert "local wheel" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("cuda_version", "tag"), [("12.6", "cu126"), ("12.8", "cu128"), ("12.9", "cu128"), ("13.0", "cu130")]
+)
+def test_nvidia_gpu_selects_the_cuda_build_the_driver_supports(repo_copy: Path, tmp_path: Path, cuda_version, tag):
+    bin_dir = tmp_path / "fakebin"
+    _fake_nvidia_smi(bin_dir, cuda_version)
+    env = _clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    result = _run_installer(repo_copy, "--dry-run", "--no-system", "--python", sys.executable, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"--index-url https://download.pytorch.org/whl/{tag}" in result.stdout
+
+
+def test_too_old_nvidia_driver_fails_naming_the_step_and_the_fix(repo_copy: Path, tmp_path: Path):
+    bin_dir = tmp_path / "fakebin"
+    _fake_nvidia_smi(bin_dir, "11.8")
+    env = _clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    result = _run_installer(repo_copy, "--dry-run", "--python", sys.executable, env=env)
+    assert result.returncode == 1
+    assert 'ERROR in step "torch"' in result.stderr
+    assert "CUDA 11.8" in result.stderr
+    assert "How to fix:" in result.stderr
+
+
+def test_torch_spec_and_index_can_be_overridden(repo_copy: Path):
+    env = _clean_env(AVATARFORCING_TORCH_SPEC="torch==2.13.0+cpu",
+                     AVATARFORCING_TORCH_INDEX="https://example.invalid/whl/cpu")
+    result = _run_installer(repo_copy, "--dry-run", "--no-system", "--python", sys.executable, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pip install --no-input torch==2.13.0+cpu --index-url https://example.invalid/whl/cpu" in result.stdout
+
+
+def test_extras_option_chooses_the_extras_and_the_system_packages(repo_copy: Path):
+    env = _env_torch_source_fixed()
+    result = _run_installer(repo_copy, "--dry-run", "--extras", "export", "--no-system", "--python", sys.executable,
+                            env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--editable '.[export]'" in result.stdout
+    assert "skipped (--no-system)" in result.stdout
+    assert "apt-get" not in result.stdout
+    assert "shellcheck" not in result.stdout  # only the test extra needs it
+    with_test = _run_installer(repo_copy, "--dry-run", "--extras", "test", "--no-system", "--python", sys.executable,
+                               env=env)
+    assert "shellcheck" in with_test.stdout
+
+
+def test_broken_venv_would_be_recreated_but_dry_run_keeps_it(repo_copy: Path):
+    broken = repo_copy / ".venv" / "bin" / "python"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("not a python\n")
+    result = _run_installer(repo_copy, "--dry-run", "--no-system", "--python", sys.executable,
+                            env=_env_torch_source_fixed())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "exists but does not work; recreating it" in result.stdout
+    assert "[dry-run] rm -rf -- .venv" in result.stdout
+    assert broken.read_text() == "not a python\n"
+
+
+def test_healthy_venv_is_reused(repo_copy: Path):
+    # --system-site-packages makes the base interpreter's pip importable without copying it.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
+                    str(repo_copy / ".venv")], check=True)
+    if subprocess.run([str(repo_copy / ".venv" / "bin" / "python"), "-c", "import pip"]).returncode != 0:
+        pytest.skip("the base interpreter has no pip to share with a --without-pip venv")
+    result = _run_installer(repo_copy, "--dry-run", "--no-system", "--python", sys.executable,
+                            env=_env_torch_source_fixed())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reusing" in result.stdout
+    assert "-m venv" not in result.stdout
+
+
+def _python_older_than_3_10() -> str | None:
+    """A real, working Python 3.6-3.9 interpreter, if this machine has one."""
+    pyenv_versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [str(p) for p in sorted(pyenv_versions.glob("3.[6-9].*/bin/python"), reverse=True)]
+    candidates += [found for found in map(shutil.which, ("python3.9", "python3.8")) if found]
+    for candidate in candidates:
+        check = subprocess.run([candidate, "-c", "import sys; sys.exit(0 if sys.version_info < (3, 10) else 1)"],
+                               capture_output=True)
+        if check.returncode == 0:
+            return candidate
+    return None
+
+
+def test_python_older_than_3_10_is_refused_with_a_clear_message(repo_copy: Path):
+    old_python = _python_older_than_3_10()
+    if old_python is None:
+        pytest.skip("no Python older than 3.10 on this machine to try")
+    result = _run_installer(repo_copy, "--dry-run", "--python", old_python)
+    assert result.returncode == 1
+    assert 'ERROR in step "python"' in result.stderr
+    assert "too old" in result.stderr and "3.10 or newer" in result.stderr
+
+
+def test_unknown_option_exits_2_with_usage(repo_copy: Path):
+    result = _run_installer(repo_copy, "--frobnicate")
+    assert result.returncode == 2
+    assert "unknown option: --frobnicate" in result.stderr
+    assert "Usage:" in result.stderr
+
+
+def _readme_commands() -> tuple[str, str]:
+    """(install-and-run command, test command) from README.md's two command blocks."""
+    text = README.read_text()
+    main_job = re.search(r"<!-- main-job -->\s*```bash\n(.+?)\n```", text, re.S)
+    tests = re.search(r"## Run the tests\s*```bash\n(.+?)\n```", text, re.S)
+    assert main_job and tests, "README.md must hold the main-job block and the test block"
+    return main_job.group(1).strip(), tests.group(1).strip()
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    main_job, test_command = _readme_commands()
+    install_command = main_job.split("&&")[0].strip()
+    ci_lines = [line.strip() for line in CI_RUN.read_text().splitlines() if not line.strip().startswith("#")]
+    assert any(line.startswith(install_command) for line in ci_lines), (install_command, ci_lines)
+    assert any(line.startswith(test_command) for line in ci_lines), (test_command, ci_lines)
+    assert "rc == 5" in CI_RUN.read_text()  # pytest's "no tests collected" is handled

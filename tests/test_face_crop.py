@@ -168,6 +168,8 @@ def test_small_face_in_a_screen_grab_is_found_by_auto(user_frames):
         assert fresh.active_model == "full"  # sticks with the model that found the face
     with FaceDetector(model="short") as short_range:
         assert short_range.detect(canvas) is None
+    with pytest.raises(RuntimeError, match="closed"):
+        short_range.detect(canvas)
 
 
 # ---------------------------------------------------------------------------------- video

@@ -1,0 +1,157 @@
+"""Benchmark of one streaming block per stage: audio features, user motion, generator, decoder.
+
+Weights are the fixtures' formula weights (speed does not depend on the values). A block is
+10 frames = 400 ms of video; the real-time factor is block time / 400 ms (< 1 is real time).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .model import AvatarForcingModel
+from .sampler import FlowMatchingEulerSampler, GuidanceScales
+from .stream import MotionStream
+from .streaming_audio import StreamingAudioFeatures
+
+CONFIGS: dict[str, Callable[[], ModelConfig]] = {
+    "fixture_small": ModelConfig.fixture_small,
+    "official": ModelConfig.official,
+}
+STAGES = ("audio_features", "user_motion", "generator", "decoder")
+
+
+@dataclass
+class StageTiming:
+    """Milliseconds per block of one stage."""
+
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    samples: int
+
+
+@dataclass
+class BenchResult:
+    config: str
+    device: str
+    threads: int
+    nfe: int
+    blocks: int
+    block_seconds: float
+    stages: dict[str, StageTiming] = field(default_factory=dict)
+    total: StageTiming | None = None
+    realtime_factor_p50: float = 0.0
+    peak_gpu_memory_gb: float | None = None
+    machine: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _summary(values_s: list[float]) -> StageTiming:
+    ms = sorted(v * 1000.0 for v in values_s)
+    p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
+    return StageTiming(statistics.median(ms), p95, statistics.fmean(ms), len(ms))
+
+
+def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[object, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def machine_description(device: torch.device) -> dict[str, str]:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+@torch.no_grad()
+def run_benchmark(
+    config_name: str = "fixture_small",
+    blocks: int = 5,
+    threads: int | None = None,
+    device: str = "cpu",
+    nfe: int = 10,
+    warmup: int = 1,
+) -> BenchResult:
+    """Time `blocks` streaming blocks (after `warmup` untimed ones) of the given config."""
+    if config_name not in CONFIGS:
+        raise ValueError(f"unknown config {config_name!r}; choose from {', '.join(CONFIGS)}")
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    cfg = CONFIGS[config_name]()
+    model = AvatarForcingModel.with_formula_weights(cfg).to(dev)
+    mae = model.motion_autoencoder
+    rng = torch.Generator().manual_seed(0)
+    size = cfg.input_size
+    identity = mae.encode_reference((torch.rand(1, 3, size, size, generator=rng) * 2 - 1).to(dev))
+
+    stream = MotionStream(model.flow_transformer, identity.r_s, FlowMatchingEulerSampler(nfe), GuidanceScales())
+    avatar_audio = StreamingAudioFeatures(model.audio_encoder)
+    user_audio = StreamingAudioFeatures(model.audio_encoder)
+    samples_per_block = cfg.block_frames * cfg.samples_per_frame
+    noise = np.random.default_rng(0)
+
+    # the first clip (50 frames of conditions) is not part of the per-block budget
+    prime = lambda n: torch.randn(n, cfg.dim_w, generator=rng).to(dev)  # noqa: E731
+    stream.push(prime(cfg.clip_frames), prime(cfg.clip_frames), prime(cfg.clip_frames))
+    stream.pull()
+
+    timings: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    totals: list[float] = []
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    for index in range(warmup + blocks):
+        def features():
+            a = avatar_audio.push(noise.standard_normal(samples_per_block).astype(np.float32) * 0.1)
+            u = user_audio.push(noise.standard_normal(samples_per_block).astype(np.float32) * 0.1)
+            return a, u
+
+        (a_feats, u_feats), t_audio = _timed(dev, features)
+        user_frames = (torch.rand(cfg.block_frames, 3, size, size, generator=rng) * 2 - 1).to(dev)
+        motion, t_motion = _timed(dev, lambda: mae.encode_motion(user_frames))
+        a_block = a_feats.to(dev) if a_feats.shape[0] == cfg.block_frames else prime(cfg.block_frames)
+        u_block = u_feats.to(dev) if u_feats.shape[0] == cfg.block_frames else prime(cfg.block_frames)
+        stream.push(a_block, u_block, motion)
+        (block,), t_gen = _timed(dev, stream.pull)
+        _, t_dec = _timed(dev, lambda: mae.decode(block.latents[0], identity))
+        if index >= warmup:
+            for stage, seconds in zip(STAGES, (t_audio, t_motion, t_gen, t_dec)):
+                timings[stage].append(seconds)
+            totals.append(t_audio + t_motion + t_gen + t_dec)
+
+    block_seconds = cfg.block_frames / cfg.fps
+    total = _summary(totals)
+    return BenchResult(
+        config=config_name,
+        device=str(dev),
+        threads=torch.get_num_threads(),
+        nfe=nfe,
+        blocks=blocks,
+        block_seconds=block_seconds,
+        stages={stage: _summary(values) for stage, values in timings.items()},
+        total=total,
+        realtime_factor_p50=total.p50_ms / 1000.0 / block_seconds,
+        peak_gpu_memory_gb=(torch.cuda.max_memory_allocated(dev) / 2**30) if dev.type == "cuda" else None,
+        machine=machine_description(dev),
+    )

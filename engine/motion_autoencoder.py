@@ -98,34 +98,34 @@ class MotionEncoder(nn.Module):
 class Direction(nn.Module):
     """Motion basis: `weight [512, dim_m]`; Q = reduced QR of `weight + 1e-8` (orthonormal columns).
 
-    Q is cached in the non-persistent buffer `basis`; it is recomputed by `refresh()` and,
-    lazily, whenever the weight has been modified in place since (e.g. by `load_state_dict`).
+    Q is cached in the non-persistent buffer `basis` together with the weight it was computed
+    from (`basis_source`). `refresh()` recomputes it; `q()` also recomputes it lazily when the
+    weight no longer equals that copy (any kind of in-place load), so a stale basis is never used
+    and no QR runs per call. While tracing / exporting the cached basis is used as a constant.
     """
 
     def __init__(self, dim_m: int, dim: int = MOTION_DIM) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(dim, dim_m))
-        self.register_buffer("basis", torch.empty(dim, dim_m), persistent=False)
-        self._basis_version: int | None = None
-
-    def _weight_version(self) -> int | None:
-        try:
-            return self.weight._version
-        except RuntimeError:  # inference tensors carry no version counter
-            return None
+        self.register_buffer("basis", torch.zeros(dim, dim_m), persistent=False)
+        self.register_buffer("basis_source", torch.full((dim, dim_m), float("nan")), persistent=False)
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Recompute Q (float32 Householder QR, `torch.linalg.qr`, reduced)."""
-        weight = self.weight.detach().float() + 1e-8
-        q, _ = torch.linalg.qr(weight, mode="reduced")
-        self.basis = q.to(self.weight.dtype)
-        self._basis_version = self._weight_version()
+        """Recompute Q: float32 Householder QR (`torch.linalg.qr`, reduced) on the CPU, once."""
+        weight = self.weight.detach()
+        q, _ = torch.linalg.qr(weight.to("cpu", torch.float32) + 1e-8, mode="reduced")
+        self.basis = q.to(weight.device, weight.dtype)
+        self.basis_source = weight.clone()
+
+    def is_stale(self) -> bool:
+        """True if the weight changed since the basis was computed (or it never was)."""
+        return not torch.equal(self.weight.detach(), self.basis_source)
 
     def q(self) -> Tensor:
-        """Q `[512, dim_m]` (refreshed only if the weight changed since the last refresh)."""
-        version = self._weight_version()
-        if self._basis_version is None or (version is not None and version != self._basis_version):
+        """Q `[512, dim_m]`."""
+        exporting = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if not exporting and self.is_stale():
             self.refresh()
         return self.basis
 

@@ -43,6 +43,18 @@ def _crop_or_pad(x: Tensor, before: int, after: int, dim: int) -> Tensor:
     return x
 
 
+def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """1×1 convolution as a matmul (much faster than conv2d on CPU for few in/out channels).
+
+    `x [N, in, H, W]`, `weight [out, in]`, `bias [out]` → `[N, out, H, W]`.
+    """
+    n, _, h, w = x.shape
+    y = torch.matmul(weight, x.flatten(2))
+    if bias is not None:
+        y = y + bias[:, None]
+    return y.view(n, weight.shape[0], h, w)
+
+
 def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> Tensor:
     """Upsample, FIR-filter, downsample every channel of `x` `[N, C, H, W]` (spec §5.1).
 
@@ -53,11 +65,13 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[
     `up > 1` runs as a grouped transposed convolution (no multiplications with the inserted
     zeros); `up == 1` as padding plus a grouped strided convolution.
     """
-    channels = x.shape[1]
+    channels = int(x.shape[1])  # a constant per layer (keeps the kernel shape static when traced)
     kh, kw = kernel.shape
     weight = kernel.to(x.dtype)[None, None].expand(channels, 1, kh, kw)
     p0, p1 = pad
     if up == 1:
+        if p0 == p1 >= 0:  # symmetric zero padding: let the convolution do it
+            return F.conv2d(x, weight.flip([2, 3]), stride=down, padding=p0, groups=channels)
         x = _crop_or_pad(_crop_or_pad(x, p0, p1, 2), p0, p1, 3)
         return F.conv2d(x, weight.flip([2, 3]), stride=down, groups=channels)
     # conv_transpose2d(x, k, stride=up)[o] = Σ_a x[a]·k[o − up·a]: the full convolution of the
@@ -122,7 +136,10 @@ class EqualConv2d(nn.Module):
         self.padding = padding
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+        weight = self.weight * self.scale
+        if weight.shape[2:] == (1, 1) and self.stride == 1 and self.padding == 0:
+            return conv1x1(x, weight.flatten(1), self.bias)
+        return F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
 
 
 class FusedLeakyReLU(nn.Module):
@@ -206,6 +223,8 @@ class ModulatedConv2d(nn.Module):
         x = x * s[:, :, None, None]
         if self.upsample:
             y = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        elif self.kernel_size == 1:
+            y = conv1x1(x, weight.flatten(1))
         else:
             y = F.conv2d(x, weight, padding=self.padding)
         if self.demodulate:

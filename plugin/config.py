@@ -111,7 +111,7 @@ class ModelSettings:
         "", "motion_autoencoder.pth path (\"\" = in checkpoint_dir)"
     )
     wav2vec2: str = _option("", "wav2vec2-base-960h directory (\"\" = in checkpoint_dir)")
-    nfe: int = _option(10, "sampler steps (nfe - 1 network evaluations per block)", minimum=2, maximum=1000)
+    nfe: int = _option(10, "sampler steps (nfe - 1 network evaluations per block)", minimum=3, maximum=1000)
     a_cfg_scale: float = _option(2.0, "avatar-audio guidance scale", minimum=0.0, maximum=50.0)
     u_cfg_scale: float = _option(1.0, "user guidance scale", minimum=0.0, maximum=50.0)
     device: str = _option("auto", "compute device", check=_check_device)

@@ -8,6 +8,8 @@ connect with a short timeout).
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 import os
 import platform
@@ -174,7 +176,11 @@ def check_pyav(ctx: DoctorContext) -> CheckResult:
 
 
 def check_weights(ctx: DoctorContext) -> CheckResult:
-    paths = weight_paths(ctx.config.model, ctx.environ)
+    from avatarforcing.plugin.weights import active_weights_dir
+
+    active = active_weights_dir(ctx.config.model, ctx.environ)
+    settings = dataclasses.replace(ctx.config.model, checkpoint_dir=str(active.path))
+    paths = weight_paths(settings, ctx.environ)
     found = [(name, path) for name, path in paths.items() if path.exists()]
     missing = [(name, path) for name, path in paths.items() if not path.exists()]
     fix = (

@@ -187,7 +187,7 @@ def test_doctor_weights_check(capsys, monkeypatch, tmp_path):
 def test_config_errors_are_one_line_without_traceback(capsys, tmp_path):
     status, out, err = run(capsys, "--set", "model.nfe=abc", "config")
     assert status == 2 and out == ""
-    assert err == "avatarforcing: error: model.nfe: expected an integer in [2, 1000], got 'abc'\n"
+    assert err == "avatarforcing: error: model.nfe: expected an integer in [3, 1000], got 'abc'\n"
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nnfe = [\n")

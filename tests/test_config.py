@@ -155,8 +155,8 @@ def test_to_toml_round_trips(tmp_path):
 @pytest.mark.parametrize(
     "override, option, words",
     [
-        ("model.nfe=abc", "model.nfe", "integer in [2, 1000]"),
-        ("model.nfe=1", "model.nfe", "integer in [2, 1000]"),
+        ("model.nfe=abc", "model.nfe", "integer in [3, 1000]"),
+        ("model.nfe=2", "model.nfe", "integer in [3, 1000]"),
         ("model.nfe=2.5", "model.nfe", "integer"),
         ("model.a_cfg_scale=high", "model.a_cfg_scale", "number in [0.0, 50.0]"),
         ("model.a_cfg_scale=nan", "model.a_cfg_scale", "number"),

@@ -3,33 +3,36 @@
 The official features (spec §4) normalise the whole utterance and let wav2vec2 attend over
 the whole clip, which needs the future. This module approximates them causally:
 
-* **Sliding window.** Every `hop_frames` video frames, one fixed-size window of
-  `context_frames + hop_frames + lookahead_frames` frames (640 samples each) is encoded; the
-  features of its `hop_frames` frames before the lookahead are emitted. Latency beyond the hop
-  itself is `lookahead_frames * 40 ms`. Before the stream starts the window sees silence.
+* **Sliding window, cached conv features.** Every `hop_frames` video frames, the transformer
+  encodes one fixed-size window of `context_frames + hop_frames + lookahead_frames` frames and
+  the features of the `hop_frames` frames before the lookahead are emitted. Latency beyond
+  the hop itself is `lookahead_frames * 40 ms`. The conv feature encoder is *local*: the
+  decimated conv frame j (conv step 2j) depends only on samples `[640 j, 640 j + 400)`, so conv
+  features of the newest `hop + lookahead` frames are computed per window and those of older
+  frames are reused from a cache (about 45% of the per-window work saved). Before the stream
+  starts, the context holds the conv features of silence.
 * **Running input normalisation.** Instead of whole-utterance mean/variance, an
   exponentially-weighted mean/variance over complete 640-sample frames (time constant
   `norm_time_constant_s`, bias-corrected so the first seconds use the plain average) with a
   floor `min_input_std` on the standard deviation: digital silence stays exactly 0 and low
-  noise stays small instead of being blown up to unit variance. Each window is normalised with
-  the statistics as of its last frame.
-* **Running GroupNorm statistics** (`groupnorm="running"`, default). wav2vec2's first conv
-  layer normalises every channel over *time* (GroupNorm with one channel per group), i.e. over
-  the whole clip offline; over a short window this would again amplify silence to unit
-  variance. The per-channel mean/variance are tracked the same way (exponentially weighted,
-  one update per window from the conv steps of the emitted frames) with a variance floor of
+  noise stays small instead of being blown up to unit variance. The new samples of a window
+  are normalised with the statistics as of the window's last frame.
+* **Running GroupNorm statistics.** wav2vec2's first conv layer normalises every channel over
+  *time* (GroupNorm with one channel per group), i.e. over the whole clip offline; over a short
+  window this would again amplify silence to unit variance. The per-channel mean/variance are
+  tracked the same way (exponentially weighted, one update per window from the conv steps of
+  the `hop_frames` frames being emitted, so every frame counts once) with a variance floor of
   `min_groupnorm_var_ratio * ||w_c||^2` (the channel's response variance to unit white noise).
-  `groupnorm="window"` keeps HF's per-window statistics (reference behaviour).
 
-Everything is deterministic: statistics change only at frame and window boundaries, so the
-same samples pushed in any chunking give bit-identical features. `StreamingWindowEncoder` is
-the pure per-window compute with fixed tensor shapes (ONNX-exportable); `StreamingAudioFeatures`
-is the stateful driver whose state is the inspectable `StreamingAudioState`.
+Everything is deterministic: statistics change only at frame and window boundaries and every
+call has a fixed shape, so the same samples pushed in any chunking give bit-identical
+features. `StreamingWindowEncoder` is the pure per-window compute with fixed tensor shapes
+(ONNX-exportable); `StreamingAudioFeatures` is the stateful driver whose state is the
+inspectable `StreamingAudioState`. See docs/streaming_audio.md for measured deviations.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -54,15 +57,12 @@ class StreamingAudioConfig:
     lookahead_frames: int = 3  # right context, 120 ms of extra latency
     norm_time_constant_s: float = 10.0  # EMA time constant of the input mean / variance
     min_input_std: float = 0.01  # floor of the input std in raw float units (-40 dBFS RMS)
-    groupnorm: str = "running"  # "running" (tracked statistics) or "window" (HF, per window)
-    groupnorm_time_constant_s: float = 10.0
-    min_groupnorm_var_ratio: float = 0.1  # GN variance floor / unit-white-noise response
+    groupnorm_time_constant_s: float = 10.0  # EMA time constant of the GroupNorm statistics
+    min_groupnorm_var_ratio: float = 0.5  # GN variance floor / unit-white-noise response
 
     def __post_init__(self) -> None:
         if self.context_frames < 0 or self.hop_frames < 1 or self.lookahead_frames < 0:
             raise ValueError("need context_frames >= 0, hop_frames >= 1, lookahead_frames >= 0")
-        if self.groupnorm not in ("running", "window"):
-            raise ValueError(f"groupnorm must be 'running' or 'window', got {self.groupnorm!r}")
         if self.norm_time_constant_s <= 0 or self.groupnorm_time_constant_s <= 0:
             raise ValueError("time constants must be positive")
         if self.min_input_std <= 0 or self.min_groupnorm_var_ratio <= 0:
@@ -70,11 +70,17 @@ class StreamingAudioConfig:
 
     @property
     def window_frames(self) -> int:
+        """Tokens the transformer sees per window."""
         return self.context_frames + self.hop_frames + self.lookahead_frames
 
     @property
-    def window_samples(self) -> int:
-        return self.window_frames * SAMPLES_PER_FRAME
+    def new_frames(self) -> int:
+        """Frames whose samples enter each window call (hop + lookahead)."""
+        return self.hop_frames + self.lookahead_frames
+
+    @property
+    def new_samples(self) -> int:
+        return self.new_frames * SAMPLES_PER_FRAME
 
     @property
     def input_decay(self) -> float:
@@ -90,13 +96,13 @@ class StreamingAudioConfig:
 class StreamingWindowEncoder(nn.Module):
     """Pure per-window compute with fixed shapes (the part to export).
 
-    `forward(window, gn_sum, gn_sumsq, gn_weight)`:
-      window `[B, window_samples]` float32, already normalised (frame-aligned: sample 0 is the
-      start of the window's first frame);
-      gn_sum, gn_sumsq `[B, 512]`, gn_weight `[B, 1]`: running GroupNorm sums (ignored and
-      passed through unchanged when `groupnorm="window"`).
-    Returns `(wa [B, hop_frames, 512], gn_sum', gn_sumsq', gn_weight')`; `wa` holds the
-    features of window frames `[context, context + hop)`.
+    `forward(samples, context, gn_sum, gn_sumsq, gn_weight)`:
+      samples `[B, (hop + lookahead) * 640]` float32: the window's newest frames, normalised,
+      frame-aligned; context `[B, context_frames, 512]`: cached conv features of the frames
+      before them; gn_sum, gn_sumsq `[B, 512]`, gn_weight `[B, 1]`: running GroupNorm sums.
+    Returns `(wa [B, hop, 512], next_context [B, context_frames, 512], gn_sum', gn_sumsq',
+    gn_weight')`: `wa` are the features of the first `hop` new frames; `next_context` is the
+    context of the next window (the oldest `hop` frames dropped, the emitted frames appended).
     """
 
     def __init__(self, encoder: AudioEncoder, config: StreamingAudioConfig) -> None:
@@ -105,73 +111,90 @@ class StreamingWindowEncoder(nn.Module):
         self.config = config
 
     @property
+    def conv_channels(self) -> int:
+        return self.encoder.wav2vec2.feature_extractor.conv_layers[-1].conv.out_channels
+
+    @property
     def groupnorm_channels(self) -> int:
         return self.encoder.wav2vec2.feature_extractor.conv_layers[0].conv.out_channels
 
     def _running_groupnorm(self, steps: Tensor, gn_sum: Tensor, gn_sumsq: Tensor, gn_weight: Tensor):
+        """GroupNorm of the first conv layer with tracked statistics, updated from the conv
+        steps of the first `hop` frames of `steps [B, C, S]`."""
         cfg = self.config
         first_layer = self.encoder.wav2vec2.feature_extractor.conv_layers[0]
-        start = CONV0_STEPS_PER_FRAME * cfg.context_frames
-        stop = min(CONV0_STEPS_PER_FRAME * (cfg.context_frames + cfg.hop_frames), steps.shape[-1])
-        region = steps[:, :, start:stop]
+        region = steps[:, :, : min(CONV0_STEPS_PER_FRAME * cfg.hop_frames, steps.shape[-1])]
         decay = cfg.groupnorm_decay
         gn_sum = decay * gn_sum + region.mean(dim=-1)
         gn_sumsq = decay * gn_sumsq + region.square().mean(dim=-1)
         gn_weight = decay * gn_weight + 1.0
         mean = gn_sum / gn_weight
-        white_noise_var = first_layer.conv.weight.square().sum(dim=(1, 2))  # [512]
+        white_noise_var = first_layer.conv.weight.square().sum(dim=(1, 2))  # [C]
         var = torch.maximum(gn_sumsq / gn_weight - mean.square(), cfg.min_groupnorm_var_ratio * white_noise_var)
         norm = first_layer.layer_norm
-        scale = norm.weight / torch.sqrt(var + norm.eps)  # [B, 512]
+        scale = norm.weight / torch.sqrt(var + norm.eps)  # [B, C]
         normalised = (steps - mean.unsqueeze(-1)) * scale.unsqueeze(-1) + norm.bias.unsqueeze(-1)
         return normalised, gn_sum, gn_sumsq, gn_weight
 
-    def conv_features(self, window: Tensor, gn_sum: Tensor, gn_sumsq: Tensor, gn_weight: Tensor):
-        """Conv feature encoder with running or per-window GroupNorm -> `[B, 512, 2W-1]`."""
+    def frame_conv_features(self, samples: Tensor, gn_sum: Tensor, gn_sumsq: Tensor, gn_weight: Tensor):
+        """Normalised frame-aligned samples `[B, n * 640]` -> conv features `[B, n, 512]`
+        (conv step 2j of the offline stack for each frame j) and the updated GroupNorm sums."""
+        frames = samples.shape[-1] // SAMPLES_PER_FRAME
         layers = self.encoder.wav2vec2.feature_extractor.conv_layers
-        if self.config.groupnorm == "window":
-            steps = layers[0](window.unsqueeze(1))
-        else:
-            steps = layers[0].conv(window.unsqueeze(1))
-            steps, gn_sum, gn_sumsq, gn_weight = self._running_groupnorm(steps, gn_sum, gn_sumsq, gn_weight)
-            steps = layers[0].activation(steps)
+        steps = layers[0].conv(samples.unsqueeze(1))
+        steps, gn_sum, gn_sumsq, gn_weight = self._running_groupnorm(steps, gn_sum, gn_sumsq, gn_weight)
+        steps = layers[0].activation(steps)
         for layer in layers[1:]:
             steps = layer(steps)
-        return steps, gn_sum, gn_sumsq, gn_weight
+        return decimate_conv_frames(steps, frames).transpose(1, 2), gn_sum, gn_sumsq, gn_weight
 
-    def forward(self, window: Tensor, gn_sum: Tensor, gn_sumsq: Tensor, gn_weight: Tensor):
+    def forward(self, samples: Tensor, context: Tensor, gn_sum: Tensor, gn_sumsq: Tensor, gn_weight: Tensor):
         cfg = self.config
-        if window.shape[-1] != cfg.window_samples:
-            raise ValueError(f"window has {window.shape[-1]} samples, expected {cfg.window_samples}")
-        steps, gn_sum, gn_sumsq, gn_weight = self.conv_features(window, gn_sum, gn_sumsq, gn_weight)
-        frames = decimate_conv_frames(steps, cfg.window_frames).transpose(1, 2)
+        if samples.shape[-1] != cfg.new_samples or context.shape[1] != cfg.context_frames:
+            raise ValueError(
+                f"expected {cfg.new_samples} new samples and {cfg.context_frames} context frames, "
+                f"got {samples.shape[-1]} and {context.shape[1]}"
+            )
+        new, gn_sum, gn_sumsq, gn_weight = self.frame_conv_features(samples, gn_sum, gn_sumsq, gn_weight)
+        frames = torch.cat([context, new], dim=1)  # [B, W, 512]
         hidden = self.encoder.transformer_layers(frames)
         emitted = hidden[:, cfg.context_frames : cfg.context_frames + cfg.hop_frames]
-        return self.encoder.audio_projection(emitted), gn_sum, gn_sumsq, gn_weight
+        next_context = frames[:, cfg.hop_frames : cfg.hop_frames + cfg.context_frames]
+        return self.encoder.audio_projection(emitted), next_context, gn_sum, gn_sumsq, gn_weight
+
+    @torch.no_grad()
+    def silence_context(self) -> Tensor:
+        """Context before the stream starts: conv features of digital silence `[1, context, 512]`
+        (GroupNorm of an all-zero input is its bias, whatever the statistics)."""
+        zeros = torch.zeros(1, SAMPLES_PER_FRAME)
+        channels = self.groupnorm_channels
+        frame, *_ = self.frame_conv_features(zeros, torch.zeros(1, channels), torch.zeros(1, channels), torch.zeros(1, 1))
+        return frame.expand(1, self.config.context_frames, frame.shape[-1]).contiguous()
 
 
 @dataclass
 class StreamingAudioState:
     """Everything the streaming extractor remembers (batch 1).
 
-    history: raw samples of frames `[history_start_frame, frames_received)` (zeros for frames
-    before the stream start, which have negative indices); pending: raw samples of the
-    incomplete current frame. input_*: exponentially-weighted sums of per-frame sample mean,
-    mean square and weight (float64). gn_*: running GroupNorm sums `[1, 512]`, `[1, 1]`.
+    new_samples: raw samples of the complete frames `[frames_emitted, frames_received)` not yet
+    emitted; pending: raw samples of the incomplete current frame; context: cached conv
+    features `[1, context_frames, 512]` of the frames before `frames_emitted`. input_*:
+    exponentially-weighted sums of per-frame sample mean, mean square and weight (float64).
+    gn_*: running GroupNorm sums `[1, 512]`, `[1, 512]`, `[1, 1]`.
     """
 
-    history: np.ndarray
-    history_start_frame: int
+    new_samples: np.ndarray
     pending: np.ndarray
+    context: Tensor
+    gn_sum: Tensor
+    gn_sumsq: Tensor
+    gn_weight: Tensor
     frames_received: int = 0
     frames_emitted: int = 0
     samples_received: int = 0
     input_sum: float = 0.0
     input_sumsq: float = 0.0
     input_weight: float = 0.0
-    gn_sum: Tensor = dataclasses.field(default_factory=lambda: torch.zeros(1, 512))
-    gn_sumsq: Tensor = dataclasses.field(default_factory=lambda: torch.zeros(1, 512))
-    gn_weight: Tensor = dataclasses.field(default_factory=lambda: torch.zeros(1, 1))
     last_sample: float = 0.0
 
     def input_mean_std(self, min_std: float) -> tuple[float, float]:
@@ -188,8 +211,8 @@ class StreamingAudioFeatures:
     """Stateful streaming extractor: `push(samples)` -> newly computable `wa` frames.
 
     Samples are raw 16 kHz mono float32 (any chunk size). Frame j of the output corresponds to
-    offline frame j (samples `[640 j, 640 j + 640)`); it is emitted once frame
-    `j + lookahead_frames` is complete and a whole hop of frames is ready. `flush()` ends the
+    offline frame j (samples `[640 j, 640 j + 640)`); frames come out `hop_frames` at a time,
+    as soon as frame `j + lookahead_frames` of the last of them is complete. `flush()` ends the
     stream like the offline encoder (replicate-padding the last sample) and returns the rest,
     so that `push(all) + flush()` gives `ceil(len / 640)` frames.
     """
@@ -197,22 +220,23 @@ class StreamingAudioFeatures:
     def __init__(self, encoder: AudioEncoder, config: StreamingAudioConfig | None = None) -> None:
         self.config = config if config is not None else StreamingAudioConfig()
         self.window_encoder = StreamingWindowEncoder(encoder, self.config)
+        self._silence_context = self.window_encoder.silence_context()
         self.state = self.initial_state()
 
     def initial_state(self) -> StreamingAudioState:
-        cfg = self.config
         channels = self.window_encoder.groupnorm_channels
         return StreamingAudioState(
-            history=np.zeros(cfg.context_frames * SAMPLES_PER_FRAME, dtype=np.float32),
-            history_start_frame=-cfg.context_frames,
+            new_samples=np.zeros(0, dtype=np.float32),
             pending=np.zeros(0, dtype=np.float32),
+            context=self._silence_context.clone(),
             gn_sum=torch.zeros(1, channels),
             gn_sumsq=torch.zeros(1, channels),
             gn_weight=torch.zeros(1, 1),
         )
 
     def reset(self) -> None:
-        """Forget everything (start a new stream)."""
+        """Forget everything (start a new stream). Call after loading other weights too."""
+        self._silence_context = self.window_encoder.silence_context()
         self.state = self.initial_state()
 
     @property
@@ -220,16 +244,10 @@ class StreamingAudioFeatures:
         """Worst-case delay, in frames, between a frame's last sample and its feature."""
         return self.config.lookahead_frames + self.config.hop_frames - 1
 
-    @property
-    def next_window_end(self) -> int:
-        """Frame index (exclusive) the next window ends at."""
-        return self.state.frames_emitted + self.config.hop_frames + self.config.lookahead_frames
-
-    def normalised_window(self) -> np.ndarray:
-        """The next window's samples `[window_samples]`, normalised with the current statistics."""
+    def normalised_new_samples(self) -> np.ndarray:
+        """The buffered new samples normalised with the current statistics (float32)."""
         mean, std = self.state.input_mean_std(self.config.min_input_std)
-        window = self.state.history[: self.config.window_samples]
-        return ((window.astype(np.float64) - mean) / std).astype(np.float32)
+        return ((self.state.new_samples.astype(np.float64) - mean) / std).astype(np.float32)
 
     def push(self, samples: np.ndarray) -> Tensor:
         """Append raw samples; returns the features `[n, 512]` that became computable (n >= 0)."""
@@ -278,19 +296,19 @@ class StreamingAudioFeatures:
             st.input_sum = decay * st.input_sum + values.mean()
             st.input_sumsq = decay * st.input_sumsq + np.square(values).mean()
             st.input_weight = decay * st.input_weight + 1.0
-        st.history = np.concatenate([st.history, frame])
+        st.new_samples = np.concatenate([st.new_samples, frame])
         st.frames_received += 1
-        if st.frames_received < self.next_window_end:
+        if st.frames_received < st.frames_emitted + self.config.new_frames:
             return []
-        return [self._encode_next_window()]
+        return [self._encode_window()]
 
     @torch.no_grad()
-    def _encode_next_window(self) -> Tensor:
+    def _encode_window(self) -> Tensor:
         st, cfg = self.state, self.config
-        window = torch.from_numpy(self.normalised_window()).unsqueeze(0)
-        wa, st.gn_sum, st.gn_sumsq, st.gn_weight = self.window_encoder(window, st.gn_sum, st.gn_sumsq, st.gn_weight)
+        samples = torch.from_numpy(self.normalised_new_samples()).unsqueeze(0)
+        wa, st.context, st.gn_sum, st.gn_sumsq, st.gn_weight = self.window_encoder(
+            samples, st.context, st.gn_sum, st.gn_sumsq, st.gn_weight
+        )
         st.frames_emitted += cfg.hop_frames
-        drop = cfg.hop_frames * SAMPLES_PER_FRAME
-        st.history = st.history[drop:].copy()
-        st.history_start_frame += cfg.hop_frames
+        st.new_samples = st.new_samples[cfg.hop_frames * SAMPLES_PER_FRAME :].copy()
         return wa[0]

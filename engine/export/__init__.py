@@ -1,0 +1,21 @@
+"""Acceleration: ONNX export of the per-block graphs, ONNX Runtime / TensorRT / CUDA-graph
+runners, and the automatic backend choice (see docs/acceleration.md).
+
+Submodules import their optional dependencies (onnx, onnxruntime, onnxscript, tensorrt,
+polygraphy) lazily, so `import avatarforcing.engine.export` works with PyTorch alone.
+"""
+
+from .backend_select import BackendChoice, Capabilities, probe_capabilities, select_backend
+from .cuda_graphs import StaticGraphRunner
+from .graph_specs import GRAPH_NAMES, ExportSettings, GraphSpec, TensorSpec, build_graph_specs, model_hash
+from .onnx_graphs import ExportManifest, export_all
+from .onnx_runtime import ExportCheckReport, OrtRunner, check_exports, engine_export_main
+from .rollout import EagerRunner, PositionalStep, rollout_latents
+from .tensorrt_backend import engine_build_main, load_or_build_engines
+
+__all__ = [
+    "BackendChoice", "Capabilities", "EagerRunner", "ExportCheckReport", "ExportManifest", "ExportSettings",
+    "GRAPH_NAMES", "GraphSpec", "OrtRunner", "PositionalStep", "StaticGraphRunner", "TensorSpec",
+    "build_graph_specs", "check_exports", "engine_build_main", "engine_export_main", "export_all",
+    "load_or_build_engines", "model_hash", "probe_capabilities", "rollout_latents", "select_backend",
+]

@@ -9,7 +9,7 @@ the whole clip, which needs the future. This module approximates them causally:
   the hop itself is `lookahead_frames * 40 ms`. The conv feature encoder is *local*: the
   decimated conv frame j (conv step 2j) depends only on samples `[640 j, 640 j + 400)`, so conv
   features of the newest `hop + lookahead` frames are computed per window and those of older
-  frames are reused from a cache (about 45% of the per-window work saved). Before the stream
+  frames are reused from a cache (about a third of the per-window time saved). Before the stream
   starts, the context holds the conv features of silence.
 * **Running input normalisation.** Instead of whole-utterance mean/variance, an
   exponentially-weighted mean/variance over complete 640-sample frames (time constant

@@ -2,20 +2,18 @@
 
 `AvatarPipeline` turns 16 kHz audio of both parties (pushed in any chunk sizes) and cropped
 user frames into condition features, feeds the `MotionStream`, and decodes blocks of motion
-latents into frames on request. Audio features are either streaming (causal, for live use)
-or offline (whole-utterance, the official semantics, for files).
+latents into frames on request. Audio features are the causal streaming ones of a live
+session; the official whole-utterance features are `AudioEncoder.forward` (reference runner).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .audio_encoder import normalize_utterance
 from .model import AvatarForcingModel
 from .motion_autoencoder import ReferenceIdentity
 from .sampler import FlowMatchingEulerSampler, GuidanceScales
@@ -101,13 +99,3 @@ class AvatarPipeline:
         """Frames [n, 3, S, S] (float, about [-1, 1]) of a motion block (batch 1)."""
         return self.model.motion_autoencoder.decode(block.latents[0], self.identity)
 
-
-@torch.no_grad()
-def offline_audio_features(model: AvatarForcingModel, avatar_audio: np.ndarray, user_audio: np.ndarray) -> tuple[Tensor, Tensor]:
-    """Official whole-utterance features of raw 16 kHz audio: each stream normalised over the
-    whole file, both encoded to T = ceil(max length * 25 / 16000) frames -> two [1, T, 512]."""
-    cfg = model.cfg
-    device = next(model.parameters()).device
-    frames = math.ceil(max(len(avatar_audio), len(user_audio)) * cfg.fps / cfg.sampling_rate)
-    encode = lambda a: model.audio_encoder(torch.from_numpy(normalize_utterance(a))[None].to(device), frames)  # noqa: E731
-    return encode(avatar_audio), encode(user_audio)

@@ -18,6 +18,7 @@ import torch
 
 from .config import ModelConfig
 from .model import AvatarForcingModel
+from .pipeline import images_to_model
 from .sampler import FlowMatchingEulerSampler, GuidanceScales
 from .stream import MotionStream, StoredNoise, generate
 
@@ -59,11 +60,6 @@ def stored_noise(inputs: dict[str, np.ndarray]) -> StoredNoise:
     return StoredNoise(tensors)
 
 
-def images_from_uint8(frames: np.ndarray) -> torch.Tensor:
-    """[N, S, S, 3] uint8 RGB -> [N, 3, S, S] float32 in [-1, 1]."""
-    return (torch.from_numpy(frames).permute(0, 3, 1, 2).float() - 127.5) / 127.5
-
-
 @torch.no_grad()
 def run_reference(fixture_dir: Path | str, out_path: Path | str | None = None) -> dict[str, np.ndarray]:
     """Compute a fixture's outputs from its inputs; optionally save them as npz."""
@@ -82,7 +78,7 @@ def run_reference(fixture_dir: Path | str, out_path: Path | str | None = None) -
     user_wa = model.audio_encoder(user_audio, num_frames)
     mae = model.motion_autoencoder
     identity = mae.encode_reference(torch.from_numpy(inputs["ref_image"]))
-    user_frames = images_from_uint8(inputs["user_frames_uint8"])
+    user_frames = images_to_model(inputs["user_frames_uint8"])
     user_r_d = torch.cat([mae.encode_motion(chunk) for chunk in user_frames.split(50)])[None]
 
     stream = MotionStream(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -265,9 +265,6 @@ class MotionStream:
             buf.drop_before(stop - cfg.context_frames)
         keep = latents.shape[1] if st.total_frames is None else min(stop, st.total_frames) - t
         return MotionBlock(t, latents[:, :keep])
-
-    def __iter__(self) -> Iterator[MotionBlock]:
-        return iter(self.pull())
 
     # -- persistence -------------------------------------------------------------------------------
     def save_state(self, path: str | Path) -> None:

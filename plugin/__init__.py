@@ -5,8 +5,8 @@ Plugin authors need only::
     from avatarforcing.plugin import hookimpl
 
 plus, to describe what they provide, the small types re-exported here (`SourceSpec`,
-`RendererSpec`, `SinkSpec`, `OptionSpec`, `CommandSpec`, `CheckResult`, `Frame`, `AudioChunk`,
-`MotionBlock`, `SessionInfo`), `ConfigError`, and `resolve_options` to validate a plugin's
+`RendererSpec`, `SinkSpec`, `EngineSpec`, `OptionSpec`, `CommandSpec`, `CheckResult`, `Frame`, `AudioChunk`,
+`MotionBlock`, `InputTick`, `SessionInfo`), `ConfigError`, and `resolve_options` to validate a plugin's
 own ``[plugins.NAME]`` settings against `OptionSpec`s. See ``docs/plugins.md`` and
 `avatarforcing.plugin.hookspecs`.
 """
@@ -18,7 +18,9 @@ from avatarforcing.plugin.types import (
     AudioChunk,
     CheckResult,
     CommandSpec,
+    EngineSpec,
     Frame,
+    InputTick,
     MotionBlock,
     OptionSpec,
     RendererSpec,
@@ -32,7 +34,9 @@ __all__ = [
     "CheckResult",
     "CommandSpec",
     "ConfigError",
+    "EngineSpec",
     "Frame",
+    "InputTick",
     "MotionBlock",
     "OptionSpec",
     "PluginError",

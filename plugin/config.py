@@ -5,7 +5,8 @@ Layers, later wins: defaults <- TOML file (``--config-file FILE`` or ``$AVATARFO
 
 File layout (every key optional)::
 
-    [model]                       # weights and sampler
+    [model]                       # motion engine, weights and sampler
+    engine = "default"            # a motion engine name (see `avatarforcing plugins`)
     preset = "official"           # "official" | "fixture_small"
     checkpoint_dir = ""           # "" = $AVATARFORCING_WEIGHTS or ~/.cache/avatarforcing/weights
     flow_transformer = ""         # explicit file paths override checkpoint_dir
@@ -18,8 +19,25 @@ File layout (every key optional)::
     threads = 0                   # 0 = let the engine choose
     seed = 20
 
+    [engines.official]            # options of one motion engine (checked against its spec)
+    model = ""
+
     [session]
     portrait = ""                 # identity image
+    warm_up = true                # run the engine and renderer once before going live
+    queue_frames = 0              # rendered frames waiting for the pacer (0 = one engine block)
+    feature_frames = 1            # frames per InputTick handed to the engine
+    stats_interval = 10.0         # seconds between stats lines in the log (0 = never)
+    guidance = "voice"            # "voice": scales follow the avatar's voice; "fixed": [model] scales
+    vad_threshold_db = -45.0      # avatar audio louder than this (RMS dBFS) is speech
+    vad_attack_ms = 40.0          # speech this long switches to speaking
+    vad_release_ms = 200.0        # silence this long switches to listening (mouth closes)
+    speak_a_cfg = 2.0             # guidance while the avatar speaks (audio, user)
+    speak_u_cfg = 1.0
+    listen_a_cfg = 1.0            # guidance while it listens
+    listen_u_cfg = 1.5
+    retry_initial_s = 0.5         # a failed source/sink is reopened after this, doubling...
+    retry_max_s = 5.0             # ...up to this
 
     [sources.avatar_audio]        # the same for user_audio and user_video
     use = "microphone"            # a source name (see `avatarforcing plugins`); "" = none
@@ -27,6 +45,7 @@ File layout (every key optional)::
 
     [render]
     use = "motion-autoencoder"    # a renderer name; other keys are the renderer's options
+                                  # (live sessions: unset = the engine's default renderer)
 
     [sinks]
     use = ["png-dir"]             # any number of sink names
@@ -63,6 +82,7 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "AppConfig",
     "ConfigError",
+    "EnginesSettings",
     "ModelSettings",
     "RenderSettings",
     "SessionSettings",
@@ -98,7 +118,9 @@ def _check_name(value: str) -> str | None:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """``[model]``: which weights, which size, how to sample, where to run."""
+    """``[model]``: which engine, which weights, which size, how to sample, where to run."""
+
+    engine: str = _option("default", "motion engine name", check=_check_name)
 
     preset: str = _option(
         "official", "model size", choices=("official", "fixture_small")
@@ -121,9 +143,34 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """``[session]``: the identity shown by the avatar."""
+    """``[session]``: the identity shown by the avatar and how a live session runs (warm-up,
+    queue depth, stats, the speak/listen guidance policy, source/sink retry backoff)."""
 
     portrait: str = _option("", "identity image (portrait) path")
+    warm_up: bool = _option(True, "run the engine and renderer once before going live")
+    queue_frames: int = _option(
+        0, "rendered frames queued for output (0 = one engine block)", minimum=0, maximum=1000
+    )
+    feature_frames: int = _option(1, "frames per engine input tick", minimum=1, maximum=50)
+    stats_interval: float = _option(
+        10.0, "seconds between stats lines in the log (0 = never)", minimum=0.0, maximum=3600.0
+    )
+    guidance: str = _option("voice", "guidance policy", choices=("voice", "fixed"))
+    vad_threshold_db: float = _option(
+        -45.0, "speech threshold of the avatar audio (RMS dBFS)", minimum=-120.0, maximum=0.0
+    )
+    vad_attack_ms: float = _option(40.0, "speech needed to switch to speaking (ms)", minimum=0.0, maximum=5000.0)
+    vad_release_ms: float = _option(
+        200.0, "silence needed to switch to listening (ms)", minimum=0.0, maximum=5000.0
+    )
+    speak_a_cfg: float = _option(2.0, "audio guidance while speaking", minimum=0.0, maximum=50.0)
+    speak_u_cfg: float = _option(1.0, "user guidance while speaking", minimum=0.0, maximum=50.0)
+    listen_a_cfg: float = _option(1.0, "audio guidance while listening", minimum=0.0, maximum=50.0)
+    listen_u_cfg: float = _option(1.5, "user guidance while listening", minimum=0.0, maximum=50.0)
+    retry_initial_s: float = _option(
+        0.5, "first delay before reopening a failed source or sink (s)", minimum=0.01, maximum=60.0
+    )
+    retry_max_s: float = _option(5.0, "longest delay between reopen attempts (s)", minimum=0.01, maximum=600.0)
 
 
 @dataclass(frozen=True)
@@ -151,10 +198,12 @@ class SourcesSettings:
 
 @dataclass(frozen=True)
 class RenderSettings:
-    """``[render]``: the chosen renderer and its options."""
+    """``[render]``: the chosen renderer and its options. `chosen`: the configuration names
+    the renderer itself (a live session otherwise uses its engine's default renderer)."""
 
     use: str = "motion-autoencoder"
     options: Mapping[str, Any] = field(default_factory=dict)
+    chosen: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,6 +211,17 @@ class SinksSettings:
     """``[sinks]``: the sinks in use and the options of any sink (``[sinks.NAME]``)."""
 
     use: tuple[str, ...] = ()
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def options_for(self, name: str) -> Mapping[str, Any]:
+        return self.options.get(name, {})
+
+
+@dataclass(frozen=True)
+class EnginesSettings:
+    """``[engines]``: the options of any motion engine (``[engines.NAME]``), checked against the
+    engine's `OptionSpec`s when the engine is created."""
+
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def options_for(self, name: str) -> Mapping[str, Any]:
@@ -177,6 +237,7 @@ class AppConfig:
     sources: SourcesSettings = field(default_factory=SourcesSettings)
     render: RenderSettings = field(default_factory=RenderSettings)
     sinks: SinksSettings = field(default_factory=SinksSettings)
+    engines: EnginesSettings = field(default_factory=EnginesSettings)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source_file: str = ""  # the TOML file that was read, "" for none
 
@@ -191,12 +252,13 @@ class AppConfig:
             },
             "render": {"use": self.render.use, **dict(self.render.options)},
             "sinks": {"use": list(self.sinks.use), **{k: dict(v) for k, v in self.sinks.options.items()}},
+            "engines": {k: dict(v) for k, v in self.engines.options.items()},
             "plugins": {k: dict(v) for k, v in self.plugins.items()},
         }
         return out
 
 
-_SECTIONS = ("model", "session", "sources", "render", "sinks", "plugins")
+_SECTIONS = ("model", "session", "sources", "render", "sinks", "engines", "plugins")
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +324,7 @@ def _sources(raw: Any) -> SourcesSettings:
 
 def _render(raw: Any) -> RenderSettings:
     use, options = _slot("render", raw, RenderSettings().use)
-    return RenderSettings(use, options)
+    return RenderSettings(use, options, chosen="use" in raw)
 
 
 def _sinks(raw: Any) -> SinksSettings:
@@ -280,6 +342,18 @@ def _sinks(raw: Any) -> SinksSettings:
             raise ConfigError(f"sinks.{name}", "expected a table of the sink's options")
         options[name] = dict(table)
     return SinksSettings(use, options)
+
+
+def _engines(raw: Any) -> EnginesSettings:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("engines", "expected a table")
+    options = {}
+    for name, table in raw.items():
+        _use(f"engines.{name}", name)
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"engines.{name}", "expected a table of the engine's options")
+        options[name] = dict(table)
+    return EnginesSettings(options)
 
 
 def _plugins(raw: Any) -> dict[str, dict[str, Any]]:
@@ -304,6 +378,7 @@ def config_from_dict(raw: Mapping[str, Any], source_file: str = "") -> AppConfig
         sources=_sources(raw.get("sources", {})),
         render=_render(raw.get("render", {})),
         sinks=_sinks(raw.get("sinks", {})),
+        engines=_engines(raw.get("engines", {})),
         plugins=_plugins(raw.get("plugins", {})),
         source_file=source_file,
     )
@@ -327,7 +402,7 @@ def _apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
     section = parts[0]
     if section not in _SECTIONS:
         raise unknown_option(section, _SECTIONS, "section")
-    nested = {"sources": 3, "plugins": 3}.get(section)
+    nested = {"sources": 3, "plugins": 3, "engines": 3}.get(section)
     if nested and len(parts) != nested:
         raise ConfigError(key, f"expected {section}.NAME.KEY")
     if section == "sinks" and not (len(parts) == 2 and parts[1] == "use" or len(parts) == 3):

@@ -14,7 +14,7 @@ Hooks at a glance:
 - registries, called whenever the lists are needed (``avatarforcing plugins``, a session
   resolving names from the config): `register_avatar_audio_sources`,
   `register_user_audio_sources`, `register_user_video_sources`, `register_renderers`,
-  `register_sinks`, `register_commands`;
+  `register_sinks`, `register_engines`, `register_commands`;
 - configuration and diagnostics: `configure`, `doctor_checks`;
 - session lifecycle and events, in this order: `session_started`, then per block
   `block_generated` and per frame `filter_frame` then `frame_rendered`, then
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover - for annotations only
     from avatarforcing.plugin.types import (
         CheckResult,
         CommandSpec,
+        EngineSpec,
         Frame,
         MotionBlock,
         RendererSpec,
@@ -109,6 +110,20 @@ def register_sinks() -> list[SinkSpec]:
     Returns: a list of `SinkSpec`; each factory returns a `Sink`. Names must be unique among
     sinks; users pick any number with ``[sinks] use = ["NAME", ...]`` and set options in
     ``[sinks.NAME]``.
+
+    Firstresult: no. Historic: no.
+    """
+
+
+@hookspec
+def register_engines() -> list[EngineSpec]:
+    """Name motion engines: streaming generators of motion from audio and the user's video.
+
+    Parameters: none.
+
+    Returns: a list of `EngineSpec`; each factory returns a `MotionEngine` (open, warm_up,
+    extract, set_guidance, generate, finish, close). Names must be unique among engines; users
+    pick one with ``[model] engine = "NAME"`` and set its options in ``[engines.NAME]``.
 
     Firstresult: no. Historic: no.
     """

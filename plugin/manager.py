@@ -32,6 +32,7 @@ from avatarforcing.plugin.options import resolve_options
 from avatarforcing.plugin.types import (
     SOURCE_KINDS,
     CommandSpec,
+    EngineSpec,
     RendererSpec,
     SinkSpec,
     SourceSpec,
@@ -50,6 +51,7 @@ REGISTRIES: dict[str, tuple[str, type]] = {
     "user_video": ("register_user_video_sources", SourceSpec),
     "renderers": ("register_renderers", RendererSpec),
     "sinks": ("register_sinks", SinkSpec),
+    "engines": ("register_engines", EngineSpec),
     "commands": ("register_commands", CommandSpec),
 }
 
@@ -172,7 +174,7 @@ class PluginHost:
     # -- registries -----------------------------------------------------------------------------
     def provided(self, registry: str) -> list[Provided]:
         """Every spec of a registry (``avatar_audio``, ``user_audio``, ``user_video``,
-        ``renderers``, ``sinks``, ``commands``) with the plugin that provided it, in call
+        ``renderers``, ``sinks``, ``engines``, ``commands``) with the plugin that provided it, in call
         order. Raises `PluginError` if a plugin returns something that is not a list of the
         registry's spec type."""
         hook_name, spec_type = REGISTRIES[registry]
@@ -248,6 +250,16 @@ class PluginHost:
             sinks.append((spec, self.create("sinks", name, config.sinks.options_for(name), f"sinks.{name}")))
         return sinks
 
+    def create_engine(self, config: Any) -> tuple[EngineSpec, Any]:
+        """The motion engine named by ``[model] engine`` with its options from
+        ``[engines.NAME]``, and its spec (whose `default_renderer` applies when the config
+        names no renderer)."""
+        name = config.model.engine
+        if not name:
+            raise ConfigError("model.engine", "an engine is required (see `avatarforcing plugins`)")
+        spec = self.lookup("engines", name).spec
+        return spec, self.create("engines", name, config.engines.options_for(name), f"engines.{name}")
+
     def configure(self, config: Any) -> None:
         """Give plugins the effective configuration (historic ``configure`` hook)."""
         self.pm.hook.configure.call_historic(kwargs={"config": config})
@@ -285,6 +297,7 @@ _REGISTRY_LABEL = {
     "user_video": "user-video source",
     "renderers": "renderer",
     "sinks": "sink",
+    "engines": "engine",
     "commands": "command",
 }
 

@@ -130,6 +130,28 @@ class SinkSpec:
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """A named motion engine, returned by the ``register_engines`` hook.
+
+    `factory(**options)` returns a `MotionEngine`; `options` are read from the TOML table
+    ``[engines.NAME]`` (``--set engines.NAME.key=value``). `default_renderer` is the renderer
+    name used when the config does not choose one (e.g. ``"motion-autoencoder"``,
+    ``"puppet"``); ``""`` means the config's ``[render] use``.
+    """
+
+    name: str
+    description: str
+    factory: Callable[..., Any]
+    options: tuple[OptionSpec, ...] = ()
+    default_renderer: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("engine", self.name)
+        if self.default_renderer:
+            _check_name("renderer", self.default_renderer)
+
+
+@dataclass(frozen=True)
 class CommandSpec:
     """A CLI subcommand: ``avatarforcing NAME ...``.
 
@@ -226,6 +248,29 @@ class MotionBlock:
 
 
 @dataclass
+class InputTick:
+    """What the session hands an engine for `num_frames` consecutive output frames.
+
+    One tick is normally 1 frame (40 ms); the session may batch several. `first_frame`: session
+    frame index of the first; `avatar_audio`/`user_audio`: ``float32`` ``(num_frames * 640,)``
+    16 kHz mono (zeros when the source is silent or absent); `user_frames`: a list of
+    `num_frames` entries, each an RGB ``uint8`` ``(H, W, 3)`` full frame of the remote
+    participant (any size) or ``None`` where no video is available; `avatar_voice`: voice
+    activity of `avatar_audio` in [0, 1]; `captured_at`: ``time.monotonic()`` when the newest
+    audio sample of the tick was captured (0.0 when unknown; the session measures end-to-end
+    latency from it).
+    """
+
+    first_frame: int
+    num_frames: int
+    avatar_audio: "np.ndarray"
+    user_audio: "np.ndarray"
+    user_frames: list
+    avatar_voice: float = 0.0
+    captured_at: float = 0.0
+
+
+@dataclass
 class SessionInfo:
     """What plugins know about a running session (live or offline render).
 
@@ -296,5 +341,46 @@ class Sink(Protocol):
     def write_frame(self, frame: Frame) -> None: ...
 
     def write_audio(self, chunk: AudioChunk) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MotionEngine(Protocol):
+    """Streaming motion generator used by live sessions, renders and benchmarks.
+
+    Attributes: `fps` (25), `sample_rate` (16000), `first_block_frames` (frames of the first
+    block), `block_frames` (frames of every later block). Threading: `extract` runs on the
+    features thread, `generate`/`finish` on the generator thread; the two may run concurrently
+    (the engine guards its own shared state).
+
+    - `open(session)`: load weights, encode the identity (``session.portrait``); settings
+      shared by all engines come from ``session.config.model`` (nfe, a_cfg_scale, u_cfg_scale,
+      seed, device, threads);
+    - `warm_up()`: run the compute once so the first live block is not cold; leaves the stream
+      state fresh;
+    - `extract(tick)`: an `InputTick` -> opaque features (face tracking, audio features);
+    - `set_guidance(avatar_scale, user_scale)`: applies from the next block;
+    - `generate(features)`: push features, return every `MotionBlock` now computable (maybe
+      ``[]``);
+    - `finish()`: the inputs ended; the remaining blocks;
+    - `close()`: release everything.
+    """
+
+    fps: int
+    sample_rate: int
+    first_block_frames: int
+    block_frames: int
+
+    def open(self, session: SessionInfo) -> None: ...
+
+    def warm_up(self) -> None: ...
+
+    def extract(self, tick: InputTick) -> Any: ...
+
+    def set_guidance(self, avatar_scale: float, user_scale: float) -> None: ...
+
+    def generate(self, features: Any) -> list[MotionBlock]: ...
+
+    def finish(self) -> list[MotionBlock]: ...
 
     def close(self) -> None: ...

@@ -33,7 +33,9 @@ from avatarforcing.plugin import (
     AudioChunk,
     CheckResult,
     CommandSpec,
+    EngineSpec,
     Frame,
+    InputTick,
     MotionBlock,
     OptionSpec,
     RendererSpec,
@@ -546,6 +548,73 @@ def test_hook_register_renderers():
         h = host_with()
         h.register(Garbage(), name="garbage")
         h.provided("renderers")
+
+
+class LoudnessEngine:
+    """A motion engine whose latent per frame is the RMS loudness of that frame's avatar audio,
+    emitted in blocks of `block` frames."""
+
+    fps, sample_rate = 25, 16000
+
+    def __init__(self, block):
+        self.first_block_frames = self.block_frames = block
+        self.pending, self.emitted, self.scales = [], 0, None
+
+    def open(self, session):
+        self.session = session
+
+    def warm_up(self):
+        pass
+
+    def extract(self, tick):
+        audio = tick.avatar_audio.reshape(tick.num_frames, 640)
+        return np.sqrt((audio**2).mean(axis=1))
+
+    def set_guidance(self, avatar_scale, user_scale):
+        self.scales = (avatar_scale, user_scale)
+
+    def generate(self, features):
+        self.pending.extend(features.tolist())
+        blocks = []
+        while len(self.pending) >= self.block_frames:
+            latents = np.asarray(self.pending[: self.block_frames], dtype=np.float32)[:, None]
+            del self.pending[: self.block_frames]
+            blocks.append(MotionBlock(self.emitted // self.block_frames, self.emitted, len(latents), latents))
+            self.emitted += len(latents)
+        return blocks
+
+    def finish(self):
+        return []
+
+    def close(self):
+        pass
+
+
+class LoudnessEnginePlugin:
+    @hookimpl
+    def register_engines(self):
+        option = OptionSpec("block", int, 4, "frames per block", minimum=1)
+        return [EngineSpec("loudness", "latents = loudness", LoudnessEngine, (option,), default_renderer="gray")]
+
+
+def test_hook_register_engines():
+    host = host_with(LoudnessEnginePlugin())
+    assert [e.spec.name for e in host.provided("engines")] == ["loudness"]
+    config = load_config(overrides=["model.engine=loudness", "engines.loudness.block=2"], environ={})
+    spec, engine = host.create_engine(config)
+    assert spec.default_renderer == "gray" and engine.block_frames == 2
+    engine.open(SessionInfo("s", config))
+    loud = np.full(3 * 640, 0.5, dtype=np.float32)
+    tick = InputTick(0, 3, loud, np.zeros_like(loud), [None] * 3, avatar_voice=1.0)
+    blocks = engine.generate(engine.extract(tick))
+    assert [(b.index, b.first_frame, b.num_frames) for b in blocks] == [(0, 0, 2)]
+    assert blocks[0].latents[:, 0] == pytest.approx([0.5, 0.5])
+    with pytest.raises(ConfigError, match=r"engines.loudness.block: expected an integer >= 1, got '0'"):
+        host.create_engine(load_config(overrides=["model.engine=loudness", "engines.loudness.block=0"], environ={}))
+    with pytest.raises(PluginError, match=r"no engine named 'nope' \(available: loudness\)"):
+        host.create_engine(load_config(overrides=["model.engine=nope"], environ={}))
+    with pytest.raises(ValueError, match="engine name 'Bad'"):
+        EngineSpec("Bad", "", LoudnessEngine)
 
 
 def test_hook_register_sinks(tmp_path):

@@ -1,0 +1,124 @@
+"""The output pacer: exactly one frame per session-clock tick to every sink.
+
+Rendered frames wait in a bounded `StageQueue` (about one block; the renderer blocks when it is
+full). The first rendered frame fixes the schedule: frame `k` belongs to tick `k + offset`. At
+each tick the pacer sends the frame whose tick it is; when none is ready it repeats the last
+image (a *held* frame); a frame whose tick has passed while a newer one is already queued is
+*dropped*, so a late block never pushes the schedule (and the latency) back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from avatarforcing.plugin.session.clock import SessionClock
+from avatarforcing.plugin.session.queues import END, StageQueue
+from avatarforcing.plugin.session.sinks import SinkWorker
+from avatarforcing.plugin.session.stats import SessionStats
+from avatarforcing.plugin.types import AudioChunk, Frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RenderedFrame:
+    """A final frame on its way to the pacer. `queued_at`: monotonic time it entered the queue;
+    `captured_at`: capture time of the newest audio of its input tick (0.0 unknown); `audio`:
+    the avatar audio of its 40 ms (float32 (640,)) or None."""
+
+    frame: Frame
+    queued_at: float
+    captured_at: float = 0.0
+    audio: np.ndarray | None = None
+
+
+class FramePacer(threading.Thread):
+    """Sends `queue`'s frames to `sinks` on `clock`, starting at tick 0, until `END` (after
+    the queue is drained) or `stop`. `initial` is the image shown before the first frame (the
+    warm-up render), or None to send nothing until then."""
+
+    def __init__(self, clock: SessionClock, queue: StageQueue, sinks: Sequence[SinkWorker], stats: SessionStats,
+                 stop: threading.Event, initial: np.ndarray | None = None, sample_rate: int = 16000,
+                 hold_log_interval_s: float = 5.0) -> None:
+        super().__init__(name="pacer", daemon=True)
+        self.clock, self.queue, self.sinks, self.stats, self.stop = clock, queue, sinks, stats, stop
+        self.image = initial
+        self.samples_per_frame = sample_rate // clock.fps
+        self.sample_rate = sample_rate
+        self.offset: int | None = None
+        self.hold_log_interval_s = hold_log_interval_s
+        self._holds_since_log = 0
+        self._last_hold_log = 0.0
+        self.finished = False
+
+    def _due_frames(self, tick: int) -> tuple[RenderedFrame | None, bool]:
+        """The frame for `tick` (dropping older late ones) and whether END was reached."""
+        chosen: RenderedFrame | None = None
+        while True:
+            items = self.queue.peek_all()
+            if not items:
+                return chosen, False
+            head = items[0]
+            if head is END:
+                if chosen is None:
+                    self.queue.get_nowait()
+                    return None, True
+                return chosen, False
+            if self.offset is None:
+                self.offset = tick - head.frame.index
+            if head.frame.index + self.offset > tick:
+                return chosen, False  # early: its tick has not come
+            self.queue.get_nowait()
+            if chosen is not None:
+                self.stats.count("dropped")
+            chosen = head
+
+    def _send(self, tick: int, image: np.ndarray, audio: np.ndarray | None, held: bool, source: int | None) -> None:
+        frame = Frame(image=image, index=tick, timestamp=tick / self.clock.fps,
+                      metadata={"held": held, "rendered_index": source})
+        chunk = AudioChunk(
+            audio if audio is not None else np.zeros(self.samples_per_frame, np.float32),
+            self.sample_rate, tick / self.clock.fps, tick,
+        )
+        for worker in self.sinks:
+            worker.offer(frame, chunk)
+        self.stats.count("frames")
+
+    def _log_hold(self, now: float) -> None:
+        self._holds_since_log += 1
+        if now - self._last_hold_log >= self.hold_log_interval_s:
+            log.info("the next block is late: holding the last frame (%d held since the last note)",
+                     self._holds_since_log)
+            self._last_hold_log, self._holds_since_log = now, 0
+
+    def run(self) -> None:
+        tick = 0
+        while self.clock.wait_until_due(tick, self.stop):
+            chosen, ended = self._due_frames(tick)
+            now = time.monotonic()
+            if chosen is not None:
+                self.image = chosen.frame.image
+                self.stats.observe("queue_wait", now - chosen.queued_at)
+                if chosen.captured_at > 0:
+                    self.stats.observe("end_to_end", now - chosen.captured_at)
+                self.stats.count("rendered")
+                self._send(tick, self.image, chosen.audio, False, chosen.frame.index)
+            elif ended:
+                self.finished = True
+                return
+            elif self.image is not None:
+                self.stats.count("held")
+                self._log_hold(now)
+                self._send(tick, self.image, None, True, None)
+            late = time.monotonic() - self.clock.due(tick)
+            tick += 1
+            if late > 1.0 / self.clock.fps:  # this thread itself stalled: skip the missed ticks
+                skipped = int(late * self.clock.fps)
+                log.warning("the pacer fell %.0f ms behind the clock; skipping %d tick(s)", late * 1000, skipped)
+                tick += skipped

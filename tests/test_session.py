@@ -1,0 +1,374 @@
+"""The live session: pacing, back-pressure, shutdown, failures and recovery, stats, `run` CLI.
+
+The engine used here is a real (tiny) motion engine defined below: its latent per frame is the
+loudness of that frame's avatar audio, optionally with extra compute time per block; the
+renderer paints that loudness; sinks record when each frame reached them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+from avatarforcing.plugin import EngineSpec, Frame, MotionBlock, OptionSpec, RendererSpec, SinkSpec, SourceSpec, hookimpl
+from avatarforcing.plugin.builtins import files as files_plugin
+from avatarforcing.plugin.cli import run_cli
+from avatarforcing.plugin.config import load_config
+from avatarforcing.plugin.manager import build_plugin_host
+from avatarforcing.plugin.session import LiveSession, SpeakListenPolicy, StageQueue, VoiceActivityDetector
+from avatarforcing.plugin.session.queues import END, Aborted
+from avatarforcing.plugin.types import AudioChunk
+
+
+class LoudnessEngine:
+    """Latent of a frame = RMS of its 640 avatar samples; blocks of `block` frames; each block
+    costs `block_s` seconds of (sleeping) compute; `fail_at` raises in generate at that block."""
+
+    fps, sample_rate = 25, 16000
+
+    def __init__(self, block: int, block_s: float, fail_at: int):
+        self.first_block_frames = self.block_frames = block
+        self.block_s, self.fail_at = block_s, fail_at
+        self.pending: list[tuple[int, float]] = []
+        self.blocks = 0
+        self.guidance: list[tuple[float, float]] = []
+
+    def open(self, session):
+        self.session = session
+
+    def warm_up(self):
+        return [MotionBlock(-1, 0, 1, np.zeros((1, 1), np.float32))]
+
+    def extract(self, tick):
+        rms = np.sqrt((tick.avatar_audio.reshape(tick.num_frames, 640) ** 2).mean(axis=1))
+        return [(tick.first_frame + i, float(r)) for i, r in enumerate(rms)]
+
+    def set_guidance(self, avatar_scale, user_scale):
+        self.guidance.append((avatar_scale, user_scale))
+
+    def _block(self, items):
+        if self.blocks == self.fail_at:
+            raise RuntimeError("the engine broke")
+        time.sleep(self.block_s)
+        latents = np.asarray([v for _, v in items], np.float32)[:, None]
+        block = MotionBlock(self.blocks, items[0][0], len(items), latents)
+        self.blocks += 1
+        return block
+
+    def generate(self, features):
+        self.pending.extend(features)
+        out = []
+        while len(self.pending) >= self.block_frames:
+            out.append(self._block(self.pending[: self.block_frames]))
+            del self.pending[: self.block_frames]
+        return out
+
+    def finish(self):
+        rest, self.pending = self.pending, []
+        return [self._block(rest)] if rest else []
+
+    def close(self):
+        pass
+
+
+class LoudnessRenderer:
+    def __init__(self, size: int):
+        self.size = size
+
+    def open(self, session):
+        pass
+
+    def render(self, block):
+        return [Frame(np.full((self.size, self.size, 3), min(255, int(v * 255)), np.uint8), block.first_frame + i,
+                      (block.first_frame + i) / 25) for i, v in enumerate(block.latents[:, 0])]
+
+    def close(self):
+        pass
+
+
+class TimedSink:
+    """Records (monotonic time, frame index, held) of every frame; `fail_at` raises once."""
+
+    log: dict[str, list] = {}
+    opened: dict[str, int] = {}
+
+    def __init__(self, label: str, fail_at: int):
+        self.label, self.fail_at = label, fail_at
+        TimedSink.log.setdefault(label, [])
+        TimedSink.opened.setdefault(label, 0)
+
+    def open(self, session):
+        TimedSink.opened[self.label] += 1
+
+    def write_frame(self, frame):
+        entries = TimedSink.log[self.label]
+        if len(entries) == self.fail_at and TimedSink.opened[self.label] == 1:
+            raise OSError("device vanished")
+        entries.append((time.monotonic(), frame.index, frame.metadata["held"]))
+
+    def write_audio(self, chunk):
+        assert chunk.samples.shape == (640,)
+
+    def close(self):
+        pass
+
+
+class FlakyToneSource:
+    """A realtime 440 Hz tone; the first instance raises after `fail_after` chunks."""
+
+    instances = 0
+
+    def __init__(self, fail_after: int):
+        FlakyToneSource.instances += 1
+        self.fail = FlakyToneSource.instances == 1
+        self.fail_after = fail_after
+        self.inner = files_plugin.SilenceSource(0.0, 16000, 40, True)
+
+    def __iter__(self):
+        for chunk in self.inner:
+            if self.fail and chunk.index == self.fail_after:
+                raise OSError("microphone unplugged")
+            t = np.arange(chunk.index * 640, chunk.index * 640 + 640) / 16000
+            yield AudioChunk((0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, chunk.timestamp, chunk.index)
+
+    def close(self):
+        self.inner.close()
+
+
+class TestPlugin:
+    @hookimpl
+    def register_engines(self):
+        return [EngineSpec("loudness", "latents = loudness", LoudnessEngine, (
+            OptionSpec("block", int, 10, "frames per block", minimum=1),
+            OptionSpec("block_s", float, 0.0, "compute seconds per block", minimum=0.0),
+            OptionSpec("fail_at", int, -1, "block index that raises"),
+        ), default_renderer="loudness")]
+
+    @hookimpl
+    def register_renderers(self):
+        return [RendererSpec("loudness", "paints loudness", LoudnessRenderer, (OptionSpec("size", int, 8, "side"),))]
+
+    @hookimpl
+    def register_sinks(self):
+        return [SinkSpec(f"timed-{label}", "records times", lambda fail_at, label=label: TimedSink(label, fail_at),
+                         (OptionSpec("fail_at", int, -1, "frame that raises once"),), accepts_audio=True)
+                for label in ("a", "b")]
+
+    @hookimpl
+    def register_avatar_audio_sources(self):
+        return [SourceSpec("flaky-tone", "tone that fails once", FlakyToneSource,
+                           (OptionSpec("fail_after", int, 10, "chunks before failing"),))]
+
+
+@pytest.fixture
+def host():
+    TimedSink.log.clear()
+    TimedSink.opened.clear()
+    FlakyToneSource.instances = 0
+    return build_plugin_host({}, load_entry_points=False, plugins=[files_plugin, TestPlugin()])
+
+
+def config(*overrides):
+    base = ["model.engine=loudness", "sources.avatar_audio.use=silence", "sources.user_audio.use=silence",
+            "sources.user_video.use=", "sinks.use=timed-a", "session.stats_interval=0"]
+    return load_config(overrides=[*base, *overrides], environ={})
+
+
+def intervals(label):
+    times = [t for t, _, _ in TimedSink.log[label]]
+    return np.diff(times) * 1000.0
+
+
+def assert_paced(label):
+    gaps = intervals(label)
+    assert len(gaps) > 20
+    assert abs(statistics.median(gaps) - 40.0) < 4.0, statistics.median(gaps)
+    assert gaps.max() < 80.0 and gaps.min() > 0.0, (gaps.min(), gaps.max())
+
+
+# --------------------------------------------------------------------------------------------
+def test_pacing_holds_frames_while_a_slow_engine_is_late(host, tmp_path):
+    stats_file = tmp_path / "stats.json"
+    session = LiveSession(host, config("engines.loudness.block_s=0.7"), duration=4.0, stats_path=stats_file)
+    stats = session.run()
+    assert stats["error"] is None
+    assert_paced("a")
+    assert stats["held"] > 10 and stats["rendered"] > 10
+    indices = [i for _, i, _ in TimedSink.log["a"]]
+    assert indices == list(range(indices[0], indices[0] + len(indices)))  # one frame per tick
+    written = json.loads(stats_file.read_text())
+    for stage in ("capture_to_features", "extract", "generate", "render", "queue_wait", "end_to_end"):
+        assert written["latency"][stage]["count"] > 0, stage
+        assert written["latency"][stage]["p95_ms"] >= written["latency"][stage]["p50_ms"]
+    assert written["latency"]["generate"]["p50_ms"] >= 650
+    assert written["engine"] == "loudness" and written["renderer"] == "loudness"
+    assert not [t for t in threading.enumerate() if t.name in ("features", "generator", "renderer", "pacer")]
+
+
+def test_back_pressure_keeps_the_frame_queue_within_one_block(host):
+    session = LiveSession(host, config("engines.loudness.block=10", "session.queue_frames=10"), duration=2.0)
+    stats = session.run()
+    assert stats["error"] is None
+    assert 1 <= stats["max_frame_queue"] <= 10
+    assert session.frames_queue.high_water <= 10
+    assert_paced("a")
+
+
+def test_stage_queue_blocks_when_full_and_aborts():
+    queue = StageQueue(2)
+    queue.put(1), queue.put(2)
+    done = threading.Event()
+    threading.Thread(target=lambda: (queue.put(3), done.set()), daemon=True).start()
+    assert not done.wait(0.2) and len(queue) == 2
+    assert queue.get() == 1 and done.wait(2) and len(queue) == 2
+    dropping = StageQueue(2, drop_oldest=True)
+    assert [dropping.put(i) for i in range(4)] == [0, 0, 1, 1] and dropping.get() == 2
+    queue.put(END)
+    queue.abort()
+    with pytest.raises(Aborted):
+        queue.get()
+
+
+def test_end_of_file_inputs_ends_the_session(host, tmp_path):
+    wav = tmp_path / "voice.wav"
+    t = np.arange(int(1.6 * 16000)) / 16000
+    soundfile.write(wav, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    cfg = config("sources.avatar_audio.use=audio-file", f"sources.avatar_audio.path={wav}",
+                 "sources.avatar_audio.realtime=true", "sources.user_audio.use=", "session.warm_up=false")
+    started = time.monotonic()
+    stats = LiveSession(host, cfg).run()
+    assert stats["error"] is None and time.monotonic() - started < 15
+    assert 20 <= stats["rendered"] <= 45  # 1.6 s of audio (its first moments go before live)
+    assert stats["blocks"] >= 3
+
+
+def test_a_failing_stage_is_reported_with_its_name_and_exit_status(host, tmp_path):
+    stats = LiveSession(host, config("engines.loudness.fail_at=1", "engines.loudness.block=5"), duration=5.0).run()
+    assert stats["error"] == "generator: RuntimeError: the engine broke"
+    out, err = io.StringIO(), io.StringIO()
+    status = run_cli(["run", "--engine", "loudness", "--sink", "timed-b", "--duration", "5",
+                      "--set", "engines.loudness.fail_at=1", "--set", "engines.loudness.block=5", "--set", "sources.avatar_audio.use=silence",
+                      "--set", "sources.user_audio.use=", "--set", "sources.user_video.use="],
+                     host, out, err, environ={})
+    assert status == 1 and "generator: RuntimeError: the engine broke" in err.getvalue()
+
+
+def test_a_failing_source_counts_as_silence_and_is_reopened(host):
+    cfg = config("sources.avatar_audio.use=flaky-tone", "sources.avatar_audio.fail_after=20",
+                 "session.retry_initial_s=0.3")
+    session = LiveSession(host, cfg, duration=3.0)
+    stats = session.run()
+    assert stats["error"] is None
+    assert stats["source_faults"] == {"avatar_audio:flaky-tone": 1}
+    assert FlakyToneSource.instances == 2 and session._captures[0].reopened == 1
+    assert_paced("a")
+    assert stats["rendered"] > 50
+
+
+def test_a_failing_sink_is_reopened_while_the_others_continue(host):
+    cfg = config("sinks.use=timed-a,timed-b", "sinks.timed-a.fail_at=15", "session.retry_initial_s=0.2")
+    stats = LiveSession(host, cfg, duration=3.0).run()
+    assert stats["error"] is None and stats["sink_faults"] == {"timed-a": 1}
+    assert TimedSink.opened["a"] == 2
+    assert_paced("b")
+    assert len(TimedSink.log["b"]) - len(TimedSink.log["a"]) >= 3  # a missed frames while down
+    assert len(TimedSink.log["a"]) > 40
+
+
+def test_voice_activity_switches_with_attack_and_release():
+    vad = VoiceActivityDetector(SpeakListenPolicy(attack_ms=80, release_ms=200))
+    loud, quiet = np.full(640, 0.2, np.float32), np.zeros(640, np.float32)
+    assert vad.update(loud) == 1.0 and not vad.speaking
+    vad.update(loud)
+    assert vad.speaking
+    for _ in range(4):
+        vad.update(quiet)
+    assert vad.speaking
+    vad.update(quiet)
+    assert not vad.speaking
+    assert SpeakListenPolicy().scales(True) == (2.0, 1.0) and SpeakListenPolicy().scales(False) == (1.0, 1.5)
+    assert SpeakListenPolicy(mode="fixed").scales(False) == (2.0, 1.0)
+
+
+def test_guidance_follows_the_avatar_voice(host):
+    session = LiveSession(host, config("sources.avatar_audio.use=flaky-tone", "sources.avatar_audio.fail_after=1000"),
+                          duration=2.0)
+    assert session.run()["error"] is None
+    assert (2.0, 1.0) in session.engine.guidance
+
+
+def test_cli_run_end_to_end_with_stats(host, tmp_path, samples_dir):
+    stats_file = tmp_path / "stats.json"
+    out, err = io.StringIO(), io.StringIO()
+    status = run_cli(["run", "--preset", "demo", "--engine", "loudness", "--sink", "timed-a",
+                      "--avatar-audio", str(samples_dir / "avatar.wav"), "--duration", "6", "--stats", str(stats_file)],
+                     host, out, err, environ={})
+    assert status == 0, err.getvalue()
+    stats = json.loads(stats_file.read_text())
+    assert stats["error"] is None and 145 <= stats["frames"] <= 180  # 150 ticks + the last block drained
+    assert stats["latency"]["end_to_end"]["count"] > 100
+    assert "session ended:" in out.getvalue()
+    assert_paced("a")
+    status = run_cli(["run", "--engine", "nope", "--duration", "1"], host, io.StringIO(), err := io.StringIO(), environ={})
+    assert status != 0 and "no engine named 'nope'" in err.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["default"])
+def test_two_minute_session_keeps_25_fps(engine, samples_dir, tmp_path):
+    host = build_plugin_host({})
+    if engine not in {e.spec.name for e in host.provided("engines")}:
+        pytest.skip(f"engine {engine!r} is not registered yet (plugin/builtins/default_avatar.py)")
+    host.register(TestPlugin())
+    TimedSink.log.clear(), TimedSink.opened.clear()
+    cfg = load_config(overrides=[
+        f"model.engine={engine}", f"session.portrait={samples_dir / 'rumi.jpg'}", "sinks.use=timed-a",
+        "sources.avatar_audio.use=audio-file", f"sources.avatar_audio.path={samples_dir / 'avatar.wav'}",
+        "sources.avatar_audio.realtime=true", "sources.avatar_audio.loop=true",
+        "sources.user_video.use=video-file", f"sources.user_video.path={samples_dir / 'user.mp4'}",
+        "sources.user_video.realtime=true", "sources.user_video.loop=true", "sources.user_audio.use=silence",
+    ], environ={})
+    stats = LiveSession(host, cfg, duration=120.0, stats_path=tmp_path / "stats.json").run()
+    assert stats["error"] is None
+    gaps = intervals("a")
+    assert abs(statistics.median(gaps) - 40.0) < 2.0 and np.all(np.abs(gaps - 40.0) <= 40.0)
+    assert stats["latency"]["generate"]["count"] > 0
+
+
+
+def test_official_engine_uses_the_null_condition_without_a_face(samples_dir):
+    import torch
+
+    from avatarforcing.integrations.face_crop import load_image_rgb
+    from avatarforcing.plugin.builtins import official_engine
+    from avatarforcing.plugin.types import InputTick, SessionInfo
+
+    torch.set_num_threads(1)
+    host = build_plugin_host({}, load_entry_points=False, plugins=[official_engine])
+    cfg = load_config(overrides=["model.engine=official", "engines.official.model=formula:fixture_small",
+                                 "model.nfe=3", "model.device=cpu"], environ={})
+    spec, engine = host.create_engine(cfg)
+    assert spec.default_renderer == "motion-autoencoder"
+    portrait = load_image_rgb(samples_dir / "rumi.jpg")
+    engine.open(SessionInfo("s", cfg, portrait=portrait))
+    try:
+        assert engine.backend == "torch_cpu"
+        silence = np.zeros(640, np.float32)
+        blank = np.zeros((120, 160, 3), np.uint8)
+        features = engine.extract(InputTick(0, 1, silence, silence, [blank]))
+        assert features.faces == 0 and torch.count_nonzero(features.motion) == 0
+        face = engine.extract(InputTick(1, 1, silence, silence, [portrait]))
+        assert face.faces == 1 and torch.count_nonzero(face.motion) > 0
+        assert engine.generate(features) == [] and engine.generate(face) == []
+        blocks = engine.finish()
+        assert [(b.first_frame, b.num_frames) for b in blocks] == [(0, 2)]
+        assert tuple(blocks[0].latents.shape) == (2, 512)
+    finally:
+        engine.close()

@@ -150,6 +150,10 @@ def load_official_checkpoints(
     `CheckpointError` naming them and the file, and the model is left untouched. Returns the
     `LoadReport` (loaded, missing, unexpected, mismatched per source).
     """
+    try:
+        model.cfg.check_official_layout()
+    except ValueError as error:
+        raise CheckpointError(f"cannot load the official checkpoints into this model: {error}") from error
     params = dict(model.named_parameters())
     sources: list[tuple[SourceSpec, TensorFile]] = []
     config_mismatches: dict[str, list[str]] = {}

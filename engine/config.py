@@ -2,6 +2,11 @@
 
 `ModelConfig.official()` is the released model; `ModelConfig.from_dict()` accepts the
 official yaml/json mapping (unknown keys are ignored, so a fixture's `model_config` loads as is).
+
+Any consistent shape is accepted (e.g. a small interpretable-motion model with `dim_w=13`,
+`dim_a=80`, a 1 s first clip and 4-frame blocks); what the released weights need (512-wide
+motion/audio, 50-frame clip, 10-frame blocks) is checked by `check_official_layout()`, which the
+official checkpoint loader and the full model (motion autoencoder + wav2vec2) call.
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ SAMPLES_PER_SECOND = 16000
 class ModelConfig:
     """Shapes of the Avatar Forcing model.
 
-    Hard-coded constants of the official code (context 2, cross window 2, 4 fusion heads,
-    512-wide motion/audio features) are properties, not options.
+    Hard-coded constants of the official code (context 2, 2-frame lookahead, 4 fusion heads)
+    are properties, not options. dim_w: motion width (latent or parameter vector); dim_a:
+    width of the per-frame audio features, which is also the condition-fusion width (divisible
+    by the 4 fusion heads). The official values are the defaults.
     """
 
     input_size: int = 512  # S, image side of the motion autoencoder
     dim_m: int = 20  # motion basis size
-    dim_w: int = 512  # motion latent / audio feature width (fixed by the official code)
-    dim_a: int = 512  # condition fusion width (fixed by the official code)
+    dim_w: int = 512  # motion width (official: 512-d motion latent)
+    dim_a: int = 512  # audio feature width = condition fusion width (official: 512)
     dim_h: int = 1024  # transformer width
     num_heads: int = 8
     transformer_depth: int = 8
@@ -38,14 +45,49 @@ class ModelConfig:
     only_last_features: bool = False
 
     def __post_init__(self) -> None:
-        if self.dim_w != 512 or self.dim_a != 512:
-            raise ValueError("dim_w and dim_a must be 512 (fixed by the official architecture)")
+        problems = []
+        for name in ("dim_w", "dim_a", "dim_h", "num_heads", "transformer_depth", "fps", "sec", "num_frames_per_block"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.dim_a % self.fusion_heads:
+            problems.append(f"dim_a {self.dim_a} is not divisible by the {self.fusion_heads} condition-fusion heads")
         if self.dim_h % self.num_heads:
-            raise ValueError(f"dim_h {self.dim_h} is not divisible by num_heads {self.num_heads}")
+            problems.append(f"dim_h {self.dim_h} is not divisible by num_heads {self.num_heads}")
+        elif self.head_dim % 2:
+            problems.append(f"head width dim_h/num_heads = {self.head_dim} must be even (rotary embedding pairs)")
         if self.input_size < 64 or self.input_size & (self.input_size - 1):
-            raise ValueError(f"input_size must be a power of two >= 64, got {self.input_size}")
-        if self.num_frames_per_block != 10 or self.sec * self.fps != 50:
-            raise ValueError("the official schedule needs a 50-frame first clip and 10-frame blocks")
+            problems.append(f"input_size must be a power of two >= 64, got {self.input_size}")
+        if self.attention_window != 2:
+            problems.append(f"attention_window must be 2 (the streaming cross-attention cache is 2 frames), got {self.attention_window}")
+        if self.self_cache_len < 1:
+            problems.append(
+                f"first clip of sec*fps = {self.clip_frames} frames is too short for {self.block_frames}-frame blocks: "
+                f"it needs at least block + context + 1 = {self.block_frames + self.context_frames + 1} frames "
+                "(raise sec or lower num_frames_per_block)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def official_layout_problems(self) -> list[str]:
+        """What keeps this configuration from using the released weights / official encoders."""
+        problems = []
+        if self.dim_w != 512 or self.dim_a != 512:
+            problems.append(f"dim_w and dim_a must be 512 (got {self.dim_w}, {self.dim_a})")
+        if self.num_frames_per_block != 10 or self.clip_frames != 50:
+            problems.append(
+                f"the official schedule needs a 50-frame first clip and 10-frame blocks "
+                f"(got {self.clip_frames} and {self.num_frames_per_block})"
+            )
+        return problems
+
+    def check_official_layout(self) -> None:
+        """Raise ValueError unless the shapes are those of the official architecture."""
+        problems = self.official_layout_problems()
+        if problems:
+            raise ValueError("not the official model layout: " + "; ".join(problems))
 
     # -- derived constants -------------------------------------------------------------------
     @property
@@ -79,8 +121,8 @@ class ModelConfig:
 
     @property
     def cross_cache_len(self) -> int:
-        """Cached cross-attention condition frames (2)."""
-        return 2
+        """Cached cross-attention condition frames (2 = attention_window)."""
+        return self.attention_window
 
     @property
     def samples_per_frame(self) -> int:
@@ -94,7 +136,9 @@ class ModelConfig:
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def official(cls) -> "ModelConfig":
-        return cls()
+        cfg = cls()
+        cfg.check_official_layout()
+        return cfg
 
     @classmethod
     def fixture_small(cls) -> "ModelConfig":

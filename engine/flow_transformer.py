@@ -75,7 +75,7 @@ class ConditionFusion(nn.Module):
         self.to_cond_user = nn.Linear(width, cfg.dim_h)
 
     def forward(self, avatar_audio: Tensor, user_audio: Tensor, user_motion: Tensor) -> Tensor:
-        """A, U, R [B, L, 512] -> c [B, L, h]."""
+        """A, U [B, L, dim_a], R [B, L, dim_w] -> c [B, L, h]."""
         m = self.motion_embedder(user_motion)
         fused_user = F.silu(self.ln1(m + self.dual_modal_attn(m, user_audio)))
         u = F.silu(self.ln2(avatar_audio + self.user_agent_attn(avatar_audio, fused_user)))
@@ -188,11 +188,12 @@ class FlowTransformer(nn.Module):
 
     # -- pieces that are constant per window ----------------------------------------------------
     def guidance_conditions(self, avatar_audio: Tensor, user_audio: Tensor, user_motion: Tensor) -> Tensor:
-        """Fused condition of the CFG batch [null, avatar audio, user]: A, U, R [B, L, 512] -> c [3B, L, h]."""
-        zeros = torch.zeros_like(avatar_audio)
-        a3 = torch.cat((zeros, avatar_audio, zeros))
-        u3 = torch.cat((zeros, torch.zeros_like(user_audio), user_audio))
-        r3 = torch.cat((zeros, torch.zeros_like(user_motion), user_motion))
+        """Fused condition of the CFG batch [null, avatar audio, user]: A, U [B, L, dim_a],
+        R [B, L, dim_w] -> c [3B, L, h]. The null condition is zeros."""
+        a_zero, u_zero, r_zero = (torch.zeros_like(x) for x in (avatar_audio, user_audio, user_motion))
+        a3 = torch.cat((a_zero, avatar_audio, a_zero))
+        u3 = torch.cat((u_zero, u_zero, user_audio))
+        r3 = torch.cat((r_zero, r_zero, user_motion))
         return self.c_embedder(a3, u3, r3)
 
     def condition_keys_values(self, c: Tensor) -> tuple[list[Tensor], list[Tensor]]:

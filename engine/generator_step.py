@@ -5,8 +5,9 @@
 plain `nn.Module`s whose tensors have the same shapes at every call, so they can be exported
 (ONNX/TensorRT) with the state going around the loop.
 
-Cache layout (unrotated keys): self_k/self_v [depth, 3B, H, 38, d], cross_k/cross_v
-[depth, 3B, H, 2, d]. RoPE uses window-local positions (first clip 0..49; a block's keys
+Cache layout (unrotated keys): self_k/self_v [depth, 3B, H, K-M-2 (38), d], cross_k/cross_v
+[depth, 3B, H, 2, d]. Official numbers in parentheses (K = 50, M = 10); widths: motion dim_w
+(512), audio features dim_a (512). RoPE uses window-local positions (first clip 0..49; a block's keys
 0..49 = frames t-40..t+9, its queries 38..49); `set_rope_origin` shifts them for tests.
 """
 
@@ -151,11 +152,15 @@ class BlockStep(_StepBase):
             x = torch.cat((context, new), dim=1)
             self._record(v3, x)
         keys, values = tf.collect_keys_values(x, r_s, tf.token_modulation(self.t_values, self.noisy_tokens * 0), ctx)
-        shift = cfg.block_frames  # drop the oldest 10 entries, append window tokens 0..9
-        new_self_k = torch.cat((self_k[:, :, :, shift:], torch.stack([kk[:, :, :shift] for kk in keys])), dim=3)
-        new_self_v = torch.cat((self_v[:, :, :, shift:], torch.stack([vv[:, :, :shift] for vv in values])), dim=3)
-        last = cfg.window_frames - cfg.context_frames  # condition tokens 8, 9
+        # self cache: append window tokens 0..M-1 (frames t-2..t+M-3), keep the newest entries
+        # (officially: drop the oldest 10, append tokens 0..9)
+        shift, cached = cfg.block_frames, cfg.self_cache_len
+        new_self_k = torch.cat((self_k, torch.stack([kk[:, :, :shift] for kk in keys])), dim=3)[:, :, :, -cached:]
+        new_self_v = torch.cat((self_v, torch.stack([vv[:, :, :shift] for vv in values])), dim=3)[:, :, :, -cached:]
+        # cross cache: the 2 condition frames before the next block's context (officially window
+        # tokens 8, 9); taken from [cache, window] so that blocks of 1 frame work too
+        last = cfg.cross_cache_len + cfg.window_frames - cfg.context_frames
         first = last - cfg.cross_cache_len
-        new_cross_k = torch.stack([kk[:, :, first:last] for kk in window_k])
-        new_cross_v = torch.stack([vv[:, :, first:last] for vv in window_v])
+        new_cross_k = torch.stack([kk[:, :, first:last] for kk in cross_keys])
+        new_cross_v = torch.stack([vv[:, :, first:last] for vv in cross_values])
         return x[:, ctx_frames:], new_self_k, new_self_v, new_cross_k, new_cross_v

@@ -19,6 +19,11 @@ from .motion_autoencoder import MotionAutoencoder
 class AvatarForcingModel(nn.Module):
     def __init__(self, cfg: ModelConfig, wav2vec2_config=None) -> None:
         super().__init__()
+        if cfg.dim_w != 512 or cfg.dim_a != 512:
+            raise ValueError(
+                f"the full model (motion autoencoder + wav2vec2 audio encoder) needs dim_w = dim_a = 512, got "
+                f"{cfg.dim_w}, {cfg.dim_a}; other widths use FlowTransformer alone (engine.flow_checkpoint)"
+            )
         self.cfg = cfg
         self.motion_autoencoder = MotionAutoencoder(cfg)
         self.audio_encoder = AudioEncoder(wav2vec2_config)

@@ -165,7 +165,8 @@ class StoredNoise:
 class MotionStream:
     """Streaming sampler of avatar motion latents for one reference identity.
 
-    r_s [B, 512] is the reference motion. Pushed condition frames are [n, 512] or [B, n, 512].
+    r_s [B, dim_w] is the reference motion. Pushed condition frames are [n, D] or [B, n, D] with
+    D = dim_a for the two audio-feature streams and dim_w for user motion (512 officially).
     """
 
     def __init__(
@@ -187,9 +188,9 @@ class MotionStream:
         self._generator = torch.Generator(device=r_s.device).manual_seed(seed)
         self._noise = noise
         self.rope_offset = rope_offset  # None: window-local positions; int: absolute positions + offset
-        batch, width = r_s.shape[0], self.cfg.dim_w
-        empty = r_s.new_zeros(batch, 0, width)
-        self.state = StreamState(buffers={name: ConditionBuffer(empty.clone()) for name in STREAMS})
+        batch = r_s.shape[0]
+        widths = {"avatar_audio": self.cfg.dim_a, "user_audio": self.cfg.dim_a, "user_motion": self.cfg.dim_w}
+        self.state = StreamState(buffers={name: ConditionBuffer(r_s.new_zeros(batch, 0, widths[name])) for name in STREAMS})
         self.state.guidance = guidance or GuidanceScales()
 
     # -- inputs ------------------------------------------------------------------------------------
@@ -200,7 +201,13 @@ class MotionStream:
             buf = self.state.buffers[name]
             if buf.ended:
                 raise RuntimeError(f"{name} stream already ended")
-            buf.append(frames if frames.dim() == 3 else frames[None])
+            frames = frames if frames.dim() == 3 else frames[None]
+            if frames.shape[-1] != buf.frames.shape[-1]:
+                raise ValueError(
+                    f"{name} frames have width {frames.shape[-1]}, the model expects {buf.frames.shape[-1]} "
+                    f"(dim_a = {self.cfg.dim_a} for audio features, dim_w = {self.cfg.dim_w} for motion)"
+                )
+            buf.append(frames)
 
     def end(self, *names: str) -> None:
         """Mark streams as ended (all when none given); the session length becomes known once
@@ -259,7 +266,7 @@ class MotionStream:
                 noise, st.context, *self._windows(t - cfg.context_frames, stop), self.r_s,
                 st.self_k, st.self_v, st.cross_k, st.cross_v, guidance,
             )
-            st.context = latents[:, -cfg.context_frames :]
+            st.context = torch.cat((st.context, latents), dim=1)[:, -cfg.context_frames :]  # blocks may be < C frames
         st.next_frame = stop
         for buf in st.buffers.values():
             buf.drop_before(stop - cfg.context_frames)

@@ -1,0 +1,55 @@
+"""Losers for preference optimisation: the frozen reference model's own motion for an item,
+sampled with the streaming generator while the user's conditions (user audio and user motion)
+are the null condition (zeros) — the avatar hears itself only, so it cannot react.
+
+With the user streams null, the CFG "user" branch equals the null branch, so the sample is the
+reference model's avatar-audio-only motion with the usual avatar guidance. Losers are generated
+once per item (the reference is frozen; the trainer caches them, see `docs/training.md`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..flow_transformer import FlowTransformer
+from ..sampler import FlowMatchingEulerSampler, GuidanceScales
+from ..stream import MotionStream, generate
+
+
+def null_user_conditions(user_audio: Tensor, user_motion: Tensor) -> tuple[Tensor, Tensor]:
+    """The null condition for the user side: zeros of the same shapes."""
+    return torch.zeros_like(user_audio), torch.zeros_like(user_motion)
+
+
+@torch.no_grad()
+def sample_motion(
+    reference: FlowTransformer,
+    avatar_audio: Tensor,
+    user_audio: Tensor,
+    user_motion: Tensor,
+    r_s: Tensor,
+    nfe: int = 10,
+    guidance: GuidanceScales = GuidanceScales(),
+    seed: int = 0,
+) -> Tensor:
+    """Streamed sample of one item: A, U [T, dim_a], R [T, dim_w], r_s [dim_w] -> motion [T, dim_w]."""
+    device = next(reference.parameters()).device
+    stream = MotionStream(reference, r_s[None].to(device), FlowMatchingEulerSampler(nfe), guidance, seed=seed)
+    out = generate(stream, avatar_audio[None].to(device), user_audio[None].to(device), user_motion[None].to(device))
+    return out[0].cpu()
+
+
+def make_loser(
+    reference: FlowTransformer,
+    avatar_audio: Tensor,
+    user_audio: Tensor,
+    user_motion: Tensor,
+    r_s: Tensor,
+    nfe: int = 10,
+    guidance: GuidanceScales = GuidanceScales(),
+    seed: int = 0,
+) -> Tensor:
+    """Loser motion [T, dim_w]: `sample_motion` with the user conditions replaced by the null condition."""
+    null_audio, null_motion = null_user_conditions(user_audio, user_motion)
+    return sample_motion(reference, avatar_audio, null_audio, null_motion, r_s, nfe, guidance, seed)

@@ -1,0 +1,146 @@
+"""Paper-style motion metrics on held-out conversations (numpy, motion arrays [T, D]).
+
+- reactiveness rPCC (per group): |PCC(user, generated) - PCC(user, ground truth)|, PCC = mean over
+  the group's dims of the Pearson correlation over time of user and avatar motion (lower = better);
+- richness: variance (mean over dims of the temporal variance) and SID diversity: entropy in bits
+  of the histogram of k-means cluster assignments of the frames (clusters fitted on ground truth);
+- lip sync (spaces with a jaw parameter): PCC of jaw opening and the avatar's audio energy;
+- jitter: mean absolute acceleration |x[t+1] - 2 x[t] + x[t-1]|.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MotionGroups:
+    """Which dims are pose / expression, and the jaw-opening dim (None: no lip-sync metric)."""
+
+    pose: tuple[int, ...]
+    expression: tuple[int, ...]
+    jaw: int | None = None
+
+    @classmethod
+    def all_dims(cls, dim_w: int) -> "MotionGroups":
+        """A space without groups (the official latent): every metric over all dims."""
+        dims = tuple(range(dim_w))
+        return cls(dims, dims, None)
+
+
+def groups_for_space(space: str, dim_w: int) -> MotionGroups:
+    """The groups of a dataset's motion space ("default" reads the default motion space)."""
+    if space == "default":
+        from ..default.motion_space import MOTION_SPACE
+
+        return MotionGroups(tuple(MOTION_SPACE.pose_indices), tuple(MOTION_SPACE.expression_indices), int(MOTION_SPACE.jaw_index))
+    return MotionGroups.all_dims(dim_w)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two 1-D series (0 when either is constant)."""
+    x, y = np.asarray(x, np.float64) - np.mean(x), np.asarray(y, np.float64) - np.mean(y)
+    denom = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denom) if denom > 1e-12 else 0.0
+
+
+def group_pcc(user: np.ndarray, avatar: np.ndarray, dims: tuple[int, ...]) -> float:
+    """Mean over `dims` of PCC(user[:, d], avatar[:, d])."""
+    return float(np.mean([pearson(user[:, d], avatar[:, d]) for d in dims]))
+
+
+def reactiveness(user: np.ndarray, generated: np.ndarray, truth: np.ndarray, dims: tuple[int, ...]) -> float:
+    """rPCC = |PCC(user, generated) - PCC(user, truth)| over `dims`."""
+    return abs(group_pcc(user, generated, dims) - group_pcc(user, truth, dims))
+
+
+def variance(motion: np.ndarray, dims: tuple[int, ...]) -> float:
+    return float(np.var(motion[:, list(dims)], axis=0).mean())
+
+
+def jitter(motion: np.ndarray, dims: tuple[int, ...]) -> float:
+    if motion.shape[0] < 3:
+        return 0.0
+    x = motion[:, list(dims)]
+    return float(np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).mean())
+
+
+def lip_sync(motion: np.ndarray, energy: np.ndarray, jaw: int) -> float:
+    return pearson(motion[:, jaw], energy)
+
+
+def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
+    """Cluster centres [k', D] (k' = min(k, distinct points)) by Lloyd's algorithm, k-means++ start."""
+    rng = np.random.default_rng(seed)
+    points = np.asarray(points, np.float64)
+    k = min(k, len(np.unique(points, axis=0)))
+    centres = [points[rng.integers(len(points))]]
+    for _ in range(1, k):
+        d2 = ((points[:, None] - np.array(centres)[None]) ** 2).sum(-1).min(1)
+        centres.append(points[rng.choice(len(points), p=d2 / d2.sum())] if d2.sum() > 0 else points[rng.integers(len(points))])
+    centres = np.array(centres)
+    for _ in range(iterations):
+        labels = assign(points, centres)
+        new = np.array([points[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(k)])
+        if np.allclose(new, centres):
+            break
+        centres = new
+    return centres
+
+
+def assign(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return ((np.asarray(points, np.float64)[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+
+
+def diversity(motion: np.ndarray, centres: np.ndarray, dims: tuple[int, ...]) -> float:
+    """SID: entropy (bits) of the cluster histogram of `motion[:, dims]` frames."""
+    labels = assign(motion[:, list(dims)], centres)
+    p = np.bincount(labels, minlength=len(centres)) / len(labels)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+@dataclass
+class ConversationMotion:
+    """One held-out conversation side: generated and true avatar motion, user motion [T, D],
+    avatar audio energy [T] or None."""
+
+    generated: np.ndarray
+    truth: np.ndarray
+    user: np.ndarray
+    energy: np.ndarray | None = None
+
+
+def evaluate(conversations: list[ConversationMotion], groups: MotionGroups, clusters: int = 16) -> dict[str, dict[str, float]]:
+    """Metric table: {metric: {"generated": x, "ground_truth": y}} (means over conversations;
+    ground-truth columns give the reference level; rPCC has no ground-truth value)."""
+    if not conversations:
+        raise ValueError("no conversations to evaluate")
+    table: dict[str, dict[str, float]] = {}
+
+    def add(name: str, gen_values: list[float], gt_values: list[float] | None) -> None:
+        table[name] = {"generated": float(np.mean(gen_values))}
+        if gt_values is not None:
+            table[name]["ground_truth"] = float(np.mean(gt_values))
+
+    for label, dims in (("expression", groups.expression), ("pose", groups.pose)):
+        add(f"rPCC_{label}", [reactiveness(c.user, c.generated, c.truth, dims) for c in conversations], None)
+        add(f"variance_{label}", [variance(c.generated, dims) for c in conversations], [variance(c.truth, dims) for c in conversations])
+        centres = kmeans(np.concatenate([c.truth[:, list(dims)] for c in conversations]), clusters)
+        add(f"SID_{label}", [diversity(c.generated, centres, dims) for c in conversations], [diversity(c.truth, centres, dims) for c in conversations])
+        add(f"jitter_{label}", [jitter(c.generated, dims) for c in conversations], [jitter(c.truth, dims) for c in conversations])
+    with_energy = [c for c in conversations if c.energy is not None]
+    if groups.jaw is not None and with_energy:
+        add("lip_sync_pcc", [lip_sync(c.generated, c.energy, groups.jaw) for c in with_energy],
+            [lip_sync(c.truth, c.energy, groups.jaw) for c in with_energy])
+    return table
+
+
+def markdown_table(table: dict[str, dict[str, float]]) -> str:
+    lines = ["| metric | generated | ground truth |", "|---|---|---|"]
+    for name, values in table.items():
+        gt = values.get("ground_truth")
+        lines.append(f"| {name} | {values['generated']:.4f} | {'' if gt is None else f'{gt:.4f}'} |")
+    return "\n".join(lines) + "\n"

@@ -79,6 +79,26 @@ def check_python(ctx: DoctorContext) -> CheckResult:
     return CheckResult("python", "ok", detail)
 
 
+def nvidia_gpus() -> list[str]:
+    """GPU names from ``nvidia-smi -L`` (the driver's view, independent of PyTorch); [] when
+    there is no NVIDIA driver or it finds no GPU."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if listing.returncode != 0:
+        return []
+    return [line.split(":", 1)[1].split("(UUID")[0].strip() for line in listing.stdout.splitlines()
+            if line.startswith("GPU ") and ":" in line]
+
+
+def _mps_available(torch: Any) -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def check_torch(ctx: DoctorContext) -> list[CheckResult]:
     try:
         import torch
@@ -101,6 +121,19 @@ def check_torch(ctx: DoctorContext) -> list[CheckResult]:
             major, minor = torch.cuda.get_device_capability(index)
             names.append(f"cuda:{index} {torch.cuda.get_device_name(index)} (sm_{major}{minor})")
         results.append(CheckResult("cuda", "ok", f"CUDA {cuda_build}: " + "; ".join(names)))
+    elif _mps_available(torch):
+        results.append(CheckResult("cuda", "ok", f"no CUDA; Apple Metal (MPS) is available to PyTorch {torch.__version__}"))
+    elif cuda_build is None and nvidia_gpus():
+        results.append(
+            CheckResult(
+                "cuda",
+                "fail",
+                f"this machine has an NVIDIA GPU ({', '.join(nvidia_gpus())}) but PyTorch "
+                f"{torch.__version__} is the CPU-only build, so the engine runs on the CPU",
+                "re-run the installer (it picks the CUDA build when nvidia-smi works), or "
+                "pip install torch --index-url https://download.pytorch.org/whl/cu128",
+            )
+        )
     elif cuda_build is None:
         results.append(
             CheckResult(
@@ -334,23 +367,78 @@ def check_virtual_camera(ctx: DoctorContext) -> CheckResult:
             "pip install pyvirtualcam (GPL-2.0)",
         )
     version = getattr(pyvirtualcam, "__version__", "?")
-    if _linux():
-        devices = _v4l2_loopback_devices()
-        if not devices:
-            return CheckResult(
-                "virtual camera",
-                "warn",
-                f"pyvirtualcam {version}, but no v4l2loopback device (/dev/video*) exists",
-                "sudo apt-get install v4l2loopback-dkms && sudo modprobe v4l2loopback devices=1 "
-                'exclusive_caps=1 card_label="AvatarForcing"',
-            )
+    if not _linux():
+        return _virtual_camera_backends(pyvirtualcam, version)
+    devices = _v4l2_loopback_devices()
+    if devices:
         return CheckResult("virtual camera", "ok", f"pyvirtualcam {version}; v4l2loopback: " + ", ".join(devices))
-    hint = (
-        "OBS Virtual Camera (OBS 26+) or Unity Capture"
-        if sys.platform == "win32"
-        else "OBS 30+ virtual camera (start and stop it once in OBS first)"
+    configured = Path("/etc/modprobe.d/avatarforcing-v4l2loopback.conf").is_file()
+    detail = f"pyvirtualcam {version}, but no v4l2loopback device (/dev/video*) exists"
+    if configured:
+        detail += " (installer settings present; the module is not loaded, e.g. inside a container)"
+    return CheckResult(
+        "virtual camera",
+        "warn",
+        detail,
+        "bash installer/install.sh --virtual-camera (v4l2loopback-dkms, exclusive_caps=1, loaded at boot), "
+        "or: sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=\"Avatar Forcing\"",
     )
-    return CheckResult("virtual camera", "ok", f"pyvirtualcam {version}; backends need {hint}")
+
+
+def _virtual_camera_backends(pyvirtualcam: Any, version: str) -> CheckResult:
+    """Windows/macOS: pyvirtualcam's backends (each needs its driver: OBS or Unity Capture)."""
+    backends = sorted(getattr(getattr(pyvirtualcam, "camera", None), "BACKENDS", {}) or {})
+    listing = ", ".join(backends) or "none"
+    if sys.platform == "win32":
+        needs = "'obs' needs OBS 26+ (start and stop its virtual camera once); 'unitycapture' needs Unity Capture"
+        fix = "install OBS Studio (installer\\install.ps1 -VirtualCamera) or Unity Capture"
+    else:
+        needs = "'obs' needs OBS 30+ with its camera extension allowed (start and stop the virtual camera once)"
+        fix = "brew install --cask obs (bash installer/install.sh --virtual-camera), start its virtual camera once"
+    if not backends:
+        return CheckResult("virtual camera", "warn", f"pyvirtualcam {version} has no backend on this system", fix)
+    return CheckResult("virtual camera", "ok", f"pyvirtualcam {version}; backends: {listing}; {needs}")
+
+
+def check_display(ctx: DoctorContext) -> CheckResult:
+    """A display for the preview window (Linux: X11 or Wayland; Windows/macOS always have one)."""
+    if not _linux():
+        return CheckResult("display", "ok", f"{platform.system()} desktop")
+    shown = [f"{name}={ctx.environ[name]}" for name in ("DISPLAY", "WAYLAND_DISPLAY") if ctx.environ.get(name)]
+    if shown:
+        return CheckResult("display", "ok", "preview window can open on " + ", ".join(shown))
+    return CheckResult(
+        "display",
+        "warn",
+        "no DISPLAY or WAYLAND_DISPLAY: no preview window (virtual camera, OBS and file sinks still work)",
+        "run from a desktop session, or start a virtual one: Xvfb :99 & export DISPLAY=:99",
+    )
+
+
+def default_avatar_weights() -> tuple[Path, list[Path]]:
+    """The embedded default avatar's package folder and the weight files shipped in it."""
+    import avatarforcing.engine.default as package
+
+    folder = Path(package.__file__).resolve().parent
+    return folder, sorted(folder.glob("*.safetensors"))
+
+
+def check_default_avatar(ctx: DoctorContext) -> CheckResult:
+    folder, files = default_avatar_weights()
+    if files:
+        size = sum(f.stat().st_size for f in files) / 1e6
+        return CheckResult("default avatar", "ok", f"embedded weights: {', '.join(f.name for f in files)} ({size:.1f} MB) in {folder}")
+    registered = False
+    if ctx.host is not None:
+        try:
+            registered = any(p.spec.name == "default" for p in ctx.host.provided("engines"))
+        except Exception:  # noqa: BLE001 - an older host without the engines registry
+            registered = False
+    detail = f"no embedded default-avatar weights (*.safetensors) in {folder}"
+    fix = "reinstall avatarforcing (bash installer/install.sh); the package ships these weights"
+    if registered:
+        return CheckResult("default avatar", "fail", detail + "; the default engine cannot start", fix)
+    return CheckResult("default avatar", "warn", detail + " (the default engine is not registered in this build)", fix)
 
 
 def _obs_address(ctx: DoctorContext) -> tuple[str, int]:
@@ -451,6 +539,8 @@ BUILTIN_CHECKS: tuple[Callable[[DoctorContext], CheckResult | list[CheckResult]]
     check_weights,
     check_audio,
     check_virtual_camera,
+    check_display,
+    check_default_avatar,
     check_obs,
     check_ffmpeg,
     check_plugins,

@@ -6,6 +6,7 @@ temporary directory, so the checkout and its .venv are never touched.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,10 +19,16 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTALL_SH = REPO_ROOT / "installer" / "install.sh"
+INSTALL_PS1 = REPO_ROOT / "installer" / "install.ps1"
 CI_RUN = REPO_ROOT / ".ci" / "run"
 README = REPO_ROOT / "README.md"
 
 STEP_TITLES = ["[1/5] python", "[2/5] venv", "[3/5] torch", "[4/5] package", "[5/5] system"]
+OPTIONAL_FLAGS = ("--virtual-camera", "--audio-loopback", "--tensorrt", "--weights")
+# What the live-session tests start for real (PulseAudio, OBS under Xvfb, espeak-ng voices...).
+LIVE_SESSION_APT = ("pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins alsa-utils sox espeak-ng "
+                    "obs-studio obs-plugins xvfb xauth libgl1-mesa-dri libegl1 mesa-utils x11-utils xdotool "
+                    "wmctrl ffmpeg shellcheck").split()
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -239,3 +246,193 @@ def test_ci_runs_the_readme_install_and_test_commands():
     assert any(line.startswith(install_command) for line in ci_lines), (install_command, ci_lines)
     assert any(line.startswith(test_command) for line in ci_lines), (test_command, ci_lines)
     assert "rc == 5" in CI_RUN.read_text()  # pytest's "no tests collected" is handled
+
+
+# -- optional steps ------------------------------------------------------------------------------
+def test_dry_run_of_every_optional_step_prints_it_and_changes_nothing(repo_copy: Path):
+    before = _snapshot(repo_copy)
+    result = _run_installer(repo_copy, "--dry-run", "--no-system", *OPTIONAL_FLAGS, "--python", sys.executable,
+                            env=_env_torch_source_fixed(PATH=f"{repo_copy}/no-gpu{os.pathsep}{os.environ['PATH']}"))
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    titles = ["[1/9] python", "[5/9] system", "[6/9] virtual-camera", "[7/9] audio-loopback", "[8/9] tensorrt",
+              "[9/9] weights"]
+    positions = [out.index(title) for title in titles]
+    assert positions == sorted(positions), out
+    if sys.platform.startswith("linux"):
+        assert ('options v4l2loopback devices=1 exclusive_caps=1 card_label="Avatar Forcing" video_nr=10' in out)
+        assert "/etc/modprobe.d/avatarforcing-v4l2loopback.conf" in out
+        assert "/etc/modules-load.d/avatarforcing-v4l2loopback.conf" in out
+        assert "Zoom" in out and "snap" in out
+        assert "pactl list short sources" in out
+    if shutil.which("nvidia-smi") is None:
+        assert "skipped: no NVIDIA GPU" in out
+    assert "[dry-run] .venv/bin/avatarforcing weights fetch" in out
+    assert "[dry-run] .venv/bin/avatarforcing doctor" in out
+    assert not [line for line in out.splitlines() if line.lstrip().startswith("+ ")], out
+    assert _snapshot(repo_copy) == before
+
+
+def test_tensorrt_step_on_an_nvidia_machine_installs_from_nvidias_index_then_builds(repo_copy: Path, tmp_path: Path):
+    bin_dir = tmp_path / "fakebin"
+    _fake_nvidia_smi(bin_dir, "13.0")
+    env = _clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    result = _run_installer(repo_copy, "--dry-run", "--no-system", "--tensorrt", "--python", sys.executable, env=env)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "pip install --no-input --extra-index-url https://pypi.nvidia.com tensorrt-cu13" in out
+    export = next(i for i, line in enumerate(out.splitlines()) if "avatarforcing engine export" in line)
+    build = next(i for i, line in enumerate(out.splitlines()) if "avatarforcing engine build" in line)
+    assert export < build
+
+
+def test_video_nr_is_validated(repo_copy: Path):
+    result = _run_installer(repo_copy, "--dry-run", "--virtual-camera", env=_clean_env(AVATARFORCING_VIDEO_NR="x"))
+    assert result.returncode == 1
+    assert "AVATARFORCING_VIDEO_NR must be a number" in result.stderr
+
+
+def test_test_extra_lists_every_live_session_system_package(repo_copy: Path):
+    result = _run_installer(repo_copy, "--dry-run", "--no-system", "--python", sys.executable,
+                            env=_env_torch_source_fixed())
+    assert result.returncode == 0, result.stdout + result.stderr
+    needs = next(line for line in result.stdout.splitlines() if "avatarforcing needs:" in line).split(":", 1)[1].split()
+    assert set(LIVE_SESSION_APT) <= set(needs), set(LIVE_SESSION_APT) - set(needs)
+
+
+# -- a real installation --------------------------------------------------------------------------
+def _system_packages_present() -> bool:
+    if shutil.which("dpkg-query") is None:
+        return False
+    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}\\n", *LIVE_SESSION_APT], capture_output=True, text=True)
+    return status.returncode == 0 and all(line == "install ok installed" for line in status.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_real_install_in_a_scratch_copy_then_doctor(tmp_path: Path):
+    """install.sh for real (CPU path) in a copy of the repository, then the new venv's doctor."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the CI run of install.sh is on Linux")
+    root = tmp_path / "clone"
+    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.pyc", "*.egg-info", "tests", "docs")
+    for name in ("engine", "plugin", "integrations", "installer"):
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE", "THIRD_PARTY.md"):
+        if (REPO_ROOT / name).exists():
+            shutil.copy2(REPO_ROOT / name, root / name)
+    args = ["--python", sys.executable] + ([] if not _system_packages_present() else ["--no-system"])
+    env = _clean_env(PIP_NO_INPUT="1")
+    install = subprocess.run(["bash", str(root / "installer" / "install.sh"), *args], cwd=root, env=env,
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stdout[-4000:] + install.stderr[-4000:]
+    assert "==> installed into" in install.stdout
+    assert "checking this machine: avatarforcing doctor" in install.stdout
+    venv_python = root / ".venv" / "bin" / "python"
+    imported = subprocess.run([str(venv_python), "-c", "import avatarforcing.plugin, torch; "
+                               "print(avatarforcing.plugin.__file__, torch.__version__)"],
+                              capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    assert str(root / "plugin") in imported.stdout  # editable: the copy, not the checkout
+    doctor = subprocess.run([str(root / ".venv" / "bin" / "avatarforcing"), "doctor", "--json"], cwd=root,
+                            env=_clean_env(AVATARFORCING_WEIGHTS=str(tmp_path / "no-weights")),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    report = json.loads(doctor.stdout)
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert by_name["torch"]["status"] == "ok" and by_name["python"]["status"] == "ok"
+    assert doctor.returncode == (1 if report["summary"]["fail"] else 0)
+    again = _run_installer(root, "--dry-run", *args)  # idempotent: the healthy venv is reused
+    assert again.returncode == 0 and "reusing" in again.stdout, again.stdout + again.stderr
+
+
+# -- install.ps1 (no PowerShell here: a static check) -------------------------------------------
+def _ps1_code(text: str) -> str:
+    """The code of a PowerShell script without comments and string literals, keeping the code
+    of ``$(...)`` subexpressions inside double-quoted strings (a small scanner, not a parser)."""
+    out, stack, i = [], ["code"], 0  # stack of: "code", "sub" (code inside $( ) in a string), '"', "'"
+    depth = [0]  # parenthesis depth per "sub" level
+    while i < len(text):
+        char, state = text[i], stack[-1]
+        if state in ("code", "sub"):
+            if text.startswith("<#", i):
+                i = text.index("#>", i) + 2
+                continue
+            if char == "#":
+                i = text.find("\n", i) if "\n" in text[i:] else len(text)
+                continue
+            if char in "\"'":
+                stack.append(char)
+            elif char == "`":
+                i += 2
+                continue
+            else:
+                if state == "sub":
+                    if char == "(":
+                        depth[-1] += 1
+                    elif char == ")":
+                        depth[-1] -= 1
+                        if depth[-1] == 0:
+                            stack.pop()
+                            depth.pop()
+                            out.append(char)
+                            i += 1
+                            continue
+                out.append(char)
+        elif state == "'":
+            if text.startswith("''", i):
+                i += 2
+                continue
+            if char == "'":
+                stack.pop()
+        else:  # double-quoted
+            if char == "`":
+                i += 2
+                continue
+            if text.startswith("$(", i):
+                stack.append("sub")
+                depth.append(1)
+                out.append("(")
+                i += 2
+                continue
+            if char == '"':
+                stack.pop()
+        i += 1
+    assert stack == ["code"], f"unterminated {stack[-1]} at the end of the script"
+    return "".join(out)
+
+
+def test_install_ps1_is_balanced_has_every_step_and_matches_install_sh():
+    """Limits: this is no PowerShell parser (none is installable on Debian); it checks bracket
+    balance outside strings and comments, the param block, the steps and switches, and that
+    the extras, torch pin, CUDA tags and indexes equal install.sh's. With the optional
+    tree-sitter-powershell grammar installed, the whole file must also parse."""
+    code = _ps1_code(INSTALL_PS1.read_text())
+    for opening, closing in ("{}", "()", "[]"):
+        depth = 0
+        for char in code:
+            depth += (char == opening) - (char == closing)
+            assert depth >= 0, f"unbalanced {closing}"
+        assert depth == 0, f"unbalanced {opening}{closing}"
+    param = re.search(r"\[CmdletBinding\(\)\]\s*param\((.*?)\n\)", INSTALL_PS1.read_text(), re.S)
+    assert param, "a [CmdletBinding()] param(...) block"
+    for switch in ("DryRun", "NoSystem", "VirtualCamera", "AudioLoopback", "TensorRT", "Weights", "NoDoctor"):
+        assert re.search(rf"\[switch\]\${switch}\b", param.group(1)), switch
+    ps1 = INSTALL_PS1.read_text()
+    for step in ("python", "venv", "torch", "package", "system", "virtual-camera", "audio-loopback", "tensorrt",
+                 "weights"):
+        assert f'Start-Step "{step}"' in ps1, step
+    sh = INSTALL_SH.read_text()
+    extras = re.search(r'DEFAULT_EXTRAS="([^"]+)"', sh).group(1)
+    torch_spec = re.search(r'DEFAULT_TORCH_SPEC="([^"]+)"', sh).group(1)
+    assert f'[string]$Extras = "{extras}"' in ps1
+    assert f'$DefaultTorchSpec = "{torch_spec}"' in ps1
+    for shared in ("https://download.pytorch.org/whl", "https://pypi.nvidia.com", "cu126", "cu128", "cu130",
+                   "AVATARFORCING_TORCH_SPEC", "AVATARFORCING_TORCH_INDEX", "OBS Virtual Camera", "Unity",
+                   "WASAPI", "weights\", \"fetch\"", "doctor", "nvidia-smi", "py\", \"-$version"):
+        assert shared in ps1, shared
+    try:
+        import tree_sitter
+        import tree_sitter_powershell
+    except ImportError:
+        return
+    parser = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
+    assert not parser.parse(INSTALL_PS1.read_bytes()).root_node.has_error

@@ -41,11 +41,13 @@ class RenderedFrame:
 class FramePacer(threading.Thread):
     """Sends `queue`'s frames to `sinks` on `clock`, starting at tick 0, until `END` (after
     the queue is drained) or `stop`. `initial` is the image shown before the first frame (the
-    warm-up render), or None to send nothing until then."""
+    warm-up render), or None to send nothing until then. `shared_state` (the session's
+    `plugin_state`) receives ``"latency_s"``: the smoothed end-to-end latency in seconds, which
+    sinks such as OBS (audio sync offset) and mic-delay read."""
 
     def __init__(self, clock: SessionClock, queue: StageQueue, sinks: Sequence[SinkWorker], stats: SessionStats,
                  stop: threading.Event, initial: np.ndarray | None = None, sample_rate: int = 16000,
-                 hold_log_interval_s: float = 5.0) -> None:
+                 hold_log_interval_s: float = 5.0, shared_state: dict | None = None) -> None:
         super().__init__(name="pacer", daemon=True)
         self.clock, self.queue, self.sinks, self.stats, self.stop = clock, queue, sinks, stats, stop
         self.image = initial
@@ -56,6 +58,8 @@ class FramePacer(threading.Thread):
         self._holds_since_log = 0
         self._last_hold_log = 0.0
         self.finished = False
+        self.shared_state = shared_state
+        self._latency_s: float | None = None
 
     def _due_frames(self, tick: int) -> tuple[RenderedFrame | None, bool]:
         """The frame for `tick` (dropping older late ones) and whether END was reached."""
@@ -90,6 +94,13 @@ class FramePacer(threading.Thread):
             worker.offer(frame, chunk)
         self.stats.count("frames")
 
+    def _publish_latency(self, seconds: float, smoothing: float = 0.05) -> None:
+        """Exponential moving average of the end-to-end latency into `shared_state`."""
+        previous = self._latency_s
+        self._latency_s = seconds if previous is None else previous + smoothing * (seconds - previous)
+        if self.shared_state is not None:
+            self.shared_state["latency_s"] = round(self._latency_s, 4)
+
     def _log_hold(self, now: float) -> None:
         self._holds_since_log += 1
         if now - self._last_hold_log >= self.hold_log_interval_s:
@@ -107,6 +118,7 @@ class FramePacer(threading.Thread):
                 self.stats.observe("queue_wait", now - chosen.queued_at)
                 if chosen.captured_at > 0:
                     self.stats.observe("end_to_end", now - chosen.captured_at)
+                    self._publish_latency(now - chosen.captured_at)
                 self.stats.count("rendered")
                 self._send(tick, self.image, chosen.audio, False, chosen.frame.index)
             elif ended:

@@ -303,7 +303,8 @@ class LiveSession:
             self.frames_queue = StageQueue(self.config.session.queue_frames or block_frames)
             self.events.started(self.session)
             started_hooks = True
-            pacer = FramePacer(self.clock, self.frames_queue, self._sink_workers, self.stats, self.stop, initial)
+            pacer = FramePacer(self.clock, self.frames_queue, self._sink_workers, self.stats, self.stop, initial,
+                               shared_state=self.session.plugin_state)
             self._threads.append(pacer)
             stages = [self._stage("features", self._features), self._stage("generator", self._generator),
                       self._stage("renderer", self._render)]

@@ -1,0 +1,85 @@
+"""Write synthetic conversations as a training dataset (fixed avatarforcing-dataset format).
+
+Each conversation gives two items, one per side (`<conv>-a`: party 0 is the avatar, party 1 the
+user; `<conv>-b`: the reverse). Motion and reference are stored in *normalized* units (what the
+model works in; 0 = neutral = the null condition); audio as `log_mel_features` rows. The last
+`ceil(N * heldout_fraction)` conversations (both sides) form the held-out split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .audio_features import LOG_MEL_DIM, log_mel_features
+from .conversation import Conversation, generate_conversation
+from .motion_space import MOTION_SPACE
+from .speech import espeak_available
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    """What `avatarforcing synth` generates: `conversations` of `seconds` each from `seed`."""
+
+    conversations: int = 100
+    seconds: float = 40.0
+    seed: int = 0
+    heldout_fraction: float = 0.1
+    use_espeak: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.conversations < 1:
+            raise ValueError(f"conversations must be >= 1, got {self.conversations}")
+        if self.seconds < 2:
+            raise ValueError(f"seconds must be >= 2, got {self.seconds}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout fraction must be in [0, 1), got {self.heldout_fraction}")
+
+    def conversation_seed(self, index: int) -> int:
+        return self.seed * 1_000_003 + index
+
+    def split_of(self, index: int) -> str:
+        heldout = math.ceil(self.conversations * self.heldout_fraction)
+        return "heldout" if index >= self.conversations - heldout else "train"
+
+
+def conversation_items(conv: Conversation) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Both sides of a conversation as (suffix, tensors) in the dataset's item layout."""
+    features = [log_mel_features(p.audio) for p in conv.parties]
+    motion = [MOTION_SPACE.normalize(p.motion) for p in conv.parties]
+    items = []
+    for suffix, me, other in (("a", 0, 1), ("b", 1, 0)):
+        items.append((suffix, {
+            "avatar_audio": features[me],
+            "user_audio": features[other],
+            "avatar_motion": motion[me],
+            "user_motion": motion[other],
+            "reference": MOTION_SPACE.normalize(conv.parties[me].reference),
+            "avatar_energy": conv.parties[me].energy,
+        }))
+    return items
+
+
+def write_synthetic_dataset(root: str | Path, settings: SynthSettings, on_conversation: Callable[[int, int], None] | None = None) -> dict:
+    """Generate and write the dataset under `root`; returns the manifest's `info` dict."""
+    from avatarforcing.engine.training.dataset import create_dataset, write_item
+
+    use_espeak = espeak_available() if settings.use_espeak is None else settings.use_espeak
+    info = {
+        "generator": "avatarforcing.engine.default.conversation", "seed": settings.seed,
+        "conversations": settings.conversations, "seconds": settings.seconds,
+        "heldout_fraction": settings.heldout_fraction, "speech": "espeak-ng" if use_espeak else "formant",
+        "motion_units": "normalized", "audio_features": "log-mel 80 (avatarforcing.engine.default.audio_features)",
+    }
+    create_dataset(root, "default", LOG_MEL_DIM, MOTION_SPACE.dim, info)
+    for index in range(settings.conversations):
+        conv = generate_conversation(settings.conversation_seed(index), settings.seconds, use_espeak)
+        for suffix, tensors in conversation_items(conv):
+            write_item(root, f"conv{index:05d}-{suffix}", tensors, settings.split_of(index), source=f"synthetic seed {conv.seed}")
+        if on_conversation is not None:
+            on_conversation(index + 1, settings.conversations)
+    return info

@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
+from avatarforcing.integrations.alpha import flatten_rgba
+
 from avatarforcing.integrations.frame_handoff import LatestValue
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,7 @@ class _JpegCache:
     def jpeg(self, sequence: int, image: np.ndarray) -> bytes:
         with self._lock:
             if sequence != self._sequence:
-                code = cv2.COLOR_RGBA2BGR if image.shape[2] == 4 else cv2.COLOR_RGB2BGR
-                ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, code),
+                ok, data = cv2.imencode(".jpg", cv2.cvtColor(flatten_rgba(image), cv2.COLOR_RGB2BGR),
                                         (cv2.IMWRITE_JPEG_QUALITY, self._quality))
                 if not ok:
                     raise MjpegServerError("cv2.imencode failed to encode a JPEG")

@@ -20,6 +20,8 @@ import threading
 
 import numpy as np
 
+from avatarforcing.integrations.alpha import flatten_rgba
+
 from avatarforcing.integrations.frame_handoff import LatestValue
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ class PreviewWindow:
             if image.shape[:2] != (self.height, self.width):
                 image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
             try:
-                self._process.stdin.write(np.ascontiguousarray(image[..., :3]).tobytes())
+                self._process.stdin.write(np.ascontiguousarray(flatten_rgba(image)).tobytes())
                 self._process.stdin.flush()
             except (BrokenPipeError, ValueError, OSError):
                 log.info("preview window closed; the session goes on")

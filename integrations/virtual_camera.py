@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from avatarforcing.integrations.alpha import flatten_rgba
+
 from avatarforcing.integrations.frame_handoff import LatestValue
 
 log = logging.getLogger(__name__)
@@ -102,9 +104,9 @@ def convert_frame(image: np.ndarray, width: int, height: int, fmt: str) -> np.nd
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     channels = image.shape[2]
     if fmt == "rgb":
-        out = image[..., :3] if channels == 4 else image
+        out = flatten_rgba(image)
     elif fmt == "bgr":
-        out = cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if channels == 4 else cv2.COLOR_RGB2BGR)
+        out = cv2.cvtColor(flatten_rgba(image), cv2.COLOR_RGB2BGR)
     else:
         out = image if channels == 4 else cv2.cvtColor(image, cv2.COLOR_RGB2RGBA)
     return np.ascontiguousarray(out)

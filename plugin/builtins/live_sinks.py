@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from avatarforcing.integrations.alpha import flatten_rgba
 from avatarforcing.plugin.markers import hookimpl
 from avatarforcing.plugin.types import AudioChunk, CheckResult, Frame, OptionSpec, SessionInfo, SinkSpec
 
@@ -226,7 +227,7 @@ class RecorderSink:
         self._thread.start()
 
     def write_frame(self, frame: Frame) -> None:
-        self._queue.put(("frame", frame.index, frame.image))
+        self._queue.put(("frame", frame.index, flatten_rgba(frame.image)))
 
     def write_audio(self, chunk: AudioChunk) -> None:
         self._queue.put(("audio", chunk.timestamp, to_mono_rate(chunk.samples, chunk.sample_rate, self._rate)))

@@ -5,6 +5,12 @@ full). The first rendered frame fixes the schedule: frame `k` belongs to tick `k
 each tick the pacer sends the frame whose tick it is; when none is ready it repeats the last
 image (a *held* frame); a frame whose tick has passed while a newer one is already queued is
 *dropped*, so a late block never pushes the schedule (and the latency) back.
+
+Catch-up: a queue that stays full for `catch_up_ticks` ticks in a row means frames arrive as
+fast as they are shown but the schedule lags behind them — typically after the first clip,
+whose frames all come out at once. The pacer then drops the oldest queued frame at each tick
+(moving the schedule one frame earlier each time) until the queue is no longer full, so the
+latency falls back to what the engine needs instead of staying a clip long.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ class FramePacer(threading.Thread):
         self.finished = False
         self.shared_state = shared_state
         self._latency_s: float | None = None
+        self.catch_up_ticks = 2 * queue.capacity
+        self._full_ticks = 0
+        self.caught_up = 0  # frames dropped to catch up (also counted in stats.dropped)
 
     def _due_frames(self, tick: int) -> tuple[RenderedFrame | None, bool]:
         """The frame for `tick` (dropping older late ones) and whether END was reached."""
@@ -93,6 +102,24 @@ class FramePacer(threading.Thread):
         for worker in self.sinks:
             worker.offer(frame, chunk)
         self.stats.count("frames")
+
+    def _catch_up(self) -> None:
+        """Drop the oldest queued frame when the queue has been full for `catch_up_ticks`."""
+        items = [item for item in self.queue.peek_all() if item is not END]
+        if len(items) < self.queue.capacity:
+            self._full_ticks = 0
+            return
+        self._full_ticks += 1
+        if self._full_ticks < self.catch_up_ticks or self.offset is None:
+            return
+        if self.queue.peek_all()[0] is END:
+            return
+        self.queue.get_nowait()
+        self.offset -= 1
+        self.caught_up += 1
+        self.stats.count("dropped")
+        if self.caught_up == 1 or self.caught_up % 25 == 0:
+            log.info("output lags the engine: dropped %d frame(s) to catch up", self.caught_up)
 
     def _publish_latency(self, seconds: float, smoothing: float = 0.05) -> None:
         """Exponential moving average of the end-to-end latency into `shared_state`."""
@@ -128,6 +155,7 @@ class FramePacer(threading.Thread):
                 self.stats.count("held")
                 self._log_hold(now)
                 self._send(tick, self.image, None, True, None)
+            self._catch_up()
             late = time.monotonic() - self.clock.due(tick)
             tick += 1
             if late > 1.0 / self.clock.fps:  # this thread itself stalled: skip the missed ticks

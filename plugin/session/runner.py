@@ -255,12 +255,30 @@ class LiveSession:
             if blocks:
                 self._emit_blocks(blocks, time.perf_counter() - t)
 
+    def _live_edge(self, block: MotionBlock) -> MotionBlock:
+        """The first block (the engine's first clip, e.g. 25 frames that all come out at once, a
+        clip after their inputs began) keeps only its newest frames: showing the whole clip would
+        lock the output a clip behind the inputs for the rest of the session. Later blocks pass
+        unchanged. The stale frames are counted as dropped."""
+        keep = 2 * self.frames_queue.capacity
+        if block.index != 0 or block.num_frames <= keep:
+            return block
+        skipped = block.num_frames - keep
+        with self._records_lock:
+            for index in range(block.first_frame, block.first_frame + skipped):
+                self._records.pop(index, None)
+        self.stats.count("dropped", skipped)
+        log.info("first clip: showing its newest %d frames, skipping %d stale ones", keep, skipped)
+        return MotionBlock(block.index, block.first_frame + skipped, keep, block.latents[skipped:],
+                           dict(block.metadata, skipped_stale_frames=skipped))
+
     def _render(self) -> None:
         while True:
             block = self.blocks_queue.get()
             if block is END:
                 self.frames_queue.put(END)
                 return
+            block = self._live_edge(block)
             t = time.perf_counter()
             frames = list(self.renderer.render(block))
             self.stats.observe("render", time.perf_counter() - t)

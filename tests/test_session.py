@@ -372,3 +372,33 @@ def test_official_engine_uses_the_null_condition_without_a_face(samples_dir):
         assert tuple(blocks[0].latents.shape) == (2, 512)
     finally:
         engine.close()
+
+
+class _NoDeviceSink:
+    """A sink whose device does not exist (like a virtual camera without its driver)."""
+
+    def open(self, session):
+        raise RuntimeError("no such device: /dev/video99")
+
+    def write_frame(self, frame):
+        raise AssertionError("never opened")
+
+    def close(self):
+        pass
+
+
+class _NoDevicePlugin:
+    @hookimpl
+    def register_sinks(self):
+        return [SinkSpec("no-device", "a sink whose device is missing", _NoDeviceSink)]
+
+
+def test_a_sink_that_cannot_start_gives_one_clear_error():
+    host = build_plugin_host({}, load_entry_points=False, plugins=[files_plugin, TestPlugin(), _NoDevicePlugin()])
+    out, err = io.StringIO(), io.StringIO()
+    status = run_cli(["run", "--engine", "loudness", "--sink", "no-device", "--duration", "2",
+                      "--set", "sources.avatar_audio.use=silence", "--set", "sources.user_audio.use=",
+                      "--set", "sources.user_video.use="], host, out, err, environ={})
+    assert status == 1
+    assert "sink 'no-device' cannot start: no such device: /dev/video99" in err.getvalue()
+    assert "Traceback" not in err.getvalue()

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from avatarforcing.plugin.config import AppConfig
-from avatarforcing.plugin.errors import ConfigError, PluginError
+from avatarforcing.plugin.errors import AvatarForcingError, ConfigError, PluginError
 from avatarforcing.plugin.events import SessionEvents
 from avatarforcing.plugin.session.capture import AudioInbox, CaptureThread, VideoInbox
 from avatarforcing.plugin.session.clock import SessionClock
@@ -169,7 +169,12 @@ class LiveSession:
             make = (lambda s=spec: self.host.create("sinks", s.name, self.config.sinks.options_for(s.name),
                                                     f"sinks.{s.name}"))
             sink = make()
-            sink.open(session)
+            try:
+                sink.open(session)
+            except AvatarForcingError:
+                raise
+            except Exception as error:  # a device/driver/service the user must set up first
+                raise PluginError(f"sink {spec.name!r} cannot start: {error}") from error
             self._sink_workers.append(SinkWorker(
                 spec.name, make, spec.accepts_audio, session, self.stats,
                 self.config.session.retry_initial_s, self.config.session.retry_max_s, sink=sink,

@@ -265,6 +265,11 @@ def plan_input(device: str, loopback: bool, sd=None) -> OpenPlan:
     inputs = [d for d in portaudio_devices(sd) if d.kind == "input"]
     pulse_inputs = [d for d in pulse_devices() if d.kind == "input"]
     via_pulse = _pulse_portaudio_device(inputs)
+    if via_pulse is None and pulse_inputs and sys.platform.startswith("linux"):
+        # the sound server came up after PortAudio listed its devices: list them again
+        rescan_portaudio(sd)
+        inputs = [d for d in portaudio_devices(sd) if d.kind == "input"]
+        via_pulse = _pulse_portaudio_device(inputs)
     if device.strip().isdigit():
         index = int(device)
         if not any(d.index == index for d in inputs):

@@ -58,7 +58,7 @@ def bench(args: argparse.Namespace) -> None:
                 render.append(time.perf_counter() - start)
     engine.close()
     renderer.close()
-    ms = lambda values: 1000.0 * float(np.median(values))  # noqa: E731
+    ms = lambda values: 1000.0 * float(np.median(values))
     block = ms(generate) + ms(render)
     print(
         f"nfe {args.nfe}, {args.threads} thread(s): extract {ms(extract):.1f} ms/frame, generate {ms(generate):.1f} ms/block "
@@ -83,11 +83,22 @@ def smile(args: argparse.Namespace) -> None:
             generated, truth = [], []
             for i in range(len(dataset)):
                 item = dataset[i]
-                motion = sample(model, item["avatar_audio"], item["user_audio"], item["user_motion"], item["reference"], 5, GuidanceScales(2.0, 1.0), i).numpy()
+                motion = sample(
+                    model,
+                    item["avatar_audio"],
+                    item["user_audio"],
+                    item["user_motion"],
+                    item["reference"],
+                    5,
+                    GuidanceScales(2.0, 1.0),
+                    i,
+                ).numpy()
                 user = item["user_motion"].numpy()
                 generated.append(pearson(user[:, 6], motion[:, 6]))
                 truth.append(pearson(user[:, 6], item["avatar_motion"].numpy()[:, 6]))
-            print(f"{checkpoint} {label}: smile PCC(user, avatar) generated {np.mean(generated):.3f}, ground truth {np.mean(truth):.3f}")
+            print(
+                f"{checkpoint} {label}: smile PCC(user, avatar) generated {np.mean(generated):.3f}, ground truth {np.mean(truth):.3f}"
+            )
 
 
 def main() -> None:

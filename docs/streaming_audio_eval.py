@@ -66,7 +66,9 @@ def windowing_only(encoder: AudioEncoder, audio: np.ndarray, frames: int, config
         mean, var = steps.mean(-1), steps.var(-1, unbiased=False)
         weight = torch.full((1, 1), 1e12)  # frozen statistics
         window_encoder = StreamingWindowEncoder(encoder, config)
-        conv, *_ = window_encoder.frame_conv_features(extended[:, c * 640 :], mean * weight, (var + mean.square()) * weight, weight)
+        conv, *_ = window_encoder.frame_conv_features(
+            extended[:, c * 640 :], mean * weight, (var + mean.square()) * weight, weight
+        )
         conv = torch.cat([window_encoder.silence_context(), conv], dim=1)
         out = []
         for first in range(0, frames, config.hop_frames):
@@ -75,7 +77,9 @@ def windowing_only(encoder: AudioEncoder, audio: np.ndarray, frames: int, config
     return np.concatenate(out)[:frames]
 
 
-def per_window_normalised(encoder: AudioEncoder, audio: np.ndarray, frames: int, config: StreamingAudioConfig) -> np.ndarray:
+def per_window_normalised(
+    encoder: AudioEncoder, audio: np.ndarray, frames: int, config: StreamingAudioConfig
+) -> np.ndarray:
     """Naive streaming: the offline encoder applied to every window on its own (per-window
     normalisation, per-window GroupNorm statistics, silence before the stream)."""
     extended = _extended(audio, frames, config, normalised=False)
@@ -114,7 +118,10 @@ def main() -> None:
         print("\n## geometry (default normalisation)\n| context / lookahead " + header)
         for context in (20, 40, 60):
             for look in (0, 3, 6):
-                print_row(f"{context} / {look}", deviation(stream(encoder, audio, context_frames=context, lookahead_frames=look), offline))
+                print_row(
+                    f"{context} / {look}",
+                    deviation(stream(encoder, audio, context_frames=context, lookahead_frames=look), offline),
+                )
         print_row("100 / 3", deviation(stream(encoder, audio, context_frames=100), offline))
 
     if part in ("normalisation", "all"):
@@ -135,7 +142,10 @@ def main() -> None:
         print_row("baseline: offline encoder per window", deviation(naive, offline))
 
     if part in ("bound", "all"):
-        print("\n## windowing only (offline normalisation + offline GroupNorm statistics)\n| context / lookahead " + header)
+        print(
+            "\n## windowing only (offline normalisation + offline GroupNorm statistics)\n| context / lookahead "
+            + header
+        )
         for context, look in ((20, 3), (40, 3), (60, 3)):
             config = StreamingAudioConfig(context_frames=context, lookahead_frames=look)
             print_row(f"{context} / {look}", deviation(windowing_only(encoder, audio, frames, config), offline))
@@ -157,7 +167,11 @@ def main() -> None:
         for label, method in methods.items():
             feats = {k: method(v) for k, v in signals.items()}
             ref = np.linalg.norm(feats["speech"] - feats["silence"], axis=1).mean()
-            ratios = [np.linalg.norm(feats[k] - feats["silence"], axis=1).mean() / ref for k in signals if k.startswith("noise")]
+            ratios = [
+                np.linalg.norm(feats[k] - feats["silence"], axis=1).mean() / ref
+                for k in signals
+                if k.startswith("noise")
+            ]
             print(f"| {label} | " + " | ".join(f"{r:.3f}" for r in ratios) + " |", flush=True)
 
     if part in ("timing", "all"):
@@ -171,11 +185,12 @@ def main() -> None:
             context_features = window_encoder.silence_context()
 
             def cached():
-                return window_encoder(samples[:, -config.new_samples :], context_features, *stats)
+                return window_encoder(samples[:, -config.new_samples :], context_features, *stats)  # noqa: B023 - called within this iteration
 
             def recompute():  # what a window costs without the conv cache
-                conv, *_ = window_encoder.frame_conv_features(samples, *stats)
-                return encoder.audio_projection(encoder.transformer_layers(conv)[:, context : context + config.hop_frames])
+                conv, *_ = window_encoder.frame_conv_features(samples, *stats)  # noqa: B023 - called within this iteration
+                window = slice(context, context + config.hop_frames)  # noqa: B023 - called within this iteration
+                return encoder.audio_projection(encoder.transformer_layers(conv)[:, window])
 
             cells = []
             for function in (cached, recompute):

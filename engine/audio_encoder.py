@@ -85,7 +85,7 @@ class AudioEncoder(nn.Module):
         self.audio_projection = nn.Sequential(nn.Linear(width, 512), nn.LayerNorm(512), nn.SiLU())
         self.wav2vec2.eval()
 
-    def train(self, mode: bool = True) -> "AudioEncoder":
+    def train(self, mode: bool = True) -> AudioEncoder:
         super().train(mode)
         self.wav2vec2.eval()
         return self

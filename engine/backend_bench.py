@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 
@@ -33,12 +33,21 @@ from .model import AvatarForcingModel
 
 BENCH_BACKENDS = ("tensorrt", "cuda-graphs", "eager", "onnxruntime")
 BACKEND_CHOICES = BENCH_BACKENDS + ("auto", "all")
-STAGE_GRAPHS = {"audio_features": "audio_window", "user_motion": "motion_encoder",
-                "generator": "block_step", "decoder": "decoder"}
+STAGE_GRAPHS = {
+    "audio_features": "audio_window",
+    "user_motion": "motion_encoder",
+    "generator": "block_step",
+    "decoder": "decoder",
+}
 CALLS_PER_BLOCK = {"audio_features": 2}  # both parties' audio; every other stage runs once
 TARGET_STAGES = ("audio_features", "generator", "decoder")  # the issue's per-block latency target
-SELECTOR_NAMES = {"tensorrt": "tensorrt", "cuda_graphs": "cuda-graphs", "cuda_eager": "eager",
-                  "torch_cpu": "eager", "onnxruntime_cpu": "onnxruntime"}
+SELECTOR_NAMES = {
+    "tensorrt": "tensorrt",
+    "cuda_graphs": "cuda-graphs",
+    "cuda_eager": "eager",
+    "torch_cpu": "eager",
+    "onnxruntime_cpu": "onnxruntime",
+}
 Runner = Callable[[Mapping[str, torch.Tensor]], object]
 
 
@@ -88,9 +97,16 @@ def _eager_runner(spec: GraphSpec) -> Runner:
     return run
 
 
-def _build_runners(backend: str, model: AvatarForcingModel, caps: Capabilities, settings: ExportSettings,
-                   precision: str, threads: int | None, engine_cache: Path | None,
-                   log: Callable[[str], None] | None) -> tuple[dict[str, Runner], dict[str, GraphSpec], torch.device]:
+def _build_runners(
+    backend: str,
+    model: AvatarForcingModel,
+    caps: Capabilities,
+    settings: ExportSettings,
+    precision: str,
+    threads: int | None,
+    engine_cache: Path | None,
+    log: Callable[[str], None] | None,
+) -> tuple[dict[str, Runner], dict[str, GraphSpec], torch.device]:
     """{graph: runner}, {graph: spec with example feeds on the runner's device}, device."""
     cuda = torch.device("cuda")
     if backend == "onnxruntime":
@@ -107,8 +123,11 @@ def _build_runners(backend: str, model: AvatarForcingModel, caps: Capabilities, 
     if backend == "cuda-graphs":
         from .export.cuda_graphs import StaticGraphRunner
 
-        return ({name: StaticGraphRunner.from_spec(spec, cuda, precision=precision) for name, spec in specs.items()},
-                specs, cuda)
+        return (
+            {name: StaticGraphRunner.from_spec(spec, cuda, precision=precision) for name, spec in specs.items()},
+            specs,
+            cuda,
+        )
     from .export.tensorrt_backend import BuildOptions, load_or_build_engines
 
     if engine_cache is None:
@@ -170,13 +189,29 @@ def run_backend_benchmark(
             results.append(BackendBenchResult(name, False, f"not available: {why_not}", config=config_name))
             continue
         chosen_precision = precision or ("fp16" if name == "tensorrt" else "fp32")
-        results.append(_time_backend(name, reason, model, caps, settings, cfg, config_name, blocks, warmup, threads,
-                                     chosen_precision, Path(engine_cache) if engine_cache else None, log))
+        results.append(
+            _time_backend(
+                name,
+                reason,
+                model,
+                caps,
+                settings,
+                cfg,
+                config_name,
+                blocks,
+                warmup,
+                threads,
+                chosen_precision,
+                Path(engine_cache) if engine_cache else None,
+                log,
+            )
+        )
     return results
 
 
-def _time_backend(name, reason, model, caps, settings, cfg, config_name, blocks, warmup, threads, precision,
-                  engine_cache, log) -> BackendBenchResult:
+def _time_backend(
+    name, reason, model, caps, settings, cfg, config_name, blocks, warmup, threads, precision, engine_cache, log
+) -> BackendBenchResult:
     if caps.gpu_name:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -197,10 +232,18 @@ def _time_backend(name, reason, model, caps, settings, cfg, config_name, blocks,
     target = [sum(timings[s][i] for s in TARGET_STAGES) for i in range(blocks)]
     total = summarize(totals)
     result = BackendBenchResult(
-        backend=name, available=True, reason=reason, config=config_name, device=str(device),
+        backend=name,
+        available=True,
+        reason=reason,
+        config=config_name,
+        device=str(device),
         precision=precision if name in ("tensorrt", "cuda-graphs") else "fp32",
-        threads=torch.get_num_threads(), nfe=settings.nfe, blocks=blocks, block_seconds=block_seconds,
-        stages={stage: summarize(values) for stage, values in timings.items()}, total=total,
+        threads=torch.get_num_threads(),
+        nfe=settings.nfe,
+        blocks=blocks,
+        block_seconds=block_seconds,
+        stages={stage: summarize(values) for stage, values in timings.items()},
+        total=total,
         target_total=summarize(target),
         realtime_factor_p50=block_seconds / (total.p50_ms / 1000.0),
         realtime_factor_p95=block_seconds / (total.p95_ms / 1000.0),

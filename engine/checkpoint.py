@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import transformers
 from torch import nn
@@ -42,16 +43,16 @@ from .config import ModelConfig
 from .model import AvatarForcingModel
 
 __all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
     "CheckpointError",
     "LoadReport",
-    "SourceReport",
     "ShapeMismatch",
+    "SourceReport",
+    "load_model",
     "load_official_checkpoints",
     "load_wav2vec2_folder",
     "save_model",
-    "load_model",
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
 ]
 
 FORMAT_NAME = "avatarforcing"
@@ -275,10 +276,14 @@ def read_model_config(directory: str | os.PathLike) -> tuple[ModelConfig, transf
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path}: not an {FORMAT_NAME} model config (format={config.get('format') if isinstance(config, dict) else None!r})")
+        raise CheckpointError(
+            f"{path}: not an {FORMAT_NAME} model config (format={config.get('format') if isinstance(config, dict) else None!r})"
+        )
     version = config.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {version!r} is not supported (this version reads up to {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: format_version {version!r} is not supported (this version reads up to {FORMAT_VERSION})"
+        )
     try:
         model_config = ModelConfig.from_dict(config["model_config"])
         wav2vec2_config = transformers.Wav2Vec2Config.from_dict(config["wav2vec2_config"])

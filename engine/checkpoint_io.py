@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,7 +55,9 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()
-        detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
+        detail = next(
+            (line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else ""
+        )
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensor checkpoint — its pickle refers to "
             f"Python objects or code, which is never unpickled here (torch.load weights_only=True "
@@ -107,7 +110,9 @@ def unwrap_state_dict(obj: Any, path: Path) -> TensorFile:
     if not isinstance(obj, Mapping) or not _holds_tensors(obj):
         kind = type(obj).__name__
         keys = ", ".join(map(str, list(obj)[:10])) if isinstance(obj, Mapping) else ""
-        raise CheckpointError(f"{path}: no state dict of tensors found (top level is a {kind}{': ' + keys if keys else ''})")
+        raise CheckpointError(
+            f"{path}: no state dict of tensors found (top level is a {kind}{': ' + keys if keys else ''})"
+        )
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     non_tensors = [str(k) for k, v in obj.items() if not isinstance(v, Tensor)]
     return TensorFile(path=path, tensors=tensors, non_tensors=non_tensors)

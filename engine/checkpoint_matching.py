@@ -12,8 +12,8 @@ untouched. Buffers are never loaded (they are rebuilt from the parameters).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -129,7 +129,9 @@ class LoadReport:
             if s.config_mismatches:
                 lines.append(f"  config does not match the model: {'; '.join(s.config_mismatches)}")
             if s.missing:
-                lines.append(f"  missing {len(s.missing)} parameter(s){': ' + s.missing_hint if s.missing_hint else ''}")
+                lines.append(
+                    f"  missing {len(s.missing)} parameter(s){': ' + s.missing_hint if s.missing_hint else ''}"
+                )
                 lines.extend(_bullets(_missing_lines(s), limit))
             if s.unexpected:
                 lines.append(f"  unexpected {len(s.unexpected)} key(s):")
@@ -186,7 +188,7 @@ def stripped_forms(key: str, strip_prefixes: Sequence[str]) -> list[str]:
         changed = False
         for prefix in strip_prefixes:
             if forms[-1].startswith(prefix):
-                forms.append(forms[-1][len(prefix):])
+                forms.append(forms[-1][len(prefix) :])
                 changed = True
                 break
     return forms

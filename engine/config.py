@@ -12,8 +12,9 @@ official checkpoint loader and the full model (motion autoencoder + wav2vec2) ca
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 SAMPLES_PER_SECOND = 16000
 
@@ -61,7 +62,9 @@ class ModelConfig:
         if self.input_size < 64 or self.input_size & (self.input_size - 1):
             problems.append(f"input_size must be a power of two >= 64, got {self.input_size}")
         if self.attention_window != 2:
-            problems.append(f"attention_window must be 2 (the streaming cross-attention cache is 2 frames), got {self.attention_window}")
+            problems.append(
+                f"attention_window must be 2 (the streaming cross-attention cache is 2 frames), got {self.attention_window}"
+            )
         if self.self_cache_len < 1:
             problems.append(
                 f"first clip of sec*fps = {self.clip_frames} frames is too short for {self.block_frames}-frame blocks: "
@@ -135,18 +138,18 @@ class ModelConfig:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def official(cls) -> "ModelConfig":
+    def official(cls) -> ModelConfig:
         cfg = cls()
         cfg.check_official_layout()
         return cfg
 
     @classmethod
-    def fixture_small(cls) -> "ModelConfig":
+    def fixture_small(cls) -> ModelConfig:
         """The reduced configuration of `fixture_small` (S 64, h 128, 4 heads, depth 2)."""
         return cls(input_size=64, dim_h=128, num_heads=4, transformer_depth=2)
 
     @classmethod
-    def from_dict(cls, mapping: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, mapping: Mapping[str, Any]) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in mapping.items() if k in names})
 

@@ -34,7 +34,9 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(partial, path)
 
 
-def save_flow_transformer(transformer: FlowTransformer, directory: str | os.PathLike, info: dict[str, Any] | None = None) -> Path:
+def save_flow_transformer(
+    transformer: FlowTransformer, directory: str | os.PathLike, info: dict[str, Any] | None = None
+) -> Path:
     """Write `directory/flow_transformer.safetensors` and `directory/config.json`; returns the folder.
 
     `info` must be JSON-serialisable (stored verbatim under "info")."""
@@ -69,7 +71,9 @@ def read_flow_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[st
         raise CheckpointError(f"{path}: format is {found!r}, expected {FLOW_FORMAT_NAME!r}")
     version = config.get("format_version")
     if not isinstance(version, int) or version > FLOW_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {version!r} is not supported (this version reads up to {FLOW_FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: format_version {version!r} is not supported (this version reads up to {FLOW_FORMAT_VERSION})"
+        )
     try:
         cfg = ModelConfig.from_dict(config["model_config"])
     except (KeyError, TypeError, ValueError) as error:
@@ -77,7 +81,9 @@ def read_flow_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[st
     return cfg, dict(config.get("info") or {})
 
 
-def load_flow_transformer(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FlowTransformer, dict[str, Any]]:
+def load_flow_transformer(
+    directory: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[FlowTransformer, dict[str, Any]]:
     """(FlowTransformer in eval mode on `device`, info) from a folder written by `save_flow_transformer`."""
     directory = Path(directory)
     cfg, info = read_flow_config(directory)
@@ -85,5 +91,11 @@ def load_flow_transformer(directory: str | os.PathLike, device: str | torch.devi
     transformer = FlowTransformer(cfg)
     spec = SourceSpec(label=FLOW_WEIGHTS_FILE, owns=("",), requires=("",))
     buffers = {name for name, _ in transformer.named_buffers()}
-    load_sources(dict(transformer.named_parameters()), [(spec, weights)], buffers.__contains__, strict=True, action=f"load {directory}")
+    load_sources(
+        dict(transformer.named_parameters()),
+        [(spec, weights)],
+        buffers.__contains__,
+        strict=True,
+        action=f"load {directory}",
+    )
     return transformer.to(device).eval(), info

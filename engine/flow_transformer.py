@@ -65,8 +65,12 @@ class ConditionFusion(nn.Module):
         super().__init__()
         width = cfg.dim_a
         self.motion_embedder = nn.Sequential(
-            nn.Linear(cfg.dim_w, width), nn.LayerNorm(width), nn.SiLU(),
-            nn.Linear(width, width), nn.LayerNorm(width), nn.SiLU(),
+            nn.Linear(cfg.dim_w, width),
+            nn.LayerNorm(width),
+            nn.SiLU(),
+            nn.Linear(width, width),
+            nn.LayerNorm(width),
+            nn.SiLU(),
         )
         self.dual_modal_attn = PackedMultiheadAttention(width, cfg.fusion_heads)
         self.ln1 = nn.LayerNorm(width)

@@ -76,8 +76,14 @@ class FirstClipStep(_StepBase):
         c = tf.guidance_conditions(avatar_audio, user_audio, user_motion)
         cross_k, cross_v = tf.condition_keys_values(c)
         ctx = AttentionContext(
-            None, None, cross_k, cross_v, self.self_mask, self.cross_mask,
-            (self.rope_q_cos, self.rope_q_sin), (self.rope_k_cos, self.rope_k_sin),
+            None,
+            None,
+            cross_k,
+            cross_v,
+            self.self_mask,
+            self.cross_mask,
+            (self.rope_q_cos, self.rope_q_sin),
+            (self.rope_k_cos, self.rope_k_sin),
         )
         x = noise
         all_tokens = torch.zeros(k, dtype=torch.long, device=noise.device)
@@ -104,7 +110,9 @@ class BlockStep(_StepBase):
         cfg = self.cfg
         n, cached = cfg.window_frames, cfg.self_cache_len
         self.register_buffer("self_mask", block_self_mask(cached, n), persistent=False)
-        self.register_buffer("cross_mask", block_cross_mask(cfg.cross_cache_len, n, cfg.attention_window), persistent=False)
+        self.register_buffer(
+            "cross_mask", block_cross_mask(cfg.cross_cache_len, n, cfg.attention_window), persistent=False
+        )
         token_time = torch.ones(n, dtype=torch.long)
         token_time[: cfg.context_frames] = 0
         self.register_buffer("noisy_tokens", token_time, persistent=False)
@@ -139,9 +147,14 @@ class BlockStep(_StepBase):
         cross_keys = [torch.cat((cross_k[i], kk), dim=2) for i, kk in enumerate(window_k)]
         cross_values = [torch.cat((cross_v[i], vv), dim=2) for i, vv in enumerate(window_v)]
         ctx = AttentionContext(
-            list(self_k.unbind(0)), list(self_v.unbind(0)), cross_keys, cross_values,
-            self.self_mask, self.cross_mask,
-            (self.rope_q_cos, self.rope_q_sin), (self.rope_k_cos, self.rope_k_sin),
+            list(self_k.unbind(0)),
+            list(self_v.unbind(0)),
+            cross_keys,
+            cross_values,
+            self.self_mask,
+            self.cross_mask,
+            (self.rope_q_cos, self.rope_q_sin),
+            (self.rope_k_cos, self.rope_k_sin),
         )
         ctx_frames = cfg.context_frames
         x = torch.cat((context, noise), dim=1)

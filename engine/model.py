@@ -31,13 +31,13 @@ class AvatarForcingModel(nn.Module):
         self.eval()
 
     @torch.no_grad()
-    def refresh(self) -> "AvatarForcingModel":
+    def refresh(self) -> AvatarForcingModel:
         """Recompute what derives from the weights (the motion basis Q). Call after loading."""
         self.motion_autoencoder.refresh_basis()
         return self
 
     @classmethod
-    def with_formula_weights(cls, cfg: ModelConfig, seed: int = 0, wav2vec2_config=None) -> "AvatarForcingModel":
+    def with_formula_weights(cls, cfg: ModelConfig, seed: int = 0, wav2vec2_config=None) -> AvatarForcingModel:
         """A model whose every parameter is the fixtures' deterministic formula value."""
         model = cls(cfg, wav2vec2_config)
         apply_fixture_init(model, seed)

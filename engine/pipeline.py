@@ -119,4 +119,3 @@ class AvatarPipeline:
     def decode(self, block: MotionBlock) -> Tensor:
         """Frames [n, 3, S, S] (float, about [-1, 1]) of a motion block (batch 1)."""
         return self.model.motion_autoencoder.decode(block.latents[0], self.identity)
-

@@ -41,7 +41,13 @@ def load_meta(fixture_dir: Path) -> tuple[ModelConfig, object, ReferenceRun]:
     if "wav2vec2_config_full" in meta:
         from transformers import Wav2Vec2Config
 
-        w2v = Wav2Vec2Config(**{k: v for k, v in meta["wav2vec2_config_full"].items() if k not in ("transformers_version", "architectures")})
+        w2v = Wav2Vec2Config(
+            **{
+                k: v
+                for k, v in meta["wav2vec2_config_full"].items()
+                if k not in ("transformers_version", "architectures")
+            }
+        )
     run = meta.get("run", {})
     settings = ReferenceRun(
         init_seed=int(run.get("init_seed", 0)),

@@ -14,9 +14,9 @@ padding); a stream with no frame at all contributes zeros (the null condition).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -112,18 +112,18 @@ class StreamState:
         """Write the state as safetensors (tensors) with its metadata as JSON in the header."""
         from safetensors.torch import save_file
 
-        save_file({k: v.cpu() for k, v in self.tensors().items()}, str(path), metadata={"state": json.dumps(self.metadata())})
+        save_file(
+            {k: v.cpu() for k, v in self.tensors().items()}, str(path), metadata={"state": json.dumps(self.metadata())}
+        )
 
     @classmethod
-    def load(cls, path: str | Path) -> "StreamState":
+    def load(cls, path: str | Path) -> StreamState:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["state"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        buffers = {
-            n: ConditionBuffer(tensors[n], info["start"], info["ended"]) for n, info in meta["buffers"].items()
-        }
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+        buffers = {n: ConditionBuffer(tensors[n], info["start"], info["ended"]) for n, info in meta["buffers"].items()}
         return cls(
             buffers=buffers,
             guidance=GuidanceScales(*meta["guidance"]),
@@ -190,11 +190,15 @@ class MotionStream:
         self.rope_offset = rope_offset  # None: window-local positions; int: absolute positions + offset
         batch = r_s.shape[0]
         widths = {"avatar_audio": self.cfg.dim_a, "user_audio": self.cfg.dim_a, "user_motion": self.cfg.dim_w}
-        self.state = StreamState(buffers={name: ConditionBuffer(r_s.new_zeros(batch, 0, widths[name])) for name in STREAMS})
+        self.state = StreamState(
+            buffers={name: ConditionBuffer(r_s.new_zeros(batch, 0, widths[name])) for name in STREAMS}
+        )
         self.state.guidance = guidance or GuidanceScales()
 
     # -- inputs ------------------------------------------------------------------------------------
-    def push(self, avatar_audio: Tensor | None = None, user_audio: Tensor | None = None, user_motion: Tensor | None = None) -> None:
+    def push(
+        self, avatar_audio: Tensor | None = None, user_audio: Tensor | None = None, user_motion: Tensor | None = None
+    ) -> None:
         for name, frames in zip(STREAMS, (avatar_audio, user_audio, user_motion)):
             if frames is None:
                 continue
@@ -263,8 +267,15 @@ class MotionStream:
                 self.block.set_rope_origin(self.rope_offset + t - cfg.context_frames - cfg.self_cache_len)
             noise = self._draw_noise(cfg.block_frames)
             latents, st.self_k, st.self_v, st.cross_k, st.cross_v = self.block(
-                noise, st.context, *self._windows(t - cfg.context_frames, stop), self.r_s,
-                st.self_k, st.self_v, st.cross_k, st.cross_v, guidance,
+                noise,
+                st.context,
+                *self._windows(t - cfg.context_frames, stop),
+                self.r_s,
+                st.self_k,
+                st.self_v,
+                st.cross_k,
+                st.cross_v,
+                guidance,
             )
             st.context = torch.cat((st.context, latents), dim=1)[:, -cfg.context_frames :]  # blocks may be < C frames
         st.next_frame = stop

@@ -168,7 +168,9 @@ class StreamingWindowEncoder(nn.Module):
         (GroupNorm of an all-zero input is its bias, whatever the statistics)."""
         zeros = torch.zeros(1, SAMPLES_PER_FRAME)
         channels = self.groupnorm_channels
-        frame, *_ = self.frame_conv_features(zeros, torch.zeros(1, channels), torch.zeros(1, channels), torch.zeros(1, 1))
+        frame, *_ = self.frame_conv_features(
+            zeros, torch.zeros(1, channels), torch.zeros(1, channels), torch.zeros(1, 1)
+        )
         return frame.expand(1, self.config.context_frames, frame.shape[-1]).contiguous()
 
 

@@ -126,8 +126,9 @@ class EqualLinear(nn.Module):
 class EqualConv2d(nn.Module):
     """Convolution with weight `W · 1/√(in·k²)`; `weight [out, in, k, k]`, optional `bias [out]`."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 bias: bool = True) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
@@ -161,8 +162,15 @@ class ConvLayer(nn.Sequential):
     activate`; with `activate` the activation carries it.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, downsample: bool = False,
-                 activate: bool = True, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        downsample: bool = False,
+        activate: bool = True,
+        bias: bool = True,
+    ) -> None:
         layers: list[nn.Module] = []
         if downsample:
             excess = (len(BLUR_TAPS) - 2) + (kernel_size - 1)
@@ -201,8 +209,9 @@ class ModulatedConv2d(nn.Module):
     upsampling adds `blur.kernel`. Upsampling: stride-2 transposed conv (`2H+1`), then blur → `2H`.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int,
-                 demodulate: bool = True, upsample: bool = False) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int, demodulate: bool = True, upsample: bool = False
+    ) -> None:
         super().__init__()
         self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
         self.demodulate = demodulate
@@ -305,8 +314,9 @@ class ToFlow(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
         self.register_buffer("grid", identity_grid(resolution), persistent=False)
 
-    def forward(self, x: Tensor, style: Tensor, feat: Tensor, skip: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, style: Tensor, feat: Tensor, skip: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """`x [N, C, R, R]`, `style [N, D]`, `feat [1 or N, C, R, R]`, `skip [N, 3, R/2, R/2]`.
 
         Returns `(warped, warped + x·(1 − mask), o)`; `o [N, 3, R, R]` is the next level's skip.

@@ -219,21 +219,26 @@ function Install-Torch {
     if (-not $DryRun) { Write-Note "installed: $(& $VenvPy -c "import torch; print('torch', torch.__version__)")" }
 }
 
-# Step 4: the package, editable, with torch held at the installed version.
+# Step 4: the package, editable, with torch held at the installed version. avatarforcing\ is a
+# folder of symbolic links to engine\, plugin\ and integrations\: a clone made without symlink
+# support holds small text files there instead, which no install can use.
 function Install-Package {
     Start-Step "package" "read pip's message above; a dependency conflict with torch means a package wants another torch version"
+    if (-not $DryRun -and -not (Test-Path -PathType Container (Join-Path $RepoRoot "avatarforcing\engine"))) {
+        throw "avatarforcing\engine is not a folder: this clone was made without symbolic links. Enable Windows Developer Mode, then run: git config core.symlinks true; git checkout -- avatarforcing"
+    }
     $target = "."
     if ($Extras) { $target = ".[$Extras]" }
     if ($DryRun) {
         Write-Note "TORCH_CONSTRAINT: a temporary constraints file holding torch at the version step 3 installed"
-        Invoke-Step @($VenvPy, "-m", "pip", "install", "--no-input", "--constraint", "TORCH_CONSTRAINT", "--editable", $target)
+        Invoke-Step @($VenvPy, "-m", "pip", "install", "--no-input", "--constraint", "TORCH_CONSTRAINT", "--config-settings", "editable_mode=compat", "--editable", $target)
         return
     }
     $constraints = New-TemporaryFile
     try {
         & $VenvPy -c "import torch; print('torch==' + torch.__version__)" | Set-Content -Encoding ascii $constraints
         Write-Note "holding $(Get-Content $constraints) fixed"
-        Invoke-Step @($VenvPy, "-m", "pip", "install", "--no-input", "--constraint", $constraints.FullName, "--editable", $target)
+        Invoke-Step @($VenvPy, "-m", "pip", "install", "--no-input", "--constraint", $constraints.FullName, "--config-settings", "editable_mode=compat", "--editable", $target)
     } finally {
         Remove-Item -Force $constraints
     }

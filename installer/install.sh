@@ -376,7 +376,9 @@ install_torch() {
     fi
 }
 
-# Step 4: the package, editable, with torch held at the installed version.
+# Step 4: the package, editable, with torch held at the installed version. The compat editable
+# mode puts this checkout on sys.path (a .pth line) instead of an import hook, so type checkers
+# and IDEs resolve avatarforcing.* through the avatarforcing/ folder of links.
 install_package() {
     begin_step package "read pip's message above; a dependency conflict with torch means a package wants another torch version"
     local target="."
@@ -385,13 +387,13 @@ install_package() {
     fi
     if ((DRY_RUN)); then
         note "TORCH_CONSTRAINT: a temporary constraints file holding torch at the version step 3 installed"
-        run "${VENV_PY}" -m pip install --no-input --constraint TORCH_CONSTRAINT --editable "${target}"
+        run "${VENV_PY}" -m pip install --no-input --constraint TORCH_CONSTRAINT --config-settings editable_mode=compat --editable "${target}"
         return
     fi
     CONSTRAINTS_FILE="$(mktemp)"
     "${VENV_PY}" -c 'import torch; print("torch==" + torch.__version__)' >"${CONSTRAINTS_FILE}"
     note "holding $(cat "${CONSTRAINTS_FILE}") fixed"
-    run "${VENV_PY}" -m pip install --no-input --constraint "${CONSTRAINTS_FILE}" --editable "${target}"
+    run "${VENV_PY}" -m pip install --no-input --constraint "${CONSTRAINTS_FILE}" --config-settings editable_mode=compat --editable "${target}"
 }
 
 # System packages for the extras chosen. Base: ffmpeg (ffprobe, muxing), PortAudio

@@ -23,14 +23,13 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from avatarforcing.integrations.audio_devices import (
     AudioDeviceError,
-    OpenPlan,
     import_sounddevice,
     plan_input,
     portaudio_devices,
@@ -91,8 +90,9 @@ class AudioCapture:
     RESYNC_S = 0.05  # re-anchor sample-count timestamps that drift this far from the clock
     WATCH_S = 0.1  # how often the supervisor looks at stream.active
 
-    def __init__(self, settings: CaptureSettings, origin: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: CaptureSettings, origin: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.origin = clock() if origin is None else origin
@@ -101,7 +101,8 @@ class AudioCapture:
         self.overflows = 0
         self.opened_streams = 0
         self._ring: collections.deque[CapturedBlock] = collections.deque(
-            maxlen=max(2, int(settings.buffer_s * 1000 / settings.block_ms)))
+            maxlen=max(2, int(settings.buffer_s * 1000 / settings.block_ms))
+        )
         self._ready = threading.Condition()
         self._closed = threading.Event()
         self._stream_done = threading.Event()
@@ -112,7 +113,7 @@ class AudioCapture:
         self._last_rescan = -1e9
 
     # -- public ------------------------------------------------------------------------------
-    def start(self) -> "AudioCapture":
+    def start(self) -> AudioCapture:
         if self._thread is None:
             self._thread = threading.Thread(target=self._supervise, name="audio-capture", daemon=True)
             self._thread.start()
@@ -145,7 +146,12 @@ class AudioCapture:
     # -- supervisor ----------------------------------------------------------------------------
     def _report(self, message: str, level: int = logging.WARNING) -> None:
         self.events.append(message)
-        LOG.log(level, "audio capture (%s): %s", self.settings.device or ("loopback" if self.settings.loopback else "default input"), message)
+        LOG.log(
+            level,
+            "audio capture (%s): %s",
+            self.settings.device or ("loopback" if self.settings.loopback else "default input"),
+            message,
+        )
 
     def _supervise(self) -> None:
         delay = self.settings.retry_min_s
@@ -192,9 +198,12 @@ class AudioCapture:
             os.environ.update(plan.env)
             try:
                 stream = sd.InputStream(
-                    device=plan.device, samplerate=self.settings.sample_rate,
-                    channels=self.settings.channels, dtype="float32",
-                    blocksize=self.settings.block_frames, extra_settings=plan.extra_settings,
+                    device=plan.device,
+                    samplerate=self.settings.sample_rate,
+                    channels=self.settings.channels,
+                    dtype="float32",
+                    blocksize=self.settings.block_frames,
+                    extra_settings=plan.extra_settings,
                     callback=lambda data, frames, info, status: self._on_block(data, frames, status, run),
                     finished_callback=self._stream_done.set,
                 )

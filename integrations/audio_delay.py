@@ -26,8 +26,8 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -84,18 +84,29 @@ class VirtualMicrophone:
     def source(self) -> str:
         return f"{self.sink}_source"
 
-    def ensure(self) -> "VirtualMicrophone":
+    def ensure(self) -> VirtualMicrophone:
         loaded = []
         if self.sink not in pulse_names("sinks"):
-            loaded.append(_pactl(
-                "load-module", "module-null-sink", f"sink_name={self.sink}", f"rate={self.sample_rate}",
-                "channels=1", "sink_properties=device.description=AvatarForcing_delayed_microphone",
-            ).strip())
+            loaded.append(
+                _pactl(
+                    "load-module",
+                    "module-null-sink",
+                    f"sink_name={self.sink}",
+                    f"rate={self.sample_rate}",
+                    "channels=1",
+                    "sink_properties=device.description=AvatarForcing_delayed_microphone",
+                ).strip()
+            )
         if self.source not in pulse_names("sources"):
-            loaded.append(_pactl(
-                "load-module", "module-remap-source", f"master={self.sink}.monitor",
-                f"source_name={self.source}", "source_properties=device.description=AvatarForcing_microphone",
-            ).strip())
+            loaded.append(
+                _pactl(
+                    "load-module",
+                    "module-remap-source",
+                    f"master={self.sink}.monitor",
+                    f"source_name={self.source}",
+                    "source_properties=device.description=AvatarForcing_microphone",
+                ).strip()
+            )
         self.modules = tuple(loaded)
         return self
 
@@ -126,8 +137,8 @@ class DelayLine:
         with self._lock:
             start = self.written % capacity
             first = min(n, capacity - start)
-            self.ring[start:start + first] = samples[:first]
-            self.ring[:n - first] = samples[first:]
+            self.ring[start : start + first] = samples[:first]
+            self.ring[: n - first] = samples[first:]
             self.written += n
 
     def read(self, start: int, n: int) -> np.ndarray:
@@ -138,7 +149,7 @@ class DelayLine:
             low = max(start, self.written - capacity, 0)
             high = min(start + n, self.written)
             if high > low:
-                out[low - start:high - start] = self.ring[np.arange(low, high) % capacity]
+                out[low - start : high - start] = self.ring[np.arange(low, high) % capacity]
         return out
 
 
@@ -154,9 +165,17 @@ class MicDelay:
     thread for every block (keep it cheap: it reads a float); `extra_s` is added to it.
     """
 
-    def __init__(self, input: str = "", output: str = "avatar_mic", delay_s: Callable[[], float] = lambda: 0.0,
-                 extra_s: float = 0.0, sample_rate: int = 48000, block_s: float = 0.01,
-                 jump_tolerance_s: float = 0.04, max_delay_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        input: str = "",
+        output: str = "avatar_mic",
+        delay_s: Callable[[], float] = lambda: 0.0,
+        extra_s: float = 0.0,
+        sample_rate: int = 48000,
+        block_s: float = 0.01,
+        jump_tolerance_s: float = 0.04,
+        max_delay_s: float = 10.0,
+    ) -> None:
         self.input, self.output = input, output
         self._delay_s, self.extra_s = delay_s, extra_s
         self.sample_rate = sample_rate
@@ -178,7 +197,7 @@ class MicDelay:
         return min(max(0.0, delay), len(self.line.ring) / self.sample_rate - 1.0)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "MicDelay":
+    def start(self) -> MicDelay:
         import sounddevice as sd
 
         use_pulse = sys.platform.startswith("linux") and pulse_available()
@@ -186,8 +205,10 @@ class MicDelay:
             self.microphone = VirtualMicrophone(self.output, self.sample_rate).ensure()
             out_device, out_env = self._pulse_device(sd), {"PULSE_SINK": self.output}
         elif sys.platform.startswith("linux"):
-            raise MicDelayError("mic-delay needs a PulseAudio or PipeWire (pipewire-pulse) server on Linux; "
-                                "pactl info failed: start one, or sudo apt-get install pulseaudio-utils")
+            raise MicDelayError(
+                "mic-delay needs a PulseAudio or PipeWire (pipewire-pulse) server on Linux; "
+                "pactl info failed: start one, or sudo apt-get install pulseaudio-utils"
+            )
         else:
             out_device, out_env = self._named_device(sd, self.output, "output"), {}
         in_device, in_env = None, {}
@@ -198,13 +219,25 @@ class MicDelay:
                 in_device = self._named_device(sd, self.input, "input")
         try:
             with _pulse_env(out_env):
-                output = sd.OutputStream(device=out_device, samplerate=self.sample_rate, channels=1,
-                                         dtype="float32", blocksize=self.blocksize, latency="low",
-                                         callback=self._play)
+                output = sd.OutputStream(
+                    device=out_device,
+                    samplerate=self.sample_rate,
+                    channels=1,
+                    dtype="float32",
+                    blocksize=self.blocksize,
+                    latency="low",
+                    callback=self._play,
+                )
             with _pulse_env(in_env):
-                capture = sd.InputStream(device=in_device, samplerate=self.sample_rate, channels=1,
-                                         dtype="float32", blocksize=self.blocksize, latency="low",
-                                         callback=self._capture)
+                capture = sd.InputStream(
+                    device=in_device,
+                    samplerate=self.sample_rate,
+                    channels=1,
+                    dtype="float32",
+                    blocksize=self.blocksize,
+                    latency="low",
+                    callback=self._capture,
+                )
         except sd.PortAudioError as error:
             self.close()
             raise MicDelayError(f"cannot open the audio devices for mic-delay: {error}") from error
@@ -212,17 +245,24 @@ class MicDelay:
         self._device_latency = float(capture.latency) + float(output.latency)
         capture.start()
         output.start()
-        log.info("mic-delay: %s -> %s (+%.0f ms, capture %.0f ms, playback %.0f ms latency)",
-                 self.input or "default microphone", self.output, self.extra_s * 1000,
-                 capture.latency * 1000, output.latency * 1000)
+        log.info(
+            "mic-delay: %s -> %s (+%.0f ms, capture %.0f ms, playback %.0f ms latency)",
+            self.input or "default microphone",
+            self.output,
+            self.extra_s * 1000,
+            capture.latency * 1000,
+            output.latency * 1000,
+        )
         return self
 
     @staticmethod
     def _pulse_device(sd) -> str:
         names = [d["name"] for d in sd.query_devices()]
         if "pulse" not in names:
-            raise MicDelayError("PortAudio has no 'pulse' device: sudo apt-get install libasound2-plugins "
-                                "(and start the sound server before avatarforcing)")
+            raise MicDelayError(
+                "PortAudio has no 'pulse' device: sudo apt-get install libasound2-plugins "
+                "(and start the sound server before avatarforcing)"
+            )
         return "pulse"
 
     @staticmethod
@@ -231,8 +271,9 @@ class MicDelay:
         try:
             sd.check_input_settings(device=device) if kind == "input" else sd.check_output_settings(device=device)
         except (ValueError, sd.PortAudioError) as error:
-            raise MicDelayError(f"no {kind} audio device {name!r} ({error}); list them with "
-                                "python -m sounddevice") from error
+            raise MicDelayError(
+                f"no {kind} audio device {name!r} ({error}); list them with python -m sounddevice"
+            ) from error
         return device
 
     def close(self) -> None:

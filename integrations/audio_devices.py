@@ -121,11 +121,19 @@ def portaudio_devices(sd=None) -> list[AudioDevice]:
         ):
             if channels <= 0:
                 continue
-            devices.append(AudioDevice(
-                name=info["name"], description=f"{info['name']} ({api})", kind=kind, api=api,
-                index=info["index"], channels=channels, sample_rate=float(info["default_samplerate"]),
-                is_default=info["index"] == default, is_loopback=kind == "input" and _name_looks_like_loopback(info["name"]),
-            ))
+            devices.append(
+                AudioDevice(
+                    name=info["name"],
+                    description=f"{info['name']} ({api})",
+                    kind=kind,
+                    api=api,
+                    index=info["index"],
+                    channels=channels,
+                    sample_rate=float(info["default_samplerate"]),
+                    is_default=info["index"] == default,
+                    is_loopback=kind == "input" and _name_looks_like_loopback(info["name"]),
+                )
+            )
     return devices
 
 
@@ -162,12 +170,19 @@ def pulse_devices() -> list[AudioDevice]:
             if loopback and not monitor_of and name.endswith(".monitor"):
                 monitor_of = name[: -len(".monitor")]
             channels, rate = _parse_sample_spec(entry.get("sample_specification", ""))
-            devices.append(AudioDevice(
-                name=name, description=entry.get("description", name), kind=kind, api="pulse",
-                channels=channels, sample_rate=rate,
-                is_default=name == (default_source if kind == "input" else default_sink),
-                is_loopback=loopback, monitor_of=monitor_of,
-            ))
+            devices.append(
+                AudioDevice(
+                    name=name,
+                    description=entry.get("description", name),
+                    kind=kind,
+                    api="pulse",
+                    channels=channels,
+                    sample_rate=rate,
+                    is_default=name == (default_source if kind == "input" else default_sink),
+                    is_loopback=loopback,
+                    monitor_of=monitor_of,
+                )
+            )
     return devices
 
 
@@ -220,14 +235,20 @@ def loopback_candidates(devices: list[AudioDevice]) -> list[AudioDevice]:
 def how_to_get_loopback() -> str:
     """One line per OS telling the user how to get a loopback source."""
     if sys.platform.startswith("linux"):
-        return ("run PulseAudio or PipeWire (each output has a 'SINK.monitor' source) and install "
-                "pulseaudio-utils and libasound2-plugins (the ALSA 'pulse' device)")
+        return (
+            "run PulseAudio or PipeWire (each output has a 'SINK.monitor' source) and install "
+            "pulseaudio-utils and libasound2-plugins (the ALSA 'pulse' device)"
+        )
     if sys.platform == "darwin":
-        return ("install a loopback driver (brew install blackhole-2ch), make a Multi-Output Device "
-                "with your speakers and BlackHole, and pick BlackHole as the device")
+        return (
+            "install a loopback driver (brew install blackhole-2ch), make a Multi-Output Device "
+            "with your speakers and BlackHole, and pick BlackHole as the device"
+        )
     if sys.platform == "win32":
-        return ("use a WASAPI loopback input ('... [Loopback]' in avatarforcing devices; "
-                "pip install -U sounddevice) or enable 'Stereo Mix' in the Sound control panel")
+        return (
+            "use a WASAPI loopback input ('... [Loopback]' in avatarforcing devices; "
+            "pip install -U sounddevice) or enable 'Stereo Mix' in the Sound control panel"
+        )
     return "use a loopback input device of your sound system"
 
 
@@ -295,8 +316,7 @@ def plan_input(device: str, loopback: bool, sd=None) -> OpenPlan:
     if len(matches) > 1:
         raise AudioDeviceError(f"device {device!r} matches several inputs: {_describe(matches)}")
     raise AudioDeviceError(
-        f"no input device matches {device!r} (inputs: {_describe(inputs + pulse_inputs)}; "
-        "see avatarforcing devices)"
+        f"no input device matches {device!r} (inputs: {_describe(inputs + pulse_inputs)}; see avatarforcing devices)"
     )
 
 
@@ -327,6 +347,9 @@ def _wasapi_loopback_plan(sd, inputs: list[AudioDevice]) -> OpenPlan | None:
     if loopbacks:
         return OpenPlan(loopbacks[0].index, f"WASAPI loopback {loopbacks[0].name!r}")
     if default_out is not None and "loopback" in inspect.signature(sd.WasapiSettings).parameters:
-        return OpenPlan(default_out.index, f"WASAPI loopback of {default_out.name!r}",
-                        extra_settings=sd.WasapiSettings(loopback=True))
+        return OpenPlan(
+            default_out.index,
+            f"WASAPI loopback of {default_out.name!r}",
+            extra_settings=sd.WasapiSettings(loopback=True),
+        )
     return None

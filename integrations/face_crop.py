@@ -23,9 +23,9 @@ full-resolution image instead of a 360-px copy) and, therefore, slightly differe
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -56,7 +56,7 @@ class CropSquare:
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         """The square's pixels (a view) of an ``[H, W, C]`` image."""
-        return image[self.y:self.y + self.side, self.x:self.x + self.side]
+        return image[self.y : self.y + self.side, self.x : self.x + self.side]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ def apply_crop(image: np.ndarray, square: CropSquare, size: int, interpolation: 
 
 # ----------------------------------------------------------------------------------- portrait
 
+
 def load_image_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as RGB uint8 ``[H, W, 3]``; ValueError/FileNotFoundError naming it."""
     path = Path(path)
@@ -154,6 +155,7 @@ def crop_portrait_file(path: str | Path, size: int, **kwargs) -> tuple[np.ndarra
 
 # -------------------------------------------------------------------------------------- video
 
+
 def plan_video_crop(
     frames: Iterable[np.ndarray],
     *,
@@ -194,8 +196,9 @@ def plan_video_crop(
     if frame_size is None:
         raise ValueError(f"no frames in {source}")
     if not geometries:
-        raise NoFaceError(source, f"none of {scanned} scanned frames; detector {detector.model!r}, "
-                                  f"min score {detector.min_score}")
+        raise NoFaceError(
+            source, f"none of {scanned} scanned frames; detector {detector.model!r}, min score {detector.min_score}"
+        )
     mean = FaceGeometry(
         half_y=float(np.mean([g.half_y for g in geometries])),
         half_x=float(np.mean([g.half_x for g in geometries])),

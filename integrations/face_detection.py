@@ -130,8 +130,10 @@ class FaceDetector:
             rel = best.location_data.relative_bounding_box
             x1, y1 = rel.xmin * width, rel.ymin * height
             return FaceBox(
-                x1=int(x1), y1=int(y1),
-                x2=int(x1 + rel.width * width), y2=int(y1 + rel.height * height),
+                x1=int(x1),
+                y1=int(y1),
+                x2=int(x1 + rel.width * width),
+                y2=int(y1 + rel.height * height),
                 score=float(best.score[0]),
             )
         return None
@@ -141,7 +143,7 @@ class FaceDetector:
             graph.close()
         self._graphs = []
 
-    def __enter__(self) -> "FaceDetector":
+    def __enter__(self) -> FaceDetector:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -30,8 +30,8 @@ saying how to fix it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 
@@ -152,7 +152,9 @@ def params_from_landmarks(
     cal = calibration or FaceParamsCalibration()
     lm = np.asarray(landmarks, np.float64)
     if lm.shape != (NUM_LANDMARKS, 3):
-        raise ValueError(f"expected FaceMesh landmarks of shape ({NUM_LANDMARKS}, 3) (refine_landmarks=True), got {lm.shape}")
+        raise ValueError(
+            f"expected FaceMesh landmarks of shape ({NUM_LANDMARKS}, 3) (refine_landmarks=True), got {lm.shape}"
+        )
     height, width = image_size
 
     def dist(a: int, b: int) -> float:
@@ -299,7 +301,7 @@ class FaceParamsExtractor:
             self._mesh.close()
             self._mesh = None
 
-    def __enter__(self) -> "FaceParamsExtractor":
+    def __enter__(self) -> FaceParamsExtractor:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

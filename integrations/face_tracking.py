@@ -34,13 +34,13 @@ from .face_detection import FaceBox, FaceDetector, _check_rgb
 class TrackerConfig:
     """Tracker settings (frames are the video's frames, sizes are in face half sizes)."""
 
-    detect_every: int = 5          # frames between detections while locked (1: every frame)
-    max_missed: int = 3            # consecutive missed detections before "no face"
-    smoothing: float = 0.3         # fraction of the beyond-dead-band change followed per detection
+    detect_every: int = 5  # frames between detections while locked (1: every frame)
+    max_missed: int = 3  # consecutive missed detections before "no face"
+    smoothing: float = 0.3  # fraction of the beyond-dead-band change followed per detection
     center_deadband: float = 0.05  # centre changes below this x half size are ignored
-    size_deadband: float = 0.05    # relative half-size changes below this are ignored
-    snap_fraction: float = 1.0     # a centre jump beyond this x half size re-locks at once
-    pad_ratio: float = 1.0         # crop padding, as in the offline crop (box doubled)
+    size_deadband: float = 0.05  # relative half-size changes below this are ignored
+    snap_fraction: float = 1.0  # a centre jump beyond this x half size re-locks at once
+    pad_ratio: float = 1.0  # crop padding, as in the offline crop (box doubled)
 
     def __post_init__(self) -> None:
         if self.detect_every < 1:
@@ -60,13 +60,13 @@ class TrackerConfig:
 class TrackerState:
     """Everything the tracker remembers between frames (pixels of the current frame size)."""
 
-    frame_index: int = 0                 # index of the next frame to process
+    frame_index: int = 0  # index of the next frame to process
     frame_size: tuple[int, int] = (0, 0)  # (width, height) of the frames being tracked
     locked: bool = False
     center_x: float = 0.0
     center_y: float = 0.0
-    half_size: float = 0.0               # half of the face box's larger side
-    missed: int = 0                      # consecutive missed detections while locked
+    half_size: float = 0.0  # half of the face box's larger side
+    missed: int = 0  # consecutive missed detections while locked
     frames_since_detection: int = 0
     detections_run: int = 0
 
@@ -97,8 +97,7 @@ class FaceTracker:
     """Feed frames in order with :meth:`update`; read :attr:`state`. ``size`` is the crop's
     side in pixels. A detector is created (and closed by :meth:`close`) when none is given."""
 
-    def __init__(self, size: int, config: TrackerConfig | None = None,
-                 detector: FaceDetector | None = None) -> None:
+    def __init__(self, size: int, config: TrackerConfig | None = None, detector: FaceDetector | None = None) -> None:
         if size <= 0:
             raise ValueError(f"crop size must be positive, got {size}")
         self.size = int(size)
@@ -121,8 +120,7 @@ class FaceTracker:
             state = self.state
             state.frame_size = (width, height)
 
-        due = (not state.locked or state.missed > 0
-               or state.frames_since_detection + 1 >= cfg.detect_every)
+        due = not state.locked or state.missed > 0 or state.frames_since_detection + 1 >= cfg.detect_every
         detection = None
         if due:
             detection = self.detector.detect(frame)
@@ -163,15 +161,16 @@ class FaceTracker:
 
     def _square(self, width: int, height: int) -> CropSquare:
         state = self.state
-        geometry = FaceGeometry(half_y=state.half_size, half_x=state.half_size,
-                                center_y=state.center_y, center_x=state.center_x)
+        geometry = FaceGeometry(
+            half_y=state.half_size, half_x=state.half_size, center_y=state.center_y, center_x=state.center_x
+        )
         return crop_square(geometry, width, height, self.config.pad_ratio)
 
     def close(self) -> None:
         if self._owns_detector:
             self.detector.close()
 
-    def __enter__(self) -> "FaceTracker":
+    def __enter__(self) -> FaceTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

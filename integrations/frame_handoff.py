@@ -101,4 +101,3 @@ class DropOldestQueue(Generic[T]):
         with self._condition:
             self._closed = True
             self._condition.notify_all()
-

@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
 
 import av
+import numpy as np
 
 DEFAULT_SAMPLE_RATE = 16000
 
@@ -31,6 +30,7 @@ class MediaError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------- reading
+
 
 def _open_input(path: str | Path) -> av.container.InputContainer:
     path = Path(path)
@@ -149,6 +149,7 @@ def iter_video_frames(path: str | Path) -> Iterator[tuple[int, float, np.ndarray
 
 # ----------------------------------------------------------------------------------- writing
 
+
 def _as_fraction(fps: float | int | Fraction) -> Fraction:
     rate = Fraction(fps).limit_denominator(1001)
     if rate <= 0:
@@ -200,8 +201,7 @@ class VideoWriter:
         self._closed = False
         if not self.path.parent.is_dir():
             raise MediaError(f"output folder does not exist: {self.path.parent}")
-        self._container = av.open(str(self.path), mode="w", format="mp4",
-                                  options={"movflags": "+faststart"})
+        self._container = av.open(str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"})
         if size is not None:
             self._open_streams(*size)
 
@@ -237,8 +237,7 @@ class VideoWriter:
         if self._video_stream is None:
             self._open_streams(width, height)
         if (width, height) != self._size:
-            raise ValueError(f"frame size {width}x{height} differs from the stream's "
-                             f"{self._size[0]}x{self._size[1]}")
+            raise ValueError(f"frame size {width}x{height} differs from the stream's {self._size[0]}x{self._size[1]}")
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = self.frames_written
         video_frame.time_base = self._video_stream.codec_context.time_base
@@ -280,7 +279,7 @@ class VideoWriter:
         finally:
             self._container.close()
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -317,6 +316,7 @@ class VideoWriter:
 
 
 # ------------------------------------------------------------------------------ frame mapping
+
 
 def _to_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
@@ -356,6 +356,7 @@ def from_uint8_frame(frame: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- ffprobe (CLI)
 
+
 def ffprobe_available() -> bool:
     """True when an ``ffprobe`` executable is on PATH."""
     return shutil.which("ffprobe") is not None
@@ -371,7 +372,9 @@ def ffprobe(path: str | Path) -> dict:
         raise MediaError("ffprobe not found on PATH (install FFmpeg, e.g. apt-get install ffmpeg)")
     result = subprocess.run(
         [exe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise MediaError(f"ffprobe failed on {path}: {result.stderr.strip()}")

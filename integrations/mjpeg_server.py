@@ -23,7 +23,6 @@ import cv2
 import numpy as np
 
 from avatarforcing.integrations.alpha import flatten_rgba
-
 from avatarforcing.integrations.frame_handoff import LatestValue
 
 log = logging.getLogger(__name__)
@@ -50,8 +49,11 @@ class _JpegCache:
     def jpeg(self, sequence: int, image: np.ndarray) -> bytes:
         with self._lock:
             if sequence != self._sequence:
-                ok, data = cv2.imencode(".jpg", cv2.cvtColor(flatten_rgba(image), cv2.COLOR_RGB2BGR),
-                                        (cv2.IMWRITE_JPEG_QUALITY, self._quality))
+                ok, data = cv2.imencode(
+                    ".jpg",
+                    cv2.cvtColor(flatten_rgba(image), cv2.COLOR_RGB2BGR),
+                    (cv2.IMWRITE_JPEG_QUALITY, self._quality),
+                )
                 if not ok:
                     raise MjpegServerError("cv2.imencode failed to encode a JPEG")
                 self._sequence, self._jpeg = sequence, data.tobytes()
@@ -59,13 +61,13 @@ class _JpegCache:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.0"
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args) -> None:
         log.debug("mjpeg %s: " + format, self.address_string(), *args)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == STREAM_PATH:
             self._stream()
@@ -103,7 +105,8 @@ class _Handler(BaseHTTPRequestHandler):
                 data = owner.cache.jpeg(sequence, image)
                 self.wfile.write(
                     f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-                    + data + b"\r\n"
+                    + data
+                    + b"\r\n"
                 )
                 self.wfile.flush()
                 tick += period
@@ -121,7 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    owner: "MjpegServer"
+    owner: MjpegServer
 
 
 class MjpegServer:
@@ -146,7 +149,7 @@ class MjpegServer:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "MjpegServer":
+    def start(self) -> MjpegServer:
         try:
             server = _Server((self.host, self.requested_port), _Handler)
         except OSError as error:
@@ -156,8 +159,9 @@ class MjpegServer:
             ) from error
         server.owner = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="mjpeg-server", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="mjpeg-server", daemon=True
+        )
         self._thread.start()
         log.info("MJPEG stream at %s", self.url)
         return self
@@ -174,7 +178,7 @@ class MjpegServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "MjpegServer":
+    def __enter__(self) -> MjpegServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -20,8 +20,9 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ class ObsClient:
     but `request` may be called from several threads.
     """
 
-    def __init__(self, host: str, port: int, password: str = "", connect_timeout: float = 3.0,
-                 request_timeout: float = 3.0) -> None:
+    def __init__(
+        self, host: str, port: int, password: str = "", connect_timeout: float = 3.0, request_timeout: float = 3.0
+    ) -> None:
         self.host, self.port = host, int(port)
         self._password = password
         self.connect_timeout, self.request_timeout = float(connect_timeout), float(request_timeout)
@@ -75,7 +77,7 @@ class ObsClient:
     def connected(self) -> bool:
         return self._ws is not None and self._ws.ws is not None and bool(self._ws.ws.connected)
 
-    def connect(self) -> "ObsClient":
+    def connect(self) -> ObsClient:
         """Open the connection within `connect_timeout` or raise `ObsUnavailable`."""
         from obswebsocket import obsws
 
@@ -96,8 +98,9 @@ class ObsClient:
         if worker.is_alive():
             self._abort(client)
             worker.join(1.0)
-            raise ObsUnavailable(f"{where} did not answer within {self.connect_timeout:g} s "
-                                 "(is it OBS? is OBS frozen?)")
+            raise ObsUnavailable(
+                f"{where} did not answer within {self.connect_timeout:g} s (is it OBS? is OBS frozen?)"
+            )
         error = outcome.get("error")
         if error is not None:
             text = str(error).replace(self._password, "***") if self._password else str(error)
@@ -214,12 +217,18 @@ def ensure_media_source(client: ObsClient, setup: SourceSetup) -> dict[str, bool
                 raise
             item_id = client.request("CreateSceneItem", sceneName=setup.scene, sourceName=setup.source)["sceneItemId"]
             _fit_to_canvas(client, setup.scene, item_id)
-        client.request("TriggerMediaInputAction", inputName=setup.source,
-                       mediaAction="OBS_WEBSOCKET_MEDIA_INPUT_ACTION_RESTART")
+        client.request(
+            "TriggerMediaInputAction", inputName=setup.source, mediaAction="OBS_WEBSOCKET_MEDIA_INPUT_ACTION_RESTART"
+        )
     else:
-        item_id = client.request("CreateInput", sceneName=setup.scene, inputName=setup.source,
-                                 inputKind="ffmpeg_source", inputSettings=settings,
-                                 sceneItemEnabled=True)["sceneItemId"]
+        item_id = client.request(
+            "CreateInput",
+            sceneName=setup.scene,
+            inputName=setup.source,
+            inputKind="ffmpeg_source",
+            inputSettings=settings,
+            sceneItemEnabled=True,
+        )["sceneItemId"]
         _fit_to_canvas(client, setup.scene, item_id)
     if created_scene:
         client.request("SetCurrentProgramScene", sceneName=setup.scene)
@@ -228,11 +237,20 @@ def ensure_media_source(client: ObsClient, setup: SourceSetup) -> dict[str, bool
 
 def _fit_to_canvas(client: ObsClient, scene: str, item_id: int) -> None:
     video = client.request("GetVideoSettings")
-    client.request("SetSceneItemTransform", sceneName=scene, sceneItemId=item_id, sceneItemTransform={
-        "boundsType": "OBS_BOUNDS_SCALE_INNER", "boundsAlignment": 0,
-        "boundsWidth": float(video["baseWidth"]), "boundsHeight": float(video["baseHeight"]),
-        "positionX": 0.0, "positionY": 0.0, "alignment": 5,
-    })
+    client.request(
+        "SetSceneItemTransform",
+        sceneName=scene,
+        sceneItemId=item_id,
+        sceneItemTransform={
+            "boundsType": "OBS_BOUNDS_SCALE_INNER",
+            "boundsAlignment": 0,
+            "boundsWidth": float(video["baseWidth"]),
+            "boundsHeight": float(video["baseHeight"]),
+            "positionX": 0.0,
+            "positionY": 0.0,
+            "alignment": 5,
+        },
+    )
 
 
 def set_sync_offset(client: ObsClient, input_name: str, seconds: float) -> int:
@@ -267,9 +285,16 @@ class ObsSupervisor:
     `min_backoff_s` to `max_backoff_s`.
     """
 
-    def __init__(self, make_client: Callable[[], ObsClient], setup: Callable[[ObsClient], Any],
-                 mic_input: str = "", latency_s: Callable[[], float] = lambda: 0.0,
-                 poll_s: float = 0.5, min_backoff_s: float = 0.25, max_backoff_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        make_client: Callable[[], ObsClient],
+        setup: Callable[[ObsClient], Any],
+        mic_input: str = "",
+        latency_s: Callable[[], float] = lambda: 0.0,
+        poll_s: float = 0.5,
+        min_backoff_s: float = 0.25,
+        max_backoff_s: float = 5.0,
+    ) -> None:
         self._make_client, self._setup = make_client, setup
         self.mic_input, self._latency_s = mic_input, latency_s
         self.poll_s, self.min_backoff_s, self.max_backoff_s = poll_s, min_backoff_s, max_backoff_s
@@ -279,7 +304,7 @@ class ObsSupervisor:
         self._client: ObsClient | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "ObsSupervisor":
+    def start(self) -> ObsSupervisor:
         self._thread = threading.Thread(target=self._run, name="obs-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -317,7 +342,9 @@ class ObsSupervisor:
                     self.status.sync_offset_ms = None
                     self._update_offset()
                 except Exception as error:  # ObsError, or a surprise in OBS's answers: retry later
-                    self.status.last_error = str(error) if isinstance(error, ObsError) else f"{type(error).__name__}: {error}"
+                    self.status.last_error = (
+                        str(error) if isinstance(error, ObsError) else f"{type(error).__name__}: {error}"
+                    )
                     self._drop(str(error))
                     self._stop.wait(backoff)
                     backoff = min(self.max_backoff_s, backoff * 2)

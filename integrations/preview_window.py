@@ -21,7 +21,6 @@ import threading
 import numpy as np
 
 from avatarforcing.integrations.alpha import flatten_rgba
-
 from avatarforcing.integrations.frame_handoff import LatestValue
 
 log = logging.getLogger(__name__)
@@ -42,10 +41,12 @@ class PreviewWindow:
         self._process: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "PreviewWindow":
+    def start(self) -> PreviewWindow:
         self._process = subprocess.Popen(
             [sys.executable, "-m", __name__, self.title, str(self.width), str(self.height)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         answer: list[bytes] = []
         reader = threading.Thread(target=lambda: answer.append(self._process.stdout.readline()), daemon=True)
@@ -116,8 +117,10 @@ def main(argv: list[str]) -> int:
         cv2.resizeWindow(title, width, height)
         cv2.waitKey(1)
     except cv2.error as error:
-        print(f"cannot open a window: {str(error).strip().splitlines()[-1]} "
-              "(an OpenCV build without GUI support?)", file=sys.stderr)
+        print(
+            f"cannot open a window: {str(error).strip().splitlines()[-1]} (an OpenCV build without GUI support?)",
+            file=sys.stderr,
+        )
         return 1
     print("ready", flush=True)
     size = width * height * 3

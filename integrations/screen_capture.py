@@ -23,8 +23,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -46,18 +46,20 @@ class Region:
     height: int
 
     @classmethod
-    def parse(cls, text: str) -> "Region":
+    def parse(cls, text: str) -> Region:
         """``"x,y,w,h"`` (integers, width and height > 0) -> `Region`."""
         parts = [p.strip() for p in text.split(",")]
         try:
             left, top, width, height = (int(p) for p in parts)
         except ValueError:
-            raise ScreenCaptureError(f"region {text!r} must be 'x,y,width,height' in pixels, e.g. '0,0,1280,720'") from None
+            raise ScreenCaptureError(
+                f"region {text!r} must be 'x,y,width,height' in pixels, e.g. '0,0,1280,720'"
+            ) from None
         if width <= 0 or height <= 0:
             raise ScreenCaptureError(f"region {text!r}: width and height must be positive")
         return cls(left, top, width, height)
 
-    def clip(self, bounds: "Region") -> "Region | None":
+    def clip(self, bounds: Region) -> Region | None:
         """The part inside `bounds`, or ``None`` when they do not overlap."""
         left, top = max(self.left, bounds.left), max(self.top, bounds.top)
         right = min(self.left + self.width, bounds.left + bounds.width)
@@ -79,8 +81,14 @@ class WindowInfo:
     region: Region
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "title": self.title, "left": self.region.left, "top": self.region.top,
-                "width": self.region.width, "height": self.region.height}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "left": self.region.left,
+            "top": self.region.top,
+            "width": self.region.width,
+            "height": self.region.height,
+        }
 
 
 # -- window lookup -----------------------------------------------------------------------------------
@@ -132,8 +140,12 @@ def _xwininfo(window_id: str) -> WindowInfo | None:
         return None
     name = re.search(r'Window id: \S+ "(.*)"\s*$', text, re.MULTILINE)
     values = {}
-    for key, label in (("left", "Absolute upper-left X"), ("top", "Absolute upper-left Y"),
-                       ("width", "Width"), ("height", "Height")):
+    for key, label in (
+        ("left", "Absolute upper-left X"),
+        ("top", "Absolute upper-left Y"),
+        ("width", "Width"),
+        ("height", "Height"),
+    ):
         found = re.search(rf"^\s*{label}:\s*(-?\d+)", text, re.MULTILINE)
         if found is None:
             return None
@@ -183,7 +195,8 @@ def _quartz_windows(title: str) -> list[WindowInfo]:  # pragma: no cover - exerc
         LOG.warning("window capture on macOS needs pyobjc-framework-Quartz (pip install pyobjc-framework-Quartz)")
         return []
     infos = Quartz.CGWindowListCopyWindowInfo(
-        Quartz.kCGWindowListOptionOnScreenOnly | Quartz.kCGWindowListExcludeDesktopElements, Quartz.kCGNullWindowID)
+        Quartz.kCGWindowListOptionOnScreenOnly | Quartz.kCGWindowListExcludeDesktopElements, Quartz.kCGNullWindowID
+    )
     found = []
     for info in infos or ():
         name = str(info.get("kCGWindowName") or "")
@@ -194,8 +207,13 @@ def _quartz_windows(title: str) -> list[WindowInfo]:  # pragma: no cover - exerc
         bounds = info.get("kCGWindowBounds") or {}
         width, height = int(bounds.get("Width", 0)), int(bounds.get("Height", 0))
         if width > 1 and height > 1:
-            found.append(WindowInfo(str(info.get("kCGWindowNumber", "")), label,
-                                    Region(int(bounds.get("X", 0)), int(bounds.get("Y", 0)), width, height)))
+            found.append(
+                WindowInfo(
+                    str(info.get("kCGWindowNumber", "")),
+                    label,
+                    Region(int(bounds.get("X", 0)), int(bounds.get("Y", 0)), width, height),
+                )
+            )
     return found
 
 
@@ -250,9 +268,13 @@ class ScreenCapture:
     idempotent and may be called from another thread; it ends `frames()` within one period.
     `window` is the window currently captured (``None`` while it is missing)."""
 
-    def __init__(self, settings: ScreenSettings, origin: float | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 finder: Callable[[str], list[WindowInfo]] = find_windows) -> None:
+    def __init__(
+        self,
+        settings: ScreenSettings,
+        origin: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        finder: Callable[[str], list[WindowInfo]] = find_windows,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.origin = clock() if origin is None else origin
@@ -316,7 +338,9 @@ class ScreenCapture:
             return self._fixed
         monitors = grabber.monitors
         if self.settings.monitor >= len(monitors):
-            raise ScreenCaptureError(f"monitor {self.settings.monitor} does not exist (monitors: 1..{len(monitors) - 1}, 0 = all)")
+            raise ScreenCaptureError(
+                f"monitor {self.settings.monitor} does not exist (monitors: 1..{len(monitors) - 1}, 0 = all)"
+            )
         m = monitors[self.settings.monitor]
         return Region(m["left"], m["top"], m["width"], m["height"])
 
@@ -324,7 +348,9 @@ class ScreenCapture:
         windows = self.finder(self.settings.window_title)
         previous, self.window = self.window, (windows[0] if windows else None)
         if self.window is None and (previous is not None or not self.events):
-            self._report(f"no window titled like {self.settings.window_title!r}; looking for it every {self.settings.poll_s:g} s")
+            self._report(
+                f"no window titled like {self.settings.window_title!r}; looking for it every {self.settings.poll_s:g} s"
+            )
         elif self.window is not None and (previous is None or previous.id != self.window.id):
             self.events.append(f"capturing window {self.window.title!r} ({self.window.id})")
 

@@ -22,7 +22,6 @@ import cv2
 import numpy as np
 
 from avatarforcing.integrations.alpha import flatten_rgba
-
 from avatarforcing.integrations.frame_handoff import LatestValue
 
 log = logging.getLogger(__name__)
@@ -40,8 +39,7 @@ def _pyvirtualcam():
         import pyvirtualcam
     except ImportError as error:
         raise VirtualCameraError(
-            f"pyvirtualcam is not installed ({error}); pip install 'avatarforcing[vcam]' "
-            "(pyvirtualcam is GPL-2.0)"
+            f"pyvirtualcam is not installed ({error}); pip install 'avatarforcing[vcam]' (pyvirtualcam is GPL-2.0)"
         ) from error
     return pyvirtualcam
 
@@ -61,11 +59,15 @@ def default_backend(platform: str | None = None) -> str:
 def setup_hint(backend: str) -> str:
     """How to make `backend`'s device exist."""
     if backend == "v4l2loopback":
-        return ("install and load v4l2loopback: sudo apt-get install v4l2loopback-dkms && sudo modprobe "
-                'v4l2loopback devices=1 exclusive_caps=1 card_label="AvatarForcing" (see docs/sinks.md)')
+        return (
+            "install and load v4l2loopback: sudo apt-get install v4l2loopback-dkms && sudo modprobe "
+            'v4l2loopback devices=1 exclusive_caps=1 card_label="AvatarForcing" (see docs/sinks.md)'
+        )
     if backend == "obs" and _platform() == "darwin":
-        return ("install OBS Studio 30 or newer and start then stop its virtual camera once "
-                "(installs the camera extension; allow it in System Settings)")
+        return (
+            "install OBS Studio 30 or newer and start then stop its virtual camera once "
+            "(installs the camera extension; allow it in System Settings)"
+        )
     if backend == "obs":
         return "install OBS Studio 26 or newer (includes OBS Virtual Camera) and keep OBS's own virtual camera stopped"
     if backend == "unitycapture":
@@ -121,11 +123,20 @@ def open_camera(settings: CameraSettings):
         raise VirtualCameraError(
             f"unknown virtual-camera backend {backend!r}; available here: {', '.join(known) or 'none'}"
         )
-    pixel_format = {"rgb": pyvirtualcam.PixelFormat.RGB, "bgr": pyvirtualcam.PixelFormat.BGR,
-                    "rgba": pyvirtualcam.PixelFormat.RGBA}[settings.fmt]
+    pixel_format = {
+        "rgb": pyvirtualcam.PixelFormat.RGB,
+        "bgr": pyvirtualcam.PixelFormat.BGR,
+        "rgba": pyvirtualcam.PixelFormat.RGBA,
+    }[settings.fmt]
     try:
-        return pyvirtualcam.Camera(settings.width, settings.height, settings.fps, fmt=pixel_format,
-                                   device=settings.device or None, backend=backend)
+        return pyvirtualcam.Camera(
+            settings.width,
+            settings.height,
+            settings.fps,
+            fmt=pixel_format,
+            device=settings.device or None,
+            backend=backend,
+        )
     except Exception as error:  # pyvirtualcam joins each backend's failure into one RuntimeError
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         device = f" device {settings.device!r}" if settings.device else ""
@@ -152,11 +163,18 @@ class VirtualCameraStream:
         self._camera = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "VirtualCameraStream":
+    def start(self) -> VirtualCameraStream:
         self._camera = open_camera(self.settings)
         self.device = str(self._camera.device)
-        log.info("virtual camera %s (%s) open: %dx%d %s at %g fps", self.device, self._camera.backend,
-                 self.settings.width, self.settings.height, self.settings.fmt, self.settings.fps)
+        log.info(
+            "virtual camera %s (%s) open: %dx%d %s at %g fps",
+            self.device,
+            self._camera.backend,
+            self.settings.width,
+            self.settings.height,
+            self.settings.fmt,
+            self.settings.fps,
+        )
         self._thread = threading.Thread(target=self._run, name="virtual-camera", daemon=True)
         self._thread.start()
         return self
@@ -191,4 +209,3 @@ class VirtualCameraStream:
         if self._camera is not None:
             self._camera.close()
             self._camera = None
-

@@ -24,7 +24,7 @@ is counted in `VmcSender.dropped`, never raised or waited on.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
@@ -50,12 +50,14 @@ def _axis_quaternion(axis: int, degrees: float) -> np.ndarray:
 def _multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ax, ay, az, aw = a
     bx, by, bz, bw = b
-    return np.array([
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-        aw * bw - ax * bx - ay * by - az * bz,
-    ])
+    return np.array(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ]
+    )
 
 
 def head_rotation(yaw: float, pitch: float, roll: float) -> Quaternion:
@@ -96,19 +98,21 @@ def blendshapes(params: np.ndarray, arkit: bool = True) -> dict[str, float]:
         "LookDown": max(0.0, gy),
     }
     if arkit:
-        values.update({
-            "jawOpen": jaw,
-            "mouthSmileLeft": smile,
-            "mouthSmileRight": smile,
-            "mouthPucker": pucker,
-            "eyeBlinkLeft": p["blink_left"],
-            "eyeBlinkRight": p["blink_right"],
-            "browInnerUp": raise_,
-            "browOuterUpLeft": raise_,
-            "browOuterUpRight": raise_,
-            "browDownLeft": frown,
-            "browDownRight": frown,
-        })
+        values.update(
+            {
+                "jawOpen": jaw,
+                "mouthSmileLeft": smile,
+                "mouthSmileRight": smile,
+                "mouthPucker": pucker,
+                "eyeBlinkLeft": p["blink_left"],
+                "eyeBlinkRight": p["blink_right"],
+                "browInnerUp": raise_,
+                "browOuterUpLeft": raise_,
+                "browOuterUpRight": raise_,
+                "browDownLeft": frown,
+                "browDownRight": frown,
+            }
+        )
     return {name: float(np.clip(v, 0.0, 1.0)) for name, v in values.items()}
 
 
@@ -145,8 +149,9 @@ class VmcSender:
     root translation. `sent`/`dropped` count bundles.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, arkit: bool = True,
-                 face_width_m: float = 0.15) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, arkit: bool = True, face_width_m: float = 0.15
+    ) -> None:
         if not 1 <= int(port) <= 65535:
             raise ValueError(f"VMC port must be in 1..65535, got {port}")
         try:

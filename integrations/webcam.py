@@ -11,8 +11,8 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -57,8 +57,11 @@ def open_camera(settings: WebcamSettings):
             "no other program holds it and that this program may use the camera, or pick another "
             "index (avatarforcing devices lists them)"
         )
-    for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, settings.width), (cv2.CAP_PROP_FRAME_HEIGHT, settings.height),
-                        (cv2.CAP_PROP_FPS, settings.fps)):
+    for prop, value in (
+        (cv2.CAP_PROP_FRAME_WIDTH, settings.width),
+        (cv2.CAP_PROP_FRAME_HEIGHT, settings.height),
+        (cv2.CAP_PROP_FPS, settings.fps),
+    ):
         if value:
             capture.set(prop, float(value))
     return capture
@@ -85,15 +88,16 @@ def list_cameras(max_index: int = 4) -> list[int]:
 class Webcam:
     """Frames from one camera; `open()` raises `WebcamError` at once when there is none."""
 
-    def __init__(self, settings: WebcamSettings, origin: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: WebcamSettings, origin: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.origin = clock() if origin is None else origin
         self._closed = threading.Event()
         self._capture = None
 
-    def open(self) -> "Webcam":
+    def open(self) -> Webcam:
         self._capture = open_camera(self.settings)
         return self
 

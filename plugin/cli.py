@@ -27,9 +27,10 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Mapping, Sequence, TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 
@@ -65,9 +66,7 @@ class CommandContext:
     def load_config(self, extra_overrides: Sequence[str | tuple[str, Any]] = ()) -> AppConfig:
         """Defaults <- config file <- ``--set`` <- `extra_overrides` (a command's flags);
         plugins' ``configure`` hook sees the first configuration loaded. Raises `ConfigError`."""
-        config = load_config(
-            self.config_file, [*self.overrides, *extra_overrides], environ=self.environ
-        )
+        config = load_config(self.config_file, [*self.overrides, *extra_overrides], environ=self.environ)
         if self._configured is None:
             self.host.configure(config)
             self._configured = config

@@ -66,9 +66,10 @@ import dataclasses
 import os
 import re
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from avatarforcing.plugin.errors import ConfigError
 from avatarforcing.plugin.options import coerce, resolve_options, unknown_option
@@ -80,6 +81,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "CONFIG_ENV",
     "AppConfig",
     "ConfigError",
     "EnginesSettings",
@@ -89,7 +91,6 @@ __all__ = [
     "SinksSettings",
     "SourceSlot",
     "SourcesSettings",
-    "CONFIG_ENV",
     "load_config",
     "parse_override",
     "resolve_options",
@@ -122,17 +123,11 @@ class ModelSettings:
 
     engine: str = _option("default", "motion engine name", check=_check_name)
 
-    preset: str = _option(
-        "official", "model size", choices=("official", "fixture_small")
-    )
-    checkpoint_dir: str = _option(
-        "", "directory with the official weights (\"\" = $AVATARFORCING_WEIGHTS or the cache)"
-    )
-    flow_transformer: str = _option("", "flow_transformer.pth path (\"\" = in checkpoint_dir)")
-    motion_autoencoder: str = _option(
-        "", "motion_autoencoder.pth path (\"\" = in checkpoint_dir)"
-    )
-    wav2vec2: str = _option("", "wav2vec2-base-960h directory (\"\" = in checkpoint_dir)")
+    preset: str = _option("official", "model size", choices=("official", "fixture_small"))
+    checkpoint_dir: str = _option("", 'directory with the official weights ("" = $AVATARFORCING_WEIGHTS or the cache)')
+    flow_transformer: str = _option("", 'flow_transformer.pth path ("" = in checkpoint_dir)')
+    motion_autoencoder: str = _option("", 'motion_autoencoder.pth path ("" = in checkpoint_dir)')
+    wav2vec2: str = _option("", 'wav2vec2-base-960h directory ("" = in checkpoint_dir)')
     nfe: int = _option(10, "sampler steps (nfe - 1 network evaluations per block)", minimum=3, maximum=1000)
     a_cfg_scale: float = _option(2.0, "avatar-audio guidance scale", minimum=0.0, maximum=50.0)
     u_cfg_scale: float = _option(1.0, "user guidance scale", minimum=0.0, maximum=50.0)
@@ -148,9 +143,7 @@ class SessionSettings:
 
     portrait: str = _option("", "identity image (portrait) path")
     warm_up: bool = _option(True, "run the engine and renderer once before going live")
-    queue_frames: int = _option(
-        0, "rendered frames queued for output (0 = one engine block)", minimum=0, maximum=1000
-    )
+    queue_frames: int = _option(0, "rendered frames queued for output (0 = one engine block)", minimum=0, maximum=1000)
     feature_frames: int = _option(1, "frames per engine input tick", minimum=1, maximum=50)
     stats_interval: float = _option(
         10.0, "seconds between stats lines in the log (0 = never)", minimum=0.0, maximum=3600.0
@@ -160,9 +153,7 @@ class SessionSettings:
         -45.0, "speech threshold of the avatar audio (RMS dBFS)", minimum=-120.0, maximum=0.0
     )
     vad_attack_ms: float = _option(40.0, "speech needed to switch to speaking (ms)", minimum=0.0, maximum=5000.0)
-    vad_release_ms: float = _option(
-        200.0, "silence needed to switch to listening (ms)", minimum=0.0, maximum=5000.0
-    )
+    vad_release_ms: float = _option(200.0, "silence needed to switch to listening (ms)", minimum=0.0, maximum=5000.0)
     speak_a_cfg: float = _option(2.0, "audio guidance while speaking", minimum=0.0, maximum=50.0)
     speak_u_cfg: float = _option(1.0, "user guidance while speaking", minimum=0.0, maximum=50.0)
     listen_a_cfg: float = _option(1.0, "audio guidance while listening", minimum=0.0, maximum=50.0)
@@ -300,7 +291,7 @@ def _use(where: str, value: Any) -> str:
 
 def _slot(where: str, raw: Any, default: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(raw, Mapping):
-        raise ConfigError(where, "expected a table (use = \"NAME\" and the source's options)")
+        raise ConfigError(where, 'expected a table (use = "NAME" and the source\'s options)')
     options = {k: v for k, v in raw.items() if k != "use"}
     for key, value in options.items():
         if isinstance(value, Mapping):
@@ -405,7 +396,7 @@ def _apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
     nested = {"sources": 3, "plugins": 3, "engines": 3}.get(section)
     if nested and len(parts) != nested:
         raise ConfigError(key, f"expected {section}.NAME.KEY")
-    if section == "sinks" and not (len(parts) == 2 and parts[1] == "use" or len(parts) == 3):
+    if section == "sinks" and not ((len(parts) == 2 and parts[1] == "use") or len(parts) == 3):
         raise ConfigError(key, "expected sinks.use or sinks.NAME.KEY")
     if section in ("model", "session", "render") and len(parts) != 2:
         raise ConfigError(key, f"expected {section}.KEY")

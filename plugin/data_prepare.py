@@ -33,9 +33,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,7 @@ class DataPrepareError(ValueError):
 
 
 # ----------------------------------------------------------------------------- conversations
+
 
 @dataclass(frozen=True)
 class Conversation:
@@ -87,8 +89,9 @@ def plan_conversations(videos: Sequence[str | Path], layout: str) -> list[Conver
         if len(paths) % 2:
             raise DataPrepareError(
                 f"--layout two-tracks takes VIDEO files in pairs (party A, party B); got {len(paths)} files, "
-                f"the last one ({paths[-1]}) has no partner")
-        groups = [tuple(paths[i:i + 2]) for i in range(0, len(paths), 2)]
+                f"the last one ({paths[-1]}) has no partner"
+            )
+        groups = [tuple(paths[i : i + 2]) for i in range(0, len(paths), 2)]
         ids = [_safe_id(f"{a.stem}--{b.stem}") for a, b in groups]
     else:
         groups = [(p,) for p in paths]
@@ -98,7 +101,9 @@ def plan_conversations(videos: Sequence[str | Path], layout: str) -> list[Conver
         seen[conv_id] = seen.get(conv_id, 0) + 1
     clashes = sorted(i for i, n in seen.items() if n > 1)
     if clashes:
-        raise DataPrepareError(f"several conversations get the id {clashes[0]!r} (ids come from file names); rename the files")
+        raise DataPrepareError(
+            f"several conversations get the id {clashes[0]!r} (ids come from file names); rename the files"
+        )
     return [Conversation(i, layout, g) for i, g in zip(ids, groups)]
 
 
@@ -114,6 +119,7 @@ def heldout_ids(ids: Sequence[str], fraction: float) -> set[str]:
 
 # ------------------------------------------------------------------------------------- audio
 
+
 def load_audio_channels(path: Path) -> np.ndarray:
     """Every channel of the first audio stream at 16 kHz: float32 [C, n] (C = 1 or 2).
 
@@ -126,7 +132,9 @@ def load_audio_channels(path: Path) -> np.ndarray:
         raise DataPrepareError(f"cannot open {path}: {error}") from error
     with container:
         if not container.streams.audio:
-            raise DataPrepareError(f"{path} has no audio track; every party needs audio (two-tracks: each file its own)")
+            raise DataPrepareError(
+                f"{path} has no audio track; every party needs audio (two-tracks: each file its own)"
+            )
         stream = container.streams.audio[0]
         channels = stream.codec_context.channels
         if channels not in (1, 2):
@@ -148,7 +156,7 @@ def load_audio_channels(path: Path) -> np.ndarray:
 def frame_rms(samples: np.ndarray, frames: int) -> np.ndarray:
     """RMS of each 640-sample (40 ms) frame of 16 kHz audio: float32 [frames]."""
     blocks = np.asarray(samples, np.float64)[: frames * FRAME_SAMPLES].reshape(frames, FRAME_SAMPLES)
-    return np.sqrt((blocks ** 2).mean(axis=1)).astype(np.float32)
+    return np.sqrt((blocks**2).mean(axis=1)).astype(np.float32)
 
 
 def mouth_activity(jaw: np.ndarray, found: np.ndarray, window: int = MOUTH_WINDOW) -> np.ndarray:
@@ -161,8 +169,9 @@ def mouth_activity(jaw: np.ndarray, found: np.ndarray, window: int = MOUTH_WINDO
     return np.where(found, views.std(axis=1), 0.0)
 
 
-def attribute_mono_speech(samples: np.ndarray, activity_left: np.ndarray, activity_right: np.ndarray,
-                          eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def attribute_mono_speech(
+    samples: np.ndarray, activity_left: np.ndarray, activity_right: np.ndarray, eps: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split mono audio [>= T*640] between two parties by mouth activity [T] each.
 
     Returns ``(left samples, right samples, left share [T])``: per frame the left share is
@@ -180,6 +189,7 @@ def attribute_mono_speech(samples: np.ndarray, activity_left: np.ndarray, activi
 
 
 # -------------------------------------------------------------------------------------- video
+
 
 def video_frames_25fps(path: Path) -> Iterator[np.ndarray]:
     """RGB uint8 frames of `path` resampled to 25 fps (nearest frame)."""
@@ -217,11 +227,16 @@ class DefaultSideReader:
 
         self._extractor.close()
         found = np.array([r is not None for r in self._rows], bool)
-        params = np.stack([MOTION_SPACE.neutral() if r is None else r for r in self._rows]) if self._rows else \
-            np.zeros((0, MOTION_SPACE.dim), np.float32)
+        params = (
+            np.stack([MOTION_SPACE.neutral() if r is None else r for r in self._rows])
+            if self._rows
+            else np.zeros((0, MOTION_SPACE.dim), np.float32)
+        )
         motion = np.where(found[:, None], MOTION_SPACE.normalize(params), 0.0).astype(np.float32)
         reference = motion[found].mean(axis=0) if found.any() else np.zeros(MOTION_SPACE.dim, np.float32)
-        return SideMotion(motion, found, reference.astype(np.float32), params[:, MOTION_SPACE.jaw_index].astype(np.float32))
+        return SideMotion(
+            motion, found, reference.astype(np.float32), params[:, MOTION_SPACE.jaw_index].astype(np.float32)
+        )
 
 
 class OfficialSideReader:
@@ -296,8 +311,10 @@ class DefaultSpace:
         return DefaultSideReader()
 
     def info(self) -> dict[str, Any]:
-        return {"motion_units": "normalized (avatarforcing.engine.default.motion_space)",
-                "audio_features": "log-mel 80 (avatarforcing.engine.default.audio_features)"}
+        return {
+            "motion_units": "normalized (avatarforcing.engine.default.motion_space)",
+            "audio_features": "log-mel 80 (avatarforcing.engine.default.audio_features)",
+        }
 
 
 @dataclass
@@ -323,7 +340,9 @@ class OfficialSpace:
         rows = []
         with torch.no_grad():
             for piece in pieces:
-                chunk = torch.from_numpy(audio[piece[0] * FRAME_SAMPLES:(piece[-1] + 1) * FRAME_SAMPLES])[None].to(device)
+                chunk = torch.from_numpy(audio[piece[0] * FRAME_SAMPLES : (piece[-1] + 1) * FRAME_SAMPLES])[None].to(
+                    device
+                )
                 rows.append(self.model.audio_encoder(chunk, len(piece))[0].float().cpu().numpy())
         return np.concatenate(rows)
 
@@ -331,12 +350,15 @@ class OfficialSpace:
         return OfficialSideReader(self.model, with_mouth)
 
     def info(self) -> dict[str, Any]:
-        return {"motion_units": "motion-autoencoder latents (encode_motion of tracked face crops)",
-                "audio_features": "wav2vec2 + audio_projection, offline, whole-utterance normalisation",
-                "model": self.model_description}
+        return {
+            "motion_units": "motion-autoencoder latents (encode_motion of tracked face crops)",
+            "audio_features": "wav2vec2 + audio_projection, offline, whole-utterance normalisation",
+            "model": self.model_description,
+        }
 
 
 # ------------------------------------------------------------------------------ conversations
+
 
 @dataclass
 class PartySide:
@@ -353,7 +375,7 @@ def _read_sides(frames: Iterator[np.ndarray], readers: list, split: bool) -> int
         if split:
             half = rgb.shape[1] // 2
             readers[0].push(rgb[:, :half])
-            readers[1].push(rgb[:, half: 2 * half])
+            readers[1].push(rgb[:, half : 2 * half])
         else:
             readers[0].push(rgb)
         count += 1
@@ -407,7 +429,10 @@ def read_conversation(conv: Conversation, space) -> tuple[list[PartySide], dict[
         notes["audio"] = "one track per party"
     notes["frames"] = frames
     notes["face_frames"] = [int(m.found.sum()) for m in motions]
-    parties = [PartySide(np.asarray(a, np.float32)[: frames * FRAME_SAMPLES], m, lab) for a, m, lab in zip(audios, motions, labels)]
+    parties = [
+        PartySide(np.asarray(a, np.float32)[: frames * FRAME_SAMPLES], m, lab)
+        for a, m, lab in zip(audios, motions, labels)
+    ]
     return parties, notes
 
 
@@ -421,7 +446,8 @@ def _check_faces(motions: list[SideMotion], labels: list[str]) -> None:
         if not motion.found.any():
             raise DataPrepareError(
                 f"no face found in any of the {len(motion.found)} frames of the {label}; each party must show a face "
-                "(side-by-side: left and right halves; two-tracks: each file)")
+                "(side-by-side: left and right halves; two-tracks: each file)"
+            )
 
 
 def conversation_items(parties: list[PartySide], space) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -431,11 +457,19 @@ def conversation_items(parties: list[PartySide], space) -> list[tuple[str, dict[
     energies = [frame_rms(p.audio, frames) for p in parties]
     items = []
     for suffix, me, other in (("a", 0, 1), ("b", 1, 0)):
-        items.append((suffix, {
-            "avatar_audio": features[me], "user_audio": features[other],
-            "avatar_motion": parties[me].motion.motion, "user_motion": parties[other].motion.motion,
-            "reference": parties[me].motion.reference, "avatar_energy": energies[me],
-        }))
+        items.append(
+            (
+                suffix,
+                {
+                    "avatar_audio": features[me],
+                    "user_audio": features[other],
+                    "avatar_motion": parties[me].motion.motion,
+                    "user_motion": parties[other].motion.motion,
+                    "reference": parties[me].motion.reference,
+                    "avatar_energy": energies[me],
+                },
+            )
+        )
     return items
 
 
@@ -447,15 +481,24 @@ class PrepareReport:
     conversations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def prepare_dataset(out: Path, conversations: list[Conversation], space, heldout_fraction: float,
-                    progress: Callable[[int, int, str], None] | None = None) -> PrepareReport:
+def prepare_dataset(
+    out: Path,
+    conversations: list[Conversation],
+    space,
+    heldout_fraction: float,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> PrepareReport:
     """Write every conversation of `conversations` into the dataset at `out` (created, or
     extended when it has the same space and widths)."""
     from avatarforcing.engine.training.dataset import DatasetError, create_dataset, write_item
 
     held = heldout_ids([c.id for c in conversations], heldout_fraction)
     dim_a, dim_w = space.dims
-    info = {"prepared_by": "avatarforcing data prepare", "layout": conversations[0].layout if conversations else "", **space.info()}
+    info = {
+        "prepared_by": "avatarforcing data prepare",
+        "layout": conversations[0].layout if conversations else "",
+        **space.info(),
+    }
     try:
         create_dataset(out, space.name, dim_a, dim_w, info, fps=FPS)
     except DatasetError as error:

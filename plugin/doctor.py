@@ -9,7 +9,6 @@ connect with a short timeout).
 from __future__ import annotations
 
 import dataclasses
-
 import importlib
 import os
 import platform
@@ -17,9 +16,10 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from avatarforcing.plugin.manager import PluginHost, callers_per_plugin
 from avatarforcing.plugin.paths import weight_paths
@@ -74,7 +74,7 @@ def _apt_or(linux: str, mac: str, windows: str = "") -> str:
 def check_python(ctx: DoctorContext) -> CheckResult:
     version = platform.python_version()
     detail = f"Python {version} ({sys.executable})"
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - doctor also runs under an older interpreter to say so
         return CheckResult("python", "fail", detail, "install Python 3.10 or newer")
     return CheckResult("python", "ok", detail)
 
@@ -90,8 +90,11 @@ def nvidia_gpus() -> list[str]:
         return []
     if listing.returncode != 0:
         return []
-    return [line.split(":", 1)[1].split("(UUID")[0].strip() for line in listing.stdout.splitlines()
-            if line.startswith("GPU ") and ":" in line]
+    return [
+        line.split(":", 1)[1].split("(UUID")[0].strip()
+        for line in listing.stdout.splitlines()
+        if line.startswith("GPU ") and ":" in line
+    ]
 
 
 def _mps_available(torch: Any) -> bool:
@@ -122,7 +125,9 @@ def check_torch(ctx: DoctorContext) -> list[CheckResult]:
             names.append(f"cuda:{index} {torch.cuda.get_device_name(index)} (sm_{major}{minor})")
         results.append(CheckResult("cuda", "ok", f"CUDA {cuda_build}: " + "; ".join(names)))
     elif _mps_available(torch):
-        results.append(CheckResult("cuda", "ok", f"no CUDA; Apple Metal (MPS) is available to PyTorch {torch.__version__}"))
+        results.append(
+            CheckResult("cuda", "ok", f"no CUDA; Apple Metal (MPS) is available to PyTorch {torch.__version__}")
+        )
     elif cuda_build is None and nvidia_gpus():
         results.append(
             CheckResult(
@@ -160,15 +165,12 @@ def check_tensorrt(ctx: DoctorContext) -> CheckResult:
     try:
         trt = importlib.import_module("tensorrt")
     except Exception as error:
-        need = "needed for the fastest GPU backend" if ctx.cuda_available else (
-            "only used with an NVIDIA GPU"
-        )
+        need = "needed for the fastest GPU backend" if ctx.cuda_available else ("only used with an NVIDIA GPU")
         return CheckResult(
             "tensorrt",
             "warn",
             f"TensorRT not importable ({type(error).__name__}); {need}",
-            "pip install tensorrt-cu12 --extra-index-url https://pypi.nvidia.com "
-            "(NVIDIA GPU and driver required)",
+            "pip install tensorrt-cu12 --extra-index-url https://pypi.nvidia.com (NVIDIA GPU and driver required)",
         )
     return CheckResult("tensorrt", "ok", f"TensorRT {getattr(trt, '__version__', '?')}")
 
@@ -227,8 +229,7 @@ def check_weights(ctx: DoctorContext) -> CheckResult:
         return CheckResult(
             "weights",
             "warn",
-            f"official weights not found (looked for {listing}); models with formula or "
-            "embedded weights still run",
+            f"official weights not found (looked for {listing}); models with formula or embedded weights still run",
             fix,
         )
     return CheckResult("weights", "fail", f"incomplete official weights: missing {listing}", fix)
@@ -268,7 +269,9 @@ def check_audio(ctx: DoctorContext) -> list[CheckResult]:
     except Exception as error:
         return [
             CheckResult(
-                "audio devices", "fail", f"PortAudio cannot list devices ({error})",
+                "audio devices",
+                "fail",
+                f"PortAudio cannot list devices ({error})",
                 _apt_or("check that PulseAudio/PipeWire runs: pactl info", "check System Settings > Sound"),
             ),
             _loopback_result([], monitors, sounddevice_ok=False),
@@ -281,8 +284,10 @@ def check_audio(ctx: DoctorContext) -> list[CheckResult]:
         portaudio = "PortAudio"
     if inputs:
         audio = CheckResult(
-            "audio devices", "ok", f"{portaudio}: {len(inputs)} input and {len(outputs)} output "
-            "devices: " + ", ".join(inputs[:6]) + (" ..." if len(inputs) > 6 else "")
+            "audio devices",
+            "ok",
+            f"{portaudio}: {len(inputs)} input and {len(outputs)} output "
+            "devices: " + ", ".join(inputs[:6]) + (" ..." if len(inputs) > 6 else ""),
         )
     else:
         audio = CheckResult(
@@ -304,9 +309,7 @@ def _pulse_monitors() -> list[str] | None:
     if not _linux() or shutil.which("pactl") is None:
         return None
     try:
-        listing = subprocess.run(
-            ["pactl", "list", "short", "sources"], capture_output=True, text=True, timeout=2
-        )
+        listing = subprocess.run(["pactl", "list", "short", "sources"], capture_output=True, text=True, timeout=2)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if listing.returncode != 0:
@@ -321,13 +324,14 @@ def _loopback_result(devices: list[str], monitors: list[str] | None, sounddevice
         how = "" if sounddevice_ok else " (but sounddevice cannot open them, see audio devices)"
         status = "ok" if sounddevice_ok else "warn"
         return CheckResult(
-            "loopback capture", status, "loopback/monitor sources: " + ", ".join(found) + how,
+            "loopback capture",
+            status,
+            "loopback/monitor sources: " + ", ".join(found) + how,
             "" if sounddevice_ok else "fix the audio devices check first",
         )
     if _linux():
-        detail = (
-            "no PulseAudio/PipeWire monitor source found"
-            + ("" if monitors is not None else " (pactl missing or no sound server running)")
+        detail = "no PulseAudio/PipeWire monitor source found" + (
+            "" if monitors is not None else " (pactl missing or no sound server running)"
         )
         fix = (
             "run PulseAudio or PipeWire (every output sink has a '<sink>.monitor' source); "
@@ -381,7 +385,7 @@ def check_virtual_camera(ctx: DoctorContext) -> CheckResult:
         "warn",
         detail,
         "bash installer/install.sh --virtual-camera (v4l2loopback-dkms, exclusive_caps=1, loaded at boot), "
-        "or: sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=\"Avatar Forcing\"",
+        'or: sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label="Avatar Forcing"',
     )
 
 
@@ -427,12 +431,14 @@ def check_default_avatar(ctx: DoctorContext) -> CheckResult:
     folder, files = default_avatar_weights()
     if files:
         size = sum(f.stat().st_size for f in files) / 1e6
-        return CheckResult("default avatar", "ok", f"embedded weights: {', '.join(f.name for f in files)} ({size:.1f} MB) in {folder}")
+        return CheckResult(
+            "default avatar", "ok", f"embedded weights: {', '.join(f.name for f in files)} ({size:.1f} MB) in {folder}"
+        )
     registered = False
     if ctx.host is not None:
         try:
             registered = any(p.spec.name == "default" for p in ctx.host.provided("engines"))
-        except Exception:  # noqa: BLE001 - an older host without the engines registry
+        except Exception:
             registered = False
     detail = f"no embedded default-avatar weights (*.safetensors) in {folder}"
     fix = "reinstall avatarforcing (bash installer/install.sh); the package ships these weights"
@@ -457,8 +463,10 @@ def check_obs(ctx: DoctorContext) -> CheckResult:
         with socket.create_connection((host, port), timeout=OBS_TIMEOUT_S):
             pass
     except OSError as error:
-        reason = "connection refused" if isinstance(error, ConnectionRefusedError) else (
-            "timed out" if isinstance(error, TimeoutError) else str(error)
+        reason = (
+            "connection refused"
+            if isinstance(error, ConnectionRefusedError)
+            else ("timed out" if isinstance(error, TimeoutError) else str(error))
         )
         return CheckResult(
             "obs",
@@ -491,13 +499,19 @@ def check_plugins(ctx: DoctorContext) -> list[CheckResult]:
         return []
     results = []
     names = [name for name, plugin in host.pm.list_name_plugin() if plugin is not None]
-    restricted = "" if host.requested is None else f" (restricted by AVATARFORCING_PLUGINS={','.join(host.requested)!r})"
-    results.append(CheckResult("plugins", "ok", f"{len(names)} loaded: {', '.join(sorted(names)) or 'none'}{restricted}"))
+    restricted = (
+        "" if host.requested is None else f" (restricted by AVATARFORCING_PLUGINS={','.join(host.requested)!r})"
+    )
+    results.append(
+        CheckResult("plugins", "ok", f"{len(names)} loaded: {', '.join(sorted(names)) or 'none'}{restricted}")
+    )
     for name, error in sorted(host.load_errors.items()):
         results.append(
             CheckResult(
-                f"plugin {name}", "fail", f"failed to load: {error}",
-                f"reinstall or upgrade the plugin's package, or leave it out with AVATARFORCING_PLUGINS",
+                f"plugin {name}",
+                "fail",
+                f"failed to load: {error}",
+                "reinstall or upgrade the plugin's package, or leave it out with AVATARFORCING_PLUGINS",
             )
         )
     from avatarforcing.plugin.commands import builtin_commands, plugin_commands
@@ -513,7 +527,12 @@ def check_plugins(ctx: DoctorContext) -> list[CheckResult]:
             host.provided(registry)
     except Exception as error:  # a plugin returned garbage from a register_* hook
         results.append(
-            CheckResult("plugin registries", "fail", f"{type(error).__name__}: {error}", "report this to the plugin's author, or leave it out with AVATARFORCING_PLUGINS")
+            CheckResult(
+                "plugin registries",
+                "fail",
+                f"{type(error).__name__}: {error}",
+                "report this to the plugin's author, or leave it out with AVATARFORCING_PLUGINS",
+            )
         )
         refused = []
     for line in refused:
@@ -560,7 +579,11 @@ def run_doctor(config: Any, host: PluginHost | None = None, environ: Mapping[str
             checks.extend(_as_list(check(ctx)))
         except Exception as error:
             name = check.__name__.removeprefix("check_")
-            checks.append(CheckResult(name, "fail", f"the check itself crashed: {type(error).__name__}: {error}", "please report this bug"))
+            checks.append(
+                CheckResult(
+                    name, "fail", f"the check itself crashed: {type(error).__name__}: {error}", "please report this bug"
+                )
+            )
     if host is not None:
         for plugin_name, caller in callers_per_plugin(host.pm, "doctor_checks"):
             try:
@@ -572,7 +595,8 @@ def run_doctor(config: Any, host: PluginHost | None = None, environ: Mapping[str
             except Exception as error:
                 checks.append(
                     CheckResult(
-                        f"plugin {plugin_name}", "fail",
+                        f"plugin {plugin_name}",
+                        "fail",
                         f"doctor_checks failed: {type(error).__name__}: {error}",
                         "report this to the plugin's author",
                     )

@@ -48,16 +48,19 @@ def engine_registered(host: Any, name: str) -> str | None:
     """None when `name` is a registered engine, else why not (one line)."""
     try:
         names = [provided.spec.name for provided in host.provided("engines")]
-    except Exception as error:  # noqa: BLE001 - a plugin host from before engines existed
+    except Exception as error:
         return f"this build has no engine registry ({type(error).__name__}: {error})"
     if name not in names:
-        return (f"the engine {name!r} is not registered (registered: {', '.join(names) or 'none'}); "
-                "see `avatarforcing plugins`")
+        return (
+            f"the engine {name!r} is not registered (registered: {', '.join(names) or 'none'}); "
+            "see `avatarforcing plugins`"
+        )
     return None
 
 
-def run_engine_benchmark(host: Any, config: Any, name: str, blocks: int = 5, warmup: int = 1,
-                         seed: int = 0) -> EngineBenchResult:
+def run_engine_benchmark(
+    host: Any, config: Any, name: str, blocks: int = 5, warmup: int = 1, seed: int = 0
+) -> EngineBenchResult:
     """Run engine `name` until `warmup + blocks` blocks came out; time the last `blocks`. An
     unregistered engine, or one that fails, gives ``available=False`` with the reason."""
     why_not = engine_registered(host, name)
@@ -68,7 +71,7 @@ def run_engine_benchmark(host: Any, config: Any, name: str, blocks: int = 5, war
         return _time_engine(host, config, name, blocks, warmup, seed)
     except AvatarForcingError:
         raise  # configuration errors: one line from the CLI
-    except Exception as error:  # noqa: BLE001 - an engine that cannot start is reported, not hidden
+    except Exception as error:
         return EngineBenchResult(name, False, f"not available: the engine failed: {type(error).__name__}: {error}")
 
 
@@ -77,13 +80,13 @@ def _time_engine(host: Any, config: Any, name: str, blocks: int, warmup: int, se
 
     spec, engine = host.create_engine(config)
     if not getattr(config.render, "chosen", True) and spec.default_renderer:  # as a live session does
-        config = dataclasses.replace(config, render=dataclasses.replace(config.render, use=spec.default_renderer,
-                                                                        options={}))
+        config = dataclasses.replace(
+            config, render=dataclasses.replace(config.render, use=spec.default_renderer, options={})
+        )
     renderer_name = config.render.use
     renderer = host.create_renderer(config)
     portrait = np.full((512, 512, 3), 128, dtype=np.uint8)
-    session = SessionInfo(session_id="bench", config=config, portrait=portrait, renderer=renderer_name,
-                          engine=engine)
+    session = SessionInfo(session_id="bench", config=config, portrait=portrait, renderer=renderer_name, engine=engine)
     rng = np.random.default_rng(seed)
     engine.open(session)
     renderer.open(session)
@@ -99,10 +102,12 @@ def _time_engine(host: Any, config: Any, name: str, blocks: int, warmup: int, se
             if frame_index > limit:
                 raise RuntimeError(f"engine {name!r} produced {produced} blocks in {frame_index} frames")
             tick = InputTick(
-                first_frame=frame_index, num_frames=1,
+                first_frame=frame_index,
+                num_frames=1,
                 avatar_audio=(rng.standard_normal(SAMPLES_PER_FRAME) * 0.1).astype(np.float32),
                 user_audio=(rng.standard_normal(SAMPLES_PER_FRAME) * 0.1).astype(np.float32),
-                user_frames=[None], avatar_voice=1.0,
+                user_frames=[None],
+                avatar_voice=1.0,
             )
             frame_index += 1
             start = time.perf_counter()
@@ -133,11 +138,17 @@ def _time_engine(host: Any, config: Any, name: str, blocks: int, warmup: int, se
     total = summarize(totals)
     video_s = frames / session.fps
     return EngineBenchResult(
-        engine=name, available=True, reason=f"{spec.description} (renderer {renderer_name!r})",
-        renderer=renderer_name, blocks=blocks, frames=frames,
-        stages={stage: summarize(values) for stage, values in timings.items()}, total=total,
+        engine=name,
+        available=True,
+        reason=f"{spec.description} (renderer {renderer_name!r})",
+        renderer=renderer_name,
+        blocks=blocks,
+        frames=frames,
+        stages={stage: summarize(values) for stage, values in timings.items()},
+        total=total,
         realtime_factor_p50=(video_s / blocks) / (total.p50_ms / 1000.0) if total.p50_ms > 0 else None,
-        first_block_frames=first_block_frames, block_frames=block_frames,
+        first_block_frames=first_block_frames,
+        block_frames=block_frames,
     )
 
 

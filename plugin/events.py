@@ -1,13 +1,13 @@
 """Fire the session hooks: what a session (live or offline render) calls, in order.
 
-    events = SessionEvents(host.pm)
-    events.started(session)
-    for block in blocks:
-        events.block(session, block)
-        for frame in renderer.render(block):
-            frame = events.frame(session, frame)   # filters, then frame_rendered
-            ...send to sinks...
-    events.stopped(session, stats)
+events = SessionEvents(host.pm)
+events.started(session)
+for block in blocks:
+    events.block(session, block)
+    for frame in renderer.render(block):
+        frame = events.frame(session, frame)   # filters, then frame_rendered
+        ...send to sinks...
+events.stopped(session, stats)
 """
 
 from __future__ import annotations
@@ -57,8 +57,7 @@ class SessionEvents:
         ):
             got = f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}"
             raise PluginError(
-                f"a filter_frame hook left frame {frame.index} as {got}; expected uint8 "
-                f"{shape[0]}x{shape[1]}x3 or x4"
+                f"a filter_frame hook left frame {frame.index} as {got}; expected uint8 {shape[0]}x{shape[1]}x3 or x4"
             )
         self.pm.hook.frame_rendered(session=session, frame=frame)
         return frame

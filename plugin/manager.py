@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable, Mapping, TextIO
+from typing import Any, TextIO
 
 import pluggy
 
@@ -208,8 +209,7 @@ class PluginHost:
         if len(matches) > 1:
             owners = ", ".join(repr(m.plugin) for m in matches)
             raise PluginError(
-                f"{what} {name!r} is provided by several plugins ({owners}); "
-                f"restrict them with {PLUGINS_ENV}"
+                f"{what} {name!r} is provided by several plugins ({owners}); restrict them with {PLUGINS_ENV}"
             )
         return matches[0]
 
@@ -326,5 +326,3 @@ def build_plugin_host(
 def build_plugin_manager(environ: Mapping[str, str] | None = None) -> pluggy.PluginManager:
     """The bare `pluggy.PluginManager` with entry-point plugins loaded (see `build_plugin_host`)."""
     return build_plugin_host(environ).pm
-
-

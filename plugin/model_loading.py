@@ -25,9 +25,10 @@ Every failure is a `CommandError` with one line naming the spec or file at fault
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from avatarforcing.plugin.errors import CommandError
 from avatarforcing.plugin.paths import (
@@ -68,7 +69,7 @@ class ModelSource:
     motion_autoencoder: Path | None = None
     wav2vec2: Path | None = None
 
-    def model_config(self) -> "ModelConfig":
+    def model_config(self) -> ModelConfig:
         """The `ModelConfig` the weights are for (reads ``config.json`` for our format)."""
         from avatarforcing.engine.config import ModelConfig
 
@@ -87,11 +88,10 @@ def _preset_config_name(preset: str, where: str) -> str:
 
 
 def _parse_formula(spec: str) -> ModelSource:
-    parts = spec[len(FORMULA_PREFIX):].split(":")
+    parts = spec[len(FORMULA_PREFIX) :].split(":")
     if len(parts) > 2 or not parts[0]:
         raise CommandError(
-            f"--model {spec!r}: expected formula:PRESET or formula:PRESET:SEED "
-            f"(PRESET: {', '.join(FORMULA_PRESETS)})",
+            f"--model {spec!r}: expected formula:PRESET or formula:PRESET:SEED (PRESET: {', '.join(FORMULA_PRESETS)})",
             exit_code=2,
         )
     preset = _preset_config_name(parts[0], f"--model {spec!r}")
@@ -100,13 +100,15 @@ def _parse_formula(spec: str) -> ModelSource:
         try:
             seed = int(parts[1])
         except ValueError:
-            raise CommandError(f"--model {spec!r}: the seed must be an integer, got {parts[1]!r}", exit_code=2) from None
+            raise CommandError(
+                f"--model {spec!r}: the seed must be an integer, got {parts[1]!r}", exit_code=2
+            ) from None
         if seed < 0:
             raise CommandError(f"--model {spec!r}: the seed must be >= 0", exit_code=2)
     return ModelSource("formula", f"formula weights ({preset}, seed {seed})", preset=preset, seed=seed)
 
 
-def _read_our_config(directory: Path | None) -> "ModelConfig":
+def _read_our_config(directory: Path | None) -> ModelConfig:
     from avatarforcing.engine.config import ModelConfig
 
     path = Path(directory or ".") / OUR_CONFIG_FILE
@@ -204,9 +206,8 @@ def resolve_model_source(
 
     active = active_weights_dir(settings, environ)
     directory = active.path
-    if directory.is_dir():
-        if (directory / OUR_MODEL_FILE).is_file() or official_files_in(directory) is not None:
-            return source_from_directory(directory, preset, f"weights directory ({active.origin})")
+    if directory.is_dir() and ((directory / OUR_MODEL_FILE).is_file() or official_files_in(directory) is not None):
+        return source_from_directory(directory, preset, f"weights directory ({active.origin})")
     raise CommandError(
         f"no model weights in {directory} ({active.origin}): {FETCH_HINT}, "
         f"point `avatarforcing weights path DIR` at a copy, or {DEMO_HINT}",
@@ -236,22 +237,21 @@ def _checkpoint_failure(source: ModelSource, error: Exception) -> CommandError:
     detail = lines[0] if lines else type(error).__name__
     if report is not None:
         counts = (
-            f"{len(report.missing)} missing, {len(report.unexpected)} unexpected, "
-            f"{len(report.mismatched)} mis-shaped"
+            f"{len(report.missing)} missing, {len(report.unexpected)} unexpected, {len(report.mismatched)} mis-shaped"
         )
         example = (report.missing or report.unexpected or [str(m) for m in report.mismatched] or [""])[0]
         detail = f"{detail} ({counts}{'; e.g. ' + example if example else ''}; --debug shows the full report)"
     return CommandError(f"cannot load {source.description}: {detail}")
 
 
-def load_model(source: ModelSource, device: str = "cpu") -> "AvatarForcingModel":
+def load_model(source: ModelSource, device: str = "cpu") -> AvatarForcingModel:
     """Build the model and read its weights (strict), on `device`, in eval mode.
 
     Raises `CommandError` (exit 1) with one line when a weight file is unreadable, unsafe (a
     pickle with code) or does not match the model.
     """
-    from avatarforcing.engine.checkpoint import CheckpointError, load_model as load_our_model
-    from avatarforcing.engine.checkpoint import load_official_checkpoints
+    from avatarforcing.engine.checkpoint import CheckpointError, load_official_checkpoints
+    from avatarforcing.engine.checkpoint import load_model as load_our_model
     from avatarforcing.engine.model import AvatarForcingModel
 
     try:
@@ -280,7 +280,7 @@ def load_model_from_spec(
     *,
     environ: Mapping[str, str] | None = None,
     device: str | None = None,
-) -> tuple["AvatarForcingModel", ModelSource]:
+) -> tuple[AvatarForcingModel, ModelSource]:
     """`resolve_model_source` then `load_model` on `device` (default: ``[model] device``,
     ``auto`` picking CUDA when usable). Returns ``(model, source)``."""
     source = resolve_model_source(spec, settings, environ)
@@ -289,8 +289,8 @@ def load_model_from_spec(
 
 
 __all__ = [
-    "ModelSource",
     "FORMULA_PRESETS",
+    "ModelSource",
     "load_model",
     "load_model_from_spec",
     "official_files_in",

@@ -7,7 +7,8 @@ options that sources, renderers and sinks declare (`types.OptionSpec`).
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from avatarforcing.plugin.errors import ConfigError
 from avatarforcing.plugin.types import OptionSpec
@@ -120,9 +121,7 @@ def unknown_option(option: str, known: Iterable[str], what: str = "option") -> C
     return ConfigError(option, f"unknown {what}{hint} (known: {listing})")
 
 
-def resolve_options(
-    where: str, specs: Sequence[OptionSpec], given: Mapping[str, Any]
-) -> dict[str, Any]:
+def resolve_options(where: str, specs: Sequence[OptionSpec], given: Mapping[str, Any]) -> dict[str, Any]:
     """Validate `given` against `specs`: every declared option gets its default when absent,
     strings are converted, unknown keys and bad values raise `ConfigError` named
     ``f"{where}.{key}"``."""

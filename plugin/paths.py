@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 WEIGHTS_ENV = "AVATARFORCING_WEIGHTS"
 FLOW_TRANSFORMER_FILE = "flow_transformer.pth"
@@ -61,9 +61,7 @@ def weight_paths(model_settings=None, environ: Mapping[str, str] | None = None) 
     """Resolve the official weight locations from ``[model]`` settings (a `ModelSettings`, or
     ``None`` for defaults): explicit per-file paths win over the weights directory."""
     checkpoint_dir = getattr(model_settings, "checkpoint_dir", "") or ""
-    directory = (
-        Path(checkpoint_dir).expanduser() if checkpoint_dir else default_weights_dir(environ)
-    )
+    directory = Path(checkpoint_dir).expanduser() if checkpoint_dir else default_weights_dir(environ)
 
     def pick(explicit: str, default_name: str) -> Path:
         return Path(explicit).expanduser() if explicit else directory / default_name
@@ -71,8 +69,6 @@ def weight_paths(model_settings=None, environ: Mapping[str, str] | None = None) 
     return WeightPaths(
         directory=directory,
         flow_transformer=pick(getattr(model_settings, "flow_transformer", ""), FLOW_TRANSFORMER_FILE),
-        motion_autoencoder=pick(
-            getattr(model_settings, "motion_autoencoder", ""), MOTION_AUTOENCODER_FILE
-        ),
+        motion_autoencoder=pick(getattr(model_settings, "motion_autoencoder", ""), MOTION_AUTOENCODER_FILE),
         wav2vec2=pick(getattr(model_settings, "wav2vec2", ""), WAV2VEC2_DIR),
     )

@@ -31,9 +31,10 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -231,9 +232,13 @@ def prepare_inputs(inputs: RenderInputs, size: int) -> PreparedInputs:
         portrait = _crop_portrait(inputs, size)
         frames = _user_frames(inputs, size)
     except NoFaceError as error:
-        raise CommandError(f"{error}; use a picture/video with a visible face, or --no-face-crop for inputs that are already face-centred") from error
+        raise CommandError(
+            f"{error}; use a picture/video with a visible face, or --no-face-crop for inputs that are already face-centred"
+        ) from error
     except FaceDetectorUnavailable as error:
-        raise CommandError(f"face detection unavailable ({error}); install avatarforcing[face] or use --no-face-crop") from error
+        raise CommandError(
+            f"face detection unavailable ({error}); install avatarforcing[face] or use --no-face-crop"
+        ) from error
     except (MediaError, FileNotFoundError) as error:
         raise CommandError(str(error)) from error
     except ValueError as error:  # undecodable image, video without frames
@@ -264,7 +269,7 @@ class StreamedBlock:
 
 
 def stream_motion(
-    pipeline: "AvatarPipeline",
+    pipeline: AvatarPipeline,
     avatar_audio: np.ndarray,
     user_audio: np.ndarray,
     user_frames: Iterator[np.ndarray],
@@ -339,10 +344,10 @@ def _check_frames(renderer_name: str, block: MotionBlock, frames: Any) -> list[F
 def render_video(
     prepared: PreparedInputs,
     output: Path,
-    model: "AvatarForcingModel",
-    host: "PluginHost",
-    config: "AppConfig",
-    pipeline_config: "PipelineConfig",
+    model: AvatarForcingModel,
+    host: PluginHost,
+    config: AppConfig,
+    pipeline_config: PipelineConfig,
     *,
     on_block: Callable[[int, int], None] | None = None,
 ) -> RenderResult:
@@ -430,14 +435,16 @@ def render_video(
         if error is not None:
             partial.unlink(missing_ok=True)
         wall = time.perf_counter() - started
-        stats.update({
-            "frames": frames_written,
-            "blocks": blocks_done,
-            "error": None if error is None else (f"{type(error).__name__}: {error}".splitlines() or [""])[0],
-            "output": str(output),
-            "wall_s": round(wall, 3),
-            "video_s": frames_written / FPS,
-        })
+        stats.update(
+            {
+                "frames": frames_written,
+                "blocks": blocks_done,
+                "error": None if error is None else (f"{type(error).__name__}: {error}".splitlines() or [""])[0],
+                "output": str(output),
+                "wall_s": round(wall, 3),
+                "video_s": frames_written / FPS,
+            }
+        )
         if hooks_started:  # every session that started hears that it stopped
             events.stopped(session, stats)
     return RenderResult(output, frames_written, blocks_done, frames_written / FPS, wall, stats)

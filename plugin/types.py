@@ -16,8 +16,9 @@ a keyword argument, already validated and converted to the declared type.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only
     import argparse
@@ -36,8 +37,7 @@ SOURCE_KINDS: tuple[str, ...] = ("avatar_audio", "user_audio", "user_video")
 def _check_name(what: str, name: str) -> None:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ValueError(
-            f"{what} name {name!r} must be lower case letters, digits, '-' or '_', "
-            "starting with a letter or digit"
+            f"{what} name {name!r} must be lower case letters, digits, '-' or '_', starting with a letter or digit"
         )
 
 
@@ -64,20 +64,16 @@ class OptionSpec:
     minimum: float | None = None
     maximum: float | None = None
     required: bool = False
-    check: Callable[[Any], "str | None"] | None = None
+    check: Callable[[Any], str | None] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.match(r"^[a-z][a-z0-9_]*$", self.name):
             raise ValueError(f"option name {self.name!r} must be a lower-case identifier")
         if self.type not in OPTION_TYPES:
             raise ValueError(f"option {self.name!r}: type must be str, int, float or bool")
-        ok = isinstance(self.default, self.type) or (
-            self.type is float and isinstance(self.default, int)
-        )
+        ok = isinstance(self.default, self.type) or (self.type is float and isinstance(self.default, int))
         if not ok or (self.type is int and isinstance(self.default, bool)):
-            raise ValueError(
-                f"option {self.name!r}: default {self.default!r} is not a {self.type.__name__}"
-            )
+            raise ValueError(f"option {self.name!r}: default {self.default!r} is not a {self.type.__name__}")
 
 
 @dataclass(frozen=True)
@@ -164,7 +160,7 @@ class CommandSpec:
 
     name: str
     help: str
-    configure: Callable[["argparse.ArgumentParser"], None]
+    configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[Any, Any], int]
 
     def __post_init__(self) -> None:
@@ -203,7 +199,7 @@ class AudioChunk:
     `timestamp`: time of the first sample in seconds; `index`: 0, 1, 2... per stream.
     """
 
-    samples: "np.ndarray"
+    samples: np.ndarray
     sample_rate: int
     timestamp: float
     index: int
@@ -223,7 +219,7 @@ class Frame:
     free-form annotations that plugins add (JSON-serialisable values, please).
     """
 
-    image: "np.ndarray"
+    image: np.ndarray
     index: int
     timestamp: float
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -263,8 +259,8 @@ class InputTick:
 
     first_frame: int
     num_frames: int
-    avatar_audio: "np.ndarray"
-    user_audio: "np.ndarray"
+    avatar_audio: np.ndarray
+    user_audio: np.ndarray
     user_frames: list
     avatar_voice: float = 0.0
     captured_at: float = 0.0
@@ -284,12 +280,12 @@ class SessionInfo:
     """
 
     session_id: str
-    config: "AppConfig"
+    config: AppConfig
     fps: int = 25
     sample_rate: int = 16000
     frame_size: tuple[int, int] = (512, 512)
     portrait_path: str = ""
-    portrait: "np.ndarray | None" = None
+    portrait: np.ndarray | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     renderer: str = ""
     sinks: Sequence[str] = ()

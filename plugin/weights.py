@@ -30,9 +30,10 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from avatarforcing.plugin.errors import CommandError
 from avatarforcing.plugin.paths import WEIGHTS_ENV, default_weights_dir, user_cache_dir
@@ -105,7 +106,7 @@ class Manifest:
     source: str = "built-in"
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "Manifest":
+    def from_dict(cls, data: Any, source: str) -> Manifest:
         if not isinstance(data, Mapping) or not isinstance(data.get("files"), list):
             raise ValueError('expected {"files": [ ... ]}')
         files = []
@@ -474,7 +475,9 @@ def fetch_weights(
     for step in plan.steps:
         if step.action == "download":
             progress = progress_for(step.entry) if progress_for else None
-            status = download_file(step.url, destination / step.entry.path, step.entry, progress=progress, timeout=timeout)
+            status = download_file(
+                step.url, destination / step.entry.path, step.entry, progress=progress, timeout=timeout
+            )
             results.append(FetchResult(step.entry, "downloaded", status, step.url))
         elif step.action == "keep":
             results.append(FetchResult(step.entry, "present", step.status))
@@ -484,13 +487,13 @@ def fetch_weights(
 
 
 __all__ = [
-    "ActiveWeightsDir",
     "DEFAULT_MANIFEST",
+    "LICENSE_NOTICE",
+    "ActiveWeightsDir",
     "FetchPlan",
     "FetchResult",
     "FetchStep",
     "FileStatus",
-    "LICENSE_NOTICE",
     "Manifest",
     "WeightFile",
     "active_weights_dir",

@@ -66,30 +66,71 @@ class ObsService:
             "[Audio]\nSampleRate=48000\nChannelSetup=Stereo\n"
             f"[Output]\nMode=Simple\n[SimpleOutput]\nFilePath={self.workdir}\nRecFormat=mkv\n"
         )
-        scene = {"id": "scene", "versioned_id": "scene", "name": "Scene", "enabled": True,
-                 "settings": {"id_counter": 0, "custom_size": False, "items": []},
-                 "mixers": 0, "volume": 1.0, "muted": False, "flags": 0}
-        (root / "basic" / "scenes" / f"{COLLECTION}.json").write_text(json.dumps({
-            "name": COLLECTION, "current_scene": "Scene", "current_program_scene": "Scene",
-            "scene_order": [{"name": "Scene"}], "sources": [scene], "groups": [], "transitions": [],
-            "current_transition": "Fade", "transition_duration": 300, "quick_transitions": [],
-            "saved_projectors": [], "preview_locked": False, "scaling_enabled": False, "modules": {},
-        }))
+        scene = {
+            "id": "scene",
+            "versioned_id": "scene",
+            "name": "Scene",
+            "enabled": True,
+            "settings": {"id_counter": 0, "custom_size": False, "items": []},
+            "mixers": 0,
+            "volume": 1.0,
+            "muted": False,
+            "flags": 0,
+        }
+        (root / "basic" / "scenes" / f"{COLLECTION}.json").write_text(
+            json.dumps(
+                {
+                    "name": COLLECTION,
+                    "current_scene": "Scene",
+                    "current_program_scene": "Scene",
+                    "scene_order": [{"name": "Scene"}],
+                    "sources": [scene],
+                    "groups": [],
+                    "transitions": [],
+                    "current_transition": "Fade",
+                    "transition_duration": 300,
+                    "quick_transitions": [],
+                    "saved_projectors": [],
+                    "preview_locked": False,
+                    "scaling_enabled": False,
+                    "modules": {},
+                }
+            )
+        )
 
-    def start(self, timeout: float = 60.0) -> "ObsService":
+    def start(self, timeout: float = 60.0) -> ObsService:
         if shutil.which("obs") is None:
             pytest.skip("OBS Studio is not installed (apt-get install obs-studio obs-plugins)")
         self.write_config()
         # cv2 points QT_QPA_PLATFORM_PLUGIN_PATH at its own Qt plugins when imported: not for OBS
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("QT_", "PULSE_"))}
-        env = {**inherited, "DISPLAY": self.display, "XDG_CONFIG_HOME": str(self.config_home),
-               "LIBGL_ALWAYS_SOFTWARE": "1", "QT_QPA_PLATFORM": "xcb", "HOME": str(self.workdir)}
+        env = {
+            **inherited,
+            "DISPLAY": self.display,
+            "XDG_CONFIG_HOME": str(self.config_home),
+            "LIBGL_ALWAYS_SOFTWARE": "1",
+            "QT_QPA_PLATFORM": "xcb",
+            "HOME": str(self.workdir),
+        }
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                ["obs", "--multi", "--disable-missing-files-check", "--collection", COLLECTION,
-                 "--profile", PROFILE, "--scene", "Scene"],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self.workdir,
+                [
+                    "obs",
+                    "--multi",
+                    "--disable-missing-files-check",
+                    "--collection",
+                    COLLECTION,
+                    "--profile",
+                    PROFILE,
+                    "--scene",
+                    "Scene",
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.workdir,
             )
         deadline = time.monotonic() + timeout
         while not self.listening():
@@ -117,7 +158,7 @@ class ObsService:
 
     stop = kill  # OBS 29 does not shut down gracefully on SIGTERM either
 
-    def __enter__(self) -> "ObsService":
+    def __enter__(self) -> ObsService:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -61,7 +61,7 @@ class PulseServer:
         return env
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, timeout: float = 15.0) -> "PulseServer":
+    def start(self, timeout: float = 15.0) -> PulseServer:
         missing = [name for name in _BINARIES if shutil.which(name) is None]
         if missing:
             pytest.skip(f"{', '.join(missing)} not installed (apt-get install pulseaudio pulseaudio-utils)")
@@ -75,10 +75,21 @@ class PulseServer:
             f"set-default-sink {self.sink}\n"
         )
         self.daemon = subprocess.Popen(
-            ["pulseaudio", "-n", "-F", str(self.config), "--daemonize=no", "--exit-idle-time=-1",
-             "--use-pid-file=no", f"--log-target=file:{self.log}"],
-            env=self._process_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                "pulseaudio",
+                "-n",
+                "-F",
+                str(self.config),
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--use-pid-file=no",
+                f"--log-target=file:{self.log}",
+            ],
+            env=self._process_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while not self.ready():
@@ -88,10 +99,22 @@ class PulseServer:
                 raise RuntimeError(f"PulseAudio did not start (log tail):\n{log}")
             time.sleep(0.05)
         self.keepalive = subprocess.Popen(
-            ["pacat", "--playback", "--raw", "--format=s16le", f"--rate={self.rate}",
-             f"--channels={self.channels}", "--latency-msec=20", "--stream-name=keepalive", "/dev/zero"],
-            env=self._process_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                "pacat",
+                "--playback",
+                "--raw",
+                "--format=s16le",
+                f"--rate={self.rate}",
+                f"--channels={self.channels}",
+                "--latency-msec=20",
+                "--stream-name=keepalive",
+                "/dev/zero",
+            ],
+            env=self._process_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         return self
 
@@ -102,13 +125,15 @@ class PulseServer:
 
     def pactl(self, *args: str) -> str:
         """Run ``pactl ARGS`` against this server and return its stdout (raises on failure)."""
-        return subprocess.run(["pactl", *args], env=self._process_env(), capture_output=True,
-                              text=True, check=True, timeout=10).stdout
+        return subprocess.run(
+            ["pactl", *args], env=self._process_env(), capture_output=True, text=True, check=True, timeout=10
+        ).stdout
 
     def play(self, path: str | os.PathLike, wait: bool = True) -> subprocess.Popen:
         """Play `path` into the default sink; with ``wait`` block until it has been played."""
-        process = subprocess.Popen(["paplay", str(path)], env=self._process_env(),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            ["paplay", str(path)], env=self._process_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         if wait:
             _, err = process.communicate(timeout=120)
             if process.returncode != 0:
@@ -124,7 +149,7 @@ class PulseServer:
                 process.wait()
         self.daemon = self.keepalive = None
 
-    def restart(self) -> "PulseServer":
+    def restart(self) -> PulseServer:
         """Start a fresh server on the same socket (after `kill` or while running)."""
         self.kill()
         return self.start()
@@ -141,7 +166,7 @@ class PulseServer:
                     process.wait()
         self.daemon = self.keepalive = None
 
-    def __enter__(self) -> "PulseServer":
+    def __enter__(self) -> PulseServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

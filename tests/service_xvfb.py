@@ -30,15 +30,26 @@ class XvfbDisplay:
         self.process: subprocess.Popen | None = None
         self.display = ""
 
-    def start(self) -> "XvfbDisplay":
+    def start(self) -> XvfbDisplay:
         if shutil.which("Xvfb") is None:
             pytest.skip("Xvfb is not installed (apt-get install xvfb xauth)")
         read_fd, write_fd = os.pipe()
         try:
             self.process = subprocess.Popen(
-                ["Xvfb", "-displayfd", str(write_fd), "-screen", "0",
-                 f"{self.width}x{self.height}x{self.depth}", "-nolisten", "tcp", "-noreset"],
-                pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    "Xvfb",
+                    "-displayfd",
+                    str(write_fd),
+                    "-screen",
+                    "0",
+                    f"{self.width}x{self.height}x{self.depth}",
+                    "-nolisten",
+                    "tcp",
+                    "-noreset",
+                ],
+                pass_fds=(write_fd,),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
             os.close(write_fd)
@@ -59,8 +70,9 @@ class XvfbDisplay:
         while not text.endswith(b"\n"):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.process.poll() is not None:
-                raise RuntimeError(f"Xvfb did not report a display within {self.start_timeout} s "
-                                   f"(exit status {self.process.poll()})")
+                raise RuntimeError(
+                    f"Xvfb did not report a display within {self.start_timeout} s (exit status {self.process.poll()})"
+                )
             ready, _, _ = select.select([fd], [], [], remaining)
             if ready:
                 data = os.read(fd, 64)
@@ -84,7 +96,7 @@ class XvfbDisplay:
                 self.process.wait()
         self.process = None
 
-    def __enter__(self) -> "XvfbDisplay":
+    def __enter__(self) -> XvfbDisplay:
         return self.start()
 
     def __exit__(self, *exc) -> None:

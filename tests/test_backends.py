@@ -15,7 +15,10 @@ import transformers
 
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.export.backend_select import (
-    BACKENDS, Capabilities, probe_capabilities, select_backend,
+    BACKENDS,
+    Capabilities,
+    probe_capabilities,
+    select_backend,
 )
 from avatarforcing.engine.export.cuda_graphs import CACHE_CARRY, StaticGraphRunner
 from avatarforcing.engine.export.graph_specs import ExportSettings, build_graph_specs, model_hash
@@ -39,8 +42,12 @@ def one_thread():
 @pytest.fixture(scope="module")
 def model() -> AvatarForcingModel:
     w2v = transformers.Wav2Vec2Config(
-        hidden_size=32, intermediate_size=64, num_attention_heads=2, conv_dim=(32,) * 7,
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
     )
     return AvatarForcingModel.with_formula_weights(ModelConfig.fixture_small(), wav2vec2_config=w2v)
 
@@ -115,8 +122,15 @@ def test_rollout_through_static_runners_equals_motion_stream(model, specs):
     latents, caches = rollout_latents(cfg, *runners, conditions, r_s, GuidanceScales().as_tensor(), noise)
     assert torch.equal(latents, reference)
     assert torch.equal(caches["self_k"], stream.state.self_k)
-    eager, _ = rollout_latents(cfg, EagerRunner(specs["first_clip"]), EagerRunner(specs["block_step"]),
-                               conditions, r_s, GuidanceScales().as_tensor(), noise)
+    eager, _ = rollout_latents(
+        cfg,
+        EagerRunner(specs["first_clip"]),
+        EagerRunner(specs["block_step"]),
+        conditions,
+        r_s,
+        GuidanceScales().as_tensor(),
+        noise,
+    )
     assert torch.equal(eager, reference)
 
 
@@ -140,8 +154,10 @@ def test_cuda_graph_capture_and_replay(model, name):
     assert runner.use_cuda_graph
     for seed in (0, 1):
         gen = torch.Generator(device="cuda").manual_seed(seed)
-        feeds = {n: t + 0.01 * torch.randn(t.shape, generator=gen, device="cuda") if t.is_floating_point() else t
-                 for n, t in spec.example.items()}
+        feeds = {
+            n: t + 0.01 * torch.randn(t.shape, generator=gen, device="cuda") if t.is_floating_point() else t
+            for n, t in spec.example.items()
+        }
         got, want = runner(feeds), spec.run_eager(feeds)
         for key in want:
             assert torch.allclose(got[key], want[key], atol=1e-5, rtol=1e-5), key
@@ -149,8 +165,14 @@ def test_cuda_graph_capture_and_replay(model, name):
 
 
 # -- backend choice ----------------------------------------------------------------------------
-H100 = dict(gpu_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0), cuda_reason=None, cuda_graphs=True,
-            onnxruntime_version="1.31.1", onnxruntime_reason=None)
+H100 = dict(
+    gpu_name="NVIDIA H100 80GB HBM3",
+    compute_capability=(9, 0),
+    cuda_reason=None,
+    cuda_graphs=True,
+    onnxruntime_version="1.31.1",
+    onnxruntime_reason=None,
+)
 
 
 def test_probe_tells_the_truth_about_this_machine():
@@ -193,12 +215,19 @@ def test_selection_order_on_described_machines():
     choice = select_backend(trt_without_exports)
     assert choice.backend == "cuda_graphs" and "engine export" in choice.reason
 
-    cpu = Capabilities(cuda_reason="PyTorch built without CUDA", tensorrt_reason="no tensorrt",
-                       onnxruntime_version="1.31.1", onnxruntime_reason=None, **exports)
+    cpu = Capabilities(
+        cuda_reason="PyTorch built without CUDA",
+        tensorrt_reason="no tensorrt",
+        onnxruntime_version="1.31.1",
+        onnxruntime_reason=None,
+        **exports,
+    )
     assert select_backend(cpu).backend == "onnxruntime_cpu"
     assert select_backend(cpu, cpu_order=("torch_cpu", "onnxruntime_cpu")).backend == "torch_cpu"
     requested = select_backend(cpu, prefer="cuda_graphs")
-    assert requested.backend == "onnxruntime_cpu" and requested.reason.startswith("requested cuda_graphs is unavailable")
+    assert requested.backend == "onnxruntime_cpu" and requested.reason.startswith(
+        "requested cuda_graphs is unavailable"
+    )
     assert select_backend(cpu, prefer="torch_cpu").backend == "torch_cpu"
     no_ort = Capabilities(cuda_reason="x", tensorrt_reason="y", onnxruntime_reason="onnxruntime is not importable")
     choice = select_backend(no_ort)

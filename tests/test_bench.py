@@ -45,8 +45,9 @@ def _check_measured(result: dict, backend: str, blocks: int) -> None:
 def test_eager_on_cpu_writes_per_stage_json_and_reports_gpu_backends_unavailable(tmp_path: Path):
     torch.set_num_threads(1)
     out = tmp_path / "bench.json"
-    status, stdout, err = _cli("bench", "--backend", "all", "--config", "fixture_small", "--blocks", "1",
-                               "--threads", "1", "--json", str(out))
+    status, stdout, err = _cli(
+        "bench", "--backend", "all", "--config", "fixture_small", "--blocks", "1", "--threads", "1", "--json", str(out)
+    )
     assert status == 0, err
     assert f"wrote {out}" in stdout
     results = {r["backend"]: r for r in json.loads(out.read_text())["backends"]}
@@ -83,8 +84,21 @@ def fixture_small_exports(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_onnxruntime_backend_runs_the_exported_graphs(fixture_small_exports: Path, tmp_path: Path):
     out = tmp_path / "ort.json"
-    status, _, err = _cli("bench", "--backend", "onnxruntime", "--config", "fixture_small", "--blocks", "1",
-                          "--threads", "1", "--onnx-dir", str(fixture_small_exports), "--json", str(out))
+    status, _, err = _cli(
+        "bench",
+        "--backend",
+        "onnxruntime",
+        "--config",
+        "fixture_small",
+        "--blocks",
+        "1",
+        "--threads",
+        "1",
+        "--onnx-dir",
+        str(fixture_small_exports),
+        "--json",
+        str(out),
+    )
     assert status == 0, err
     (result,) = json.loads(out.read_text())["backends"]
     _check_measured(result, "onnxruntime", 1)

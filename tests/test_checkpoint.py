@@ -130,7 +130,7 @@ def write_hf_folder(folder: Path, config: transformers.Wav2Vec2Config, wav2vec2:
 
 
 def wav2vec2_params(model, prefix: str = W2V) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in params_with(model, prefix).items()}
+    return {k[len(prefix) :]: v for k, v in params_with(model, prefix).items()}
 
 
 @pytest.fixture(scope="module")
@@ -200,14 +200,19 @@ def test_official_files_round_trip(target, source, source_outputs, official_file
 
 
 def test_standalone_and_bare_key_names(target, source, tmp_path):
-    mae = {k[len(MAE):]: v for k, v in official_mae_file(source).items()}  # enc..., dec...
-    ft = {k.removeprefix("flow_transformer.").removeprefix("audio_encoder."): v for k, v in official_ft_file(source).items()}
+    mae = {k[len(MAE) :]: v for k, v in official_mae_file(source).items()}  # enc..., dec...
+    ft = {
+        k.removeprefix("flow_transformer.").removeprefix("audio_encoder."): v
+        for k, v in official_ft_file(source).items()
+    }
     ft |= {f"wav2vec2.{k}": v for k, v in legacy_names(wav2vec2_params(source)).items()}  # frozen copy
     assert "blocks.0.attn.qkv.weight" in ft and "x_embedder.proj.weight" in ft and "audio_projection.0.weight" in ft
     torch.save(mae, tmp_path / "mae.pth")
     torch.save(ft, tmp_path / "ft.pth")
 
-    report = load_official_checkpoints(target, flow_transformer=tmp_path / "ft.pth", motion_autoencoder=tmp_path / "mae.pth")
+    report = load_official_checkpoints(
+        target, flow_transformer=tmp_path / "ft.pth", motion_autoencoder=tmp_path / "mae.pth"
+    )
 
     assert report.ok
     assert_same_parameters(target, source)
@@ -311,7 +316,9 @@ def test_unexpected_key_is_refused(target, source, official_files, tmp_path):
     assert caught.value.report.unexpected == ["flow_transformer.blocks.7.attn.qkv.weight"]
     assert "unexpected 1 key(s)" in str(caught.value)
 
-    report = load_official_checkpoints(target, **dict(official_files, flow_transformer=tmp_path / "ft.pth"), strict=False)
+    report = load_official_checkpoints(
+        target, **dict(official_files, flow_transformer=tmp_path / "ft.pth"), strict=False
+    )
     assert report.unexpected == ["flow_transformer.blocks.7.attn.qkv.weight"] and not report.missing
     assert_same_parameters(target, source)
 
@@ -434,7 +441,9 @@ def test_wav2vec2_folder_with_pytorch_model_bin(target, source, tmp_path):
     assert report.ok and report.source("wav2vec2").absent_unused == ["masked_spec_embed"]
     for name, value in source.audio_encoder.wav2vec2.named_parameters():
         if name != "masked_spec_embed":
-            torch.testing.assert_close(dict(target.audio_encoder.wav2vec2.named_parameters())[name], value, rtol=0, atol=0)
+            torch.testing.assert_close(
+                dict(target.audio_encoder.wav2vec2.named_parameters())[name], value, rtol=0, atol=0
+            )
 
 
 def test_wav2vec2_folder_with_sharded_safetensors(target, source, tmp_path):

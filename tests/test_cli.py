@@ -136,8 +136,20 @@ def test_doctor_reports_this_machine_truthfully(capsys):
 
 def test_doctor_table_output(capsys):
     status, out, _ = run(capsys, "doctor")
-    for name in ("python", "torch", "cuda", "tensorrt", "onnxruntime", "weights", "audio devices",
-                 "loopback capture", "virtual camera", "obs", "ffmpeg", "plugins"):
+    for name in (
+        "python",
+        "torch",
+        "cuda",
+        "tensorrt",
+        "onnxruntime",
+        "weights",
+        "audio devices",
+        "loopback capture",
+        "virtual camera",
+        "obs",
+        "ffmpeg",
+        "plugins",
+    ):
         assert name in out
     assert " ok, " in out and " warnings, " in out and " failed" in out
     assert status in (0, 1)
@@ -293,14 +305,18 @@ def test_console_script_and_module_entry_points():
     assert done.returncode == 0, done.stderr
     assert "files" in {p["name"] for p in json.loads(done.stdout)["plugins"]}
     for module in ("avatarforcing.plugin", "avatarforcing.plugin.cli"):
-        done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=subprocess_env())
+        done = subprocess.run(
+            [sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=subprocess_env()
+        )
         assert done.returncode == 0 and done.stdout.startswith("avatarforcing "), done.stderr
 
 
 def test_trace_environment_variable_in_the_cli():
     done = subprocess.run(
         [sys.executable, "-m", "avatarforcing.plugin", "plugins", "--json"],
-        capture_output=True, text=True, env=subprocess_env(AVATARFORCING_TRACE="1"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(AVATARFORCING_TRACE="1"),
     )
     assert done.returncode == 0, done.stderr
     assert "register_avatar_audio_sources [hook]" in done.stderr

@@ -169,7 +169,7 @@ def test_to_toml_round_trips(tmp_path):
         ("sources.mic.use=x", "sources.mic", "unknown source kind"),
         ("sources.avatar_audio.use=Bad Name", "sources.avatar_audio.use", "lower case"),
         ("sinks.use=a,a", "sinks.use", "listed twice"),
-        ("sinks.use=[\"a\"]", "sinks.use", "NAME,NAME"),
+        ('sinks.use=["a"]', "sinks.use", "NAME,NAME"),
         ("sinks.x=1", "sinks.x", "sinks.use or sinks.NAME.KEY"),
         ("model.nfe.x=1", "model.nfe.x", "expected model.KEY"),
         ("render.a.b=1", "render.a.b", "expected render.KEY"),
@@ -188,17 +188,17 @@ def test_bad_override_is_one_clear_error(override, option, words):
 @pytest.mark.parametrize(
     "text, option, words",
     [
-        ("[model]\nnfe = \"many\"\n", "model.nfe", "integer"),
+        ('[model]\nnfe = "many"\n', "model.nfe", "integer"),
         ("[model]\nnfe = true\n", "model.nfe", "integer"),
         ("[model]\nthreads = 1.5\n", "model.threads", "integer"),
         ("[session]\nportrait = 3\n", "session.portrait", "a string"),
-        ("[model]\ndevice = [\"cpu\"]\n", "model.device", "string"),
+        ('[model]\ndevice = ["cpu"]\n', "model.device", "string"),
         ("model = 3\n", "model", "expected a table"),
         ("[extra]\nx = 1\n", "extra", "unknown section"),
-        ("[sources]\navatar_audio = \"mic\"\n", "sources.avatar_audio", "expected a table"),
+        ('[sources]\navatar_audio = "mic"\n', "sources.avatar_audio", "expected a table"),
         ("[sources.avatar_audio]\nuse = 3\n", "sources.avatar_audio.use", "a string"),
         ("[sources.avatar_audio.sub]\nx = 1\n", "sources.avatar_audio.sub", "got a table"),
-        ("[sinks]\nuse = \"png\"\n", "sinks.use", None),
+        ('[sinks]\nuse = "png"\n', "sinks.use", None),
         ("[sinks]\nuse = [1]\n", "sinks.use", "a list of strings"),
         ("[sinks]\nBAD = {}\n", "sinks.BAD", "lower case"),
         ("[sinks]\npng = 1\n", "sinks.png", "expected a table"),
@@ -231,7 +231,9 @@ def test_parse_override():
 
 # -- option specs of plugins -------------------------------------------------------------------
 SPECS = (
-    OptionSpec("path", str, "", "file to read", required=True, check=lambda v: None if v.endswith(".wav") else "not a WAV file"),
+    OptionSpec(
+        "path", str, "", "file to read", required=True, check=lambda v: None if v.endswith(".wav") else "not a WAV file"
+    ),
     OptionSpec("rate", int, 16000, "sample rate", minimum=8000, maximum=48000),
     OptionSpec("gain", float, 1.0, "gain"),
     OptionSpec("loop", bool, False, "loop"),
@@ -240,7 +242,9 @@ SPECS = (
 
 
 def test_resolve_options_fills_defaults_and_converts_strings():
-    values = resolve_options("sources.avatar_audio", SPECS, {"path": "x.wav", "rate": "22050", "gain": 2, "loop": "yes"})
+    values = resolve_options(
+        "sources.avatar_audio", SPECS, {"path": "x.wav", "rate": "22050", "gain": 2, "loop": "yes"}
+    )
     assert values == {"path": "x.wav", "rate": 22050, "gain": 2.0, "loop": True, "mode": "a"}
 
 

@@ -34,7 +34,9 @@ def test_shapes_and_ranges(conversations):
         for party in conv.parties:
             assert party.audio.shape == (conv.frames * 640,) and party.audio.dtype == np.float32
             assert party.motion.shape == (conv.frames, MOTION_SPACE.dim) and party.motion.dtype == np.float32
-            assert (party.motion >= MOTION_SPACE.lows - 1e-6).all() and (party.motion <= MOTION_SPACE.highs + 1e-6).all()
+            assert (party.motion >= MOTION_SPACE.lows - 1e-6).all() and (
+                party.motion <= MOTION_SPACE.highs + 1e-6
+            ).all()
             assert party.energy.shape == (conv.frames,)
             assert np.abs(party.audio).max() <= 1.0
         assert sum(p.speaking.mean() for p in conv.parties) > 0.4  # people actually talk
@@ -49,7 +51,9 @@ def test_mouth_follows_own_audio(conversations):
 
 def _lagged_corr(x: np.ndarray, y: np.ndarray, lag: int) -> float:
     """corr(x[t], y[t - lag])."""
-    return float(np.corrcoef(x[lag:], y[: len(y) - lag])[0, 1]) if lag > 0 else float(np.corrcoef(x[:lag], y[-lag:])[0, 1])
+    return (
+        float(np.corrcoef(x[lag:], y[: len(y) - lag])[0, 1]) if lag > 0 else float(np.corrcoef(x[:lag], y[-lag:])[0, 1])
+    )
 
 
 def test_smiles_are_mirrored_with_a_human_delay(conversations):
@@ -132,7 +136,21 @@ def test_synth_command_writes_a_dataset(tmp_path):
 
     dataset = pytest.importorskip("avatarforcing.engine.training.dataset")
     out = tmp_path / "data"
-    code = main(["synth", "--out", str(out), "--conversations", "3", "--seconds", "4", "--seed", "5", "--heldout-fraction", "0.3"])
+    code = main(
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--conversations",
+            "3",
+            "--seconds",
+            "4",
+            "--seed",
+            "5",
+            "--heldout-fraction",
+            "0.3",
+        ]
+    )
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["space"] == "default" and manifest["dim_a"] == 80 and manifest["dim_w"] == 13

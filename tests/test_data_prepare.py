@@ -34,26 +34,127 @@ def media(samples_dir: Path, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("media")
     user, avatar, portrait = samples_dir / "user.mp4", samples_dir / "avatar.wav", samples_dir / "rumi.jpg"
     t = str(SECONDS)
-    paths = {name: root / name for name in ("sbs_stereo.mp4", "sbs_mono.mp4", "party_a.mp4", "party_b.mp4",
-                                            "silent.mp4", "noface.mp4", "left.wav", "right.wav", "short_sbs.mp4")}
+    paths = {
+        name: root / name
+        for name in (
+            "sbs_stereo.mp4",
+            "sbs_mono.mp4",
+            "party_a.mp4",
+            "party_b.mp4",
+            "silent.mp4",
+            "noface.mp4",
+            "left.wav",
+            "right.wav",
+            "short_sbs.mp4",
+        )
+    }
     enc = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac"]
     # left: the user video; right: its mirror image; stereo: left = user's voice, right = avatar.wav
-    _ffmpeg("-t", t, "-i", str(user), "-t", t, "-i", str(avatar), "-filter_complex",
-            "[0:v]scale=256:256,split[a][b];[b]hflip[m];[a][m]hstack[v];[0:a][1:a]join=inputs=2:channel_layout=stereo[s]",
-            "-map", "[v]", "-map", "[s]", *enc, str(paths["sbs_stereo.mp4"]))
-    _ffmpeg("-i", str(paths["sbs_stereo.mp4"]), "-filter_complex", "[0:a]channelsplit=channel_layout=stereo[l][r]",
-            "-map", "[l]", str(paths["left.wav"]), "-map", "[r]", str(paths["right.wav"]))
+    _ffmpeg(
+        "-t",
+        t,
+        "-i",
+        str(user),
+        "-t",
+        t,
+        "-i",
+        str(avatar),
+        "-filter_complex",
+        "[0:v]scale=256:256,split[a][b];[b]hflip[m];[a][m]hstack[v];[0:a][1:a]join=inputs=2:channel_layout=stereo[s]",
+        "-map",
+        "[v]",
+        "-map",
+        "[s]",
+        *enc,
+        str(paths["sbs_stereo.mp4"]),
+    )
+    _ffmpeg(
+        "-i",
+        str(paths["sbs_stereo.mp4"]),
+        "-filter_complex",
+        "[0:a]channelsplit=channel_layout=stereo[l][r]",
+        "-map",
+        "[l]",
+        str(paths["left.wav"]),
+        "-map",
+        "[r]",
+        str(paths["right.wav"]),
+    )
     # left: the speaking user; right: a still portrait (a mouth that never moves); mono: the user's voice
-    _ffmpeg("-t", t, "-i", str(user), "-loop", "1", "-framerate", "25", "-t", t, "-i", str(portrait), "-filter_complex",
-            "[0:v]scale=256:256[a];[1:v]scale=256:256,format=yuv420p[b];[a][b]hstack[v]",
-            "-map", "[v]", "-map", "0:a", "-ac", "1", *enc, str(paths["sbs_mono.mp4"]))
+    _ffmpeg(
+        "-t",
+        t,
+        "-i",
+        str(user),
+        "-loop",
+        "1",
+        "-framerate",
+        "25",
+        "-t",
+        t,
+        "-i",
+        str(portrait),
+        "-filter_complex",
+        "[0:v]scale=256:256[a];[1:v]scale=256:256,format=yuv420p[b];[a][b]hstack[v]",
+        "-map",
+        "[v]",
+        "-map",
+        "0:a",
+        "-ac",
+        "1",
+        *enc,
+        str(paths["sbs_mono.mp4"]),
+    )
     # two tracks: party A the user video with its voice, party B the portrait speaking avatar.wav
     _ffmpeg("-t", t, "-i", str(user), "-vf", "scale=256:256", *enc, str(paths["party_a.mp4"]))
-    _ffmpeg("-loop", "1", "-framerate", "25", "-t", t, "-i", str(portrait), "-t", t, "-i", str(avatar),
-            "-vf", "scale=256:256", "-shortest", *enc, str(paths["party_b.mp4"]))
-    _ffmpeg("-t", "1", "-i", str(user), "-an", "-vf", "scale=256:256", "-c:v", "libx264", "-preset", "ultrafast", str(paths["silent.mp4"]))
-    _ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=512x256:r=25:d=1", "-f", "lavfi", "-i", "sine=f=440:d=1:sample_rate=16000",
-            "-ac", "2", *enc, "-shortest", str(paths["noface.mp4"]))
+    _ffmpeg(
+        "-loop",
+        "1",
+        "-framerate",
+        "25",
+        "-t",
+        t,
+        "-i",
+        str(portrait),
+        "-t",
+        t,
+        "-i",
+        str(avatar),
+        "-vf",
+        "scale=256:256",
+        "-shortest",
+        *enc,
+        str(paths["party_b.mp4"]),
+    )
+    _ffmpeg(
+        "-t",
+        "1",
+        "-i",
+        str(user),
+        "-an",
+        "-vf",
+        "scale=256:256",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        str(paths["silent.mp4"]),
+    )
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=gray:s=512x256:r=25:d=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=440:d=1:sample_rate=16000",
+        "-ac",
+        "2",
+        *enc,
+        "-shortest",
+        str(paths["noface.mp4"]),
+    )
     _ffmpeg("-t", "0.6", "-i", str(paths["sbs_stereo.mp4"]), *enc, str(paths["short_sbs.mp4"]))
     return paths
 
@@ -63,8 +164,23 @@ def default_dataset(media, tmp_path_factory) -> Path:
     """Side-by-side stereo (train) + two tracks (held out) in one default-space dataset."""
     out = tmp_path_factory.mktemp("data") / "dataset"
     assert main(["data", "prepare", str(media["sbs_stereo.mp4"]), "--out", str(out), "--heldout-fraction", "0"]) == 0
-    assert main(["data", "prepare", "--layout", "two-tracks", str(media["party_a.mp4"]), str(media["party_b.mp4"]),
-                 "--out", str(out), "--heldout-fraction", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--layout",
+                "two-tracks",
+                str(media["party_a.mp4"]),
+                str(media["party_b.mp4"]),
+                "--out",
+                str(out),
+                "--heldout-fraction",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -82,8 +198,12 @@ def test_default_space_manifest_and_shapes(default_dataset: Path) -> None:
     manifest = read_manifest(default_dataset)
     assert (manifest["space"], manifest["fps"], manifest["dim_a"], manifest["dim_w"]) == ("default", 25, 80, 13)
     splits = {item["id"]: item["split"] for item in manifest["items"]}
-    assert splits == {"sbs_stereo-a": "train", "sbs_stereo-b": "train",
-                      "party_a--party_b-a": "heldout", "party_a--party_b-b": "heldout"}
+    assert splits == {
+        "sbs_stereo-a": "train",
+        "sbs_stereo-b": "train",
+        "party_a--party_b-a": "heldout",
+        "party_a--party_b-b": "heldout",
+    }
     for item in manifest["items"]:
         assert SECONDS * 25 - 2 <= item["frames"] <= SECONDS * 25
         tensors = _item(default_dataset, item["id"])
@@ -178,8 +298,24 @@ def test_official_space_uses_the_engine_encoders(media, tmp_path: Path) -> None:
     from avatarforcing.plugin.model_loading import load_model_from_spec
 
     out = tmp_path / "official"
-    assert main(["data", "prepare", str(media["short_sbs.mp4"]), "--out", str(out), "--space", "official",
-                 "--model", "formula:fixture_small", "--heldout-fraction", "0"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                str(media["short_sbs.mp4"]),
+                "--out",
+                str(out),
+                "--space",
+                "official",
+                "--model",
+                "formula:fixture_small",
+                "--heldout-fraction",
+                "0",
+            ]
+        )
+        == 0
+    )
     manifest = read_manifest(out)
     assert (manifest["space"], manifest["dim_a"], manifest["dim_w"]) == ("official", 512, 512)
     a = _item(out, "short_sbs-a")
@@ -197,11 +333,43 @@ def test_official_space_uses_the_engine_encoders(media, tmp_path: Path) -> None:
 def test_eval_reports_lip_sync_on_prepared_default_data(default_dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     config = json.dumps({"dim_h": 32, "num_heads": 4, "transformer_depth": 1, "sec": 1, "num_frames_per_block": 5})
-    assert main(["train", "--data", str(default_dataset), "--out", str(run), "--model-config", config,
-                 "--steps", "3", "--batch", "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(default_dataset),
+                "--out",
+                str(run),
+                "--model-config",
+                config,
+                "--steps",
+                "3",
+                "--batch",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     table_file = tmp_path / "table.json"
-    assert main(["eval", "--data", str(default_dataset), "--checkpoint", str(run / "checkpoint"),
-                 "--json", str(table_file), "--nfe", "3"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(default_dataset),
+                "--checkpoint",
+                str(run / "checkpoint"),
+                "--json",
+                str(table_file),
+                "--nfe",
+                "3",
+            ]
+        )
+        == 0
+    )
     table = json.loads(table_file.read_text())
     assert {"rPCC_expression", "rPCC_pose", "lip_sync_pcc"} <= set(table)
     lip = table["lip_sync_pcc"]

@@ -63,11 +63,13 @@ def test_engine_is_registered_with_the_puppet_renderer():
     with pytest.raises(ConfigError, match="nfe"):
         host.create_engine(config_from_dict({"model": {"engine": "default"}, "engines": {"default": {"nfe": 2}}}))
     with pytest.raises(ConfigError, match="weights"):
-        host.create_engine(config_from_dict({"model": {"engine": "default"}, "engines": {"default": {"weights": "/nonexistent"}}}))
+        host.create_engine(
+            config_from_dict({"model": {"engine": "default"}, "engines": {"default": {"weights": "/nonexistent"}}})
+        )
 
 
 def test_packaged_weights_are_small_and_load():
-    weights, config = packaged_files()
+    weights, _config = packaged_files()
     assert weights.stat().st_size < 8 * 2**20
     model = load_default()
     assert model.cfg == DEFAULT_MODEL_CONFIG

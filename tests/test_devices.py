@@ -8,10 +8,8 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
 from service_pulse import PulseServer
 from service_xvfb import XvfbDisplay
 
@@ -28,8 +26,22 @@ def test_devices_json_lists_the_monitor_as_loopback_and_windows(tmp_path):
     with PulseServer(tmp_path / "pulse") as pulse, XvfbDisplay(width=640, height=480) as xvfb:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")} | pulse.env() | xvfb.env()
         window = subprocess.Popen(
-            ["ffplay", "-loglevel", "error", "-window_title", "Remote Face Call", "-f", "lavfi", "-i", "color=c=red:s=200x100"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "ffplay",
+                "-loglevel",
+                "error",
+                "-window_title",
+                "Remote Face Call",
+                "-f",
+                "lavfi",
+                "-i",
+                "color=c=red:s=200x100",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 20
             while True:
@@ -48,7 +60,8 @@ def test_devices_json_lists_the_monitor_as_loopback_and_windows(tmp_path):
     assert monitor["is_loopback"] and monitor["monitor_of"] == "meeting_out" and monitor["api"] == "pulse"
     assert not any(d["is_loopback"] for d in found["audio_outputs"])
     assert {"name": "meeting_out", "is_default": True}.items() <= next(
-        d for d in found["audio_outputs"] if d["name"] == "meeting_out").items()
+        d for d in found["audio_outputs"] if d["name"] == "meeting_out"
+    ).items()
     [window_info] = [w for w in found["windows"] if w["title"] == "Remote Face Call"]
     assert (window_info["width"], window_info["height"]) == (200, 100)
     assert found["monitors"][0]["width"] == 640 and found["problems"] == []

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from avatarforcing.engine.training.metrics import (
-    ConversationMotion, MotionGroups, diversity, evaluate, jitter, kmeans, lip_sync, markdown_table, reactiveness, variance,
+    ConversationMotion,
+    MotionGroups,
+    diversity,
+    evaluate,
+    jitter,
+    kmeans,
+    lip_sync,
+    markdown_table,
+    reactiveness,
+    variance,
 )
 
 GROUPS = MotionGroups(pose=(0, 1), expression=(2, 3), jaw=2)

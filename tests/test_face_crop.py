@@ -34,11 +34,13 @@ SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sample
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"shared samples not found at {SAMPLES}")
 try:
     import mediapipe  # noqa: F401
+
     HAVE_MEDIAPIPE = True
 except ImportError:
     HAVE_MEDIAPIPE = False
-needs_mediapipe = pytest.mark.skipif(not HAVE_MEDIAPIPE,
-                                     reason="mediapipe not installed (pip install 'avatarforcing[face]')")
+needs_mediapipe = pytest.mark.skipif(
+    not HAVE_MEDIAPIPE, reason="mediapipe not installed (pip install 'avatarforcing[face]')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,7 @@ def user_frames():
 
 
 # ------------------------------------------------------------------------- geometry (no detector)
+
 
 def test_face_geometry_and_square_inside_image():
     box = FaceBox(100, 120, 200, 240, score=0.9)
@@ -116,6 +119,7 @@ def test_detector_argument_validation():
 
 # ------------------------------------------------------------------------------- portrait
 
+
 @needs_samples
 @pytest.mark.parametrize("size", [512, 256])
 def test_portrait_crop_finds_the_face(detector, size):
@@ -142,8 +146,7 @@ def test_portrait_crop_without_a_given_detector():
 
 def test_blank_image_raises_no_face_naming_the_source(detector):
     with pytest.raises(NoFaceError, match="blank_portrait.png") as info:
-        crop_portrait(np.full((300, 400, 3), 128, np.uint8), 64, source="blank_portrait.png",
-                      detector=detector)
+        crop_portrait(np.full((300, 400, 3), 128, np.uint8), 64, source="blank_portrait.png", detector=detector)
     assert info.value.source == "blank_portrait.png"
 
 
@@ -174,6 +177,7 @@ def test_small_face_in_a_screen_grab_is_found_by_auto(user_frames):
 
 # ---------------------------------------------------------------------------------- video
 
+
 @needs_mediapipe
 def test_video_crop_of_user_frames(user_frames):
     with FaceDetector(model="short") as detector:
@@ -183,18 +187,22 @@ def test_video_crop_of_user_frames(user_frames):
         assert plan.interpolation == cv2.INTER_AREA
         # one square for the clip, built from the mean half sizes and centres (spec §3.3)
         geometries = [face_geometry(detector.detect(frame)) for frame in user_frames]
-        mean = FaceGeometry(*(float(np.mean([getattr(g, name) for g in geometries]))
-                              for name in ("half_y", "half_x", "center_y", "center_x")))
+        mean = FaceGeometry(
+            *(
+                float(np.mean([getattr(g, name) for g in geometries]))
+                for name in ("half_y", "half_x", "center_y", "center_x")
+            )
+        )
         assert plan.square == crop_square(mean, 512, 512)
-        expected = cv2.resize(np.ascontiguousarray(plan.square.apply(user_frames[7])), (128, 128),
-                              interpolation=cv2.INTER_AREA)
+        expected = cv2.resize(
+            np.ascontiguousarray(plan.square.apply(user_frames[7])), (128, 128), interpolation=cv2.INTER_AREA
+        )
         np.testing.assert_array_equal(crops[7], expected)
 
 
 def test_video_crop_skips_faceless_frames_and_fails_without_faces(detector, user_frames):
     blank = np.zeros_like(user_frames[0])
-    _, plan = crop_video_frames([blank, user_frames[0], blank, user_frames[1]], 64,
-                                source="mixed", detector=detector)
+    _, plan = crop_video_frames([blank, user_frames[0], blank, user_frames[1]], 64, source="mixed", detector=detector)
     assert (plan.frames_with_face, plan.frames_scanned) == (2, 4)
     with pytest.raises(NoFaceError, match="black_clip.mp4"):
         plan_video_crop([blank] * 3, source="black_clip.mp4", detector=detector)

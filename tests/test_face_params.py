@@ -53,7 +53,7 @@ def test_user_video_gives_in_range_params_on_most_frames(raw_and_filtered):
 def test_filter_clearly_reduces_jitter(raw_and_filtered):
     raw, _ = raw_and_filtered[False]
     filtered, _ = raw_and_filtered[True]
-    jitter = lambda x: np.abs(np.diff(MOTION_SPACE.normalize(x), axis=0)).mean(axis=0)  # noqa: E731
+    jitter = lambda x: np.abs(np.diff(MOTION_SPACE.normalize(x), axis=0)).mean(axis=0)
     raw_j, filt_j = jitter(raw), jitter(filtered)
     assert filt_j.mean() < 0.8 * raw_j.mean()
     pose = list(MOTION_SPACE.pose_indices[:3])

@@ -57,9 +57,12 @@ def test_tracker_is_much_steadier_than_raw_detections(detector, user_frames, raw
     assert centre < 0.5 * raw_centre, (centre, raw_centre)
     assert side < 0.25 * raw_side, (side, raw_side)
     # steady, not frozen: the tracked crop stays close to where the face is
-    offsets = [np.hypot(t.square.x + t.square.side / 2 - (r.x + r.side / 2),
-                        t.square.y + t.square.side / 2 - (r.y + r.side / 2))
-               for t, r in zip(results, raw_squares)]
+    offsets = [
+        np.hypot(
+            t.square.x + t.square.side / 2 - (r.x + r.side / 2), t.square.y + t.square.side / 2 - (r.y + r.side / 2)
+        )
+        for t, r in zip(results, raw_squares)
+    ]
     assert np.mean(offsets) < 0.05 * raw_squares[0].side
     expected_runs = len(user_frames) if detect_every == 1 else len(user_frames) // detect_every + 1
     assert tracker.state.detections_run == expected_runs
@@ -95,7 +98,7 @@ def test_tracker_follows_a_moved_face(detector, user_frames):
 
     def canvas(x0: int) -> np.ndarray:
         image = np.full((360, 640, 3), 40, np.uint8)
-        image[80:280, x0:x0 + 200] = tile
+        image[80:280, x0 : x0 + 200] = tile
         return image
 
     tracker = FaceTracker(64, TrackerConfig(detect_every=5), detector=detector)

@@ -12,7 +12,7 @@ from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.reference import stored_noise
 from avatarforcing.engine.rope import apply_rope, rope_tables
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
-from avatarforcing.engine.stream import MotionStream, generate
+from avatarforcing.engine.stream import MotionStream
 
 ATOL = 1e-4
 
@@ -33,7 +33,10 @@ def conditions(fixture_intermediates):
 @pytest.fixture(scope="module")
 def recorded_run(transformer, conditions, fixture_inputs):
     stream = MotionStream(
-        transformer, conditions["r_s"], FlowMatchingEulerSampler(10), GuidanceScales(2.0, 1.0),
+        transformer,
+        conditions["r_s"],
+        FlowMatchingEulerSampler(10),
+        GuidanceScales(2.0, 1.0),
         noise=stored_noise(fixture_inputs),
     )
     stream.first_clip.recorder, stream.block.recorder = [], []
@@ -58,8 +61,13 @@ def _close(actual, expected, atol=ATOL):
 def test_condition_fusion_matches_fixture(transformer, conditions, fixture_intermediates):
     a, u, r = conditions["avatar_wa"], conditions["user_wa"], conditions["user_r_d"]
     with torch.no_grad():
-        _close(transformer.guidance_conditions(a[:, :50], u[:, :50], r[:, :50]), fixture_intermediates["cond_c_first_clip"])
-        _close(transformer.guidance_conditions(a[:, 48:60], u[:, 48:60], r[:, 48:60]), fixture_intermediates["cond_c_block1"])
+        _close(
+            transformer.guidance_conditions(a[:, :50], u[:, :50], r[:, :50]), fixture_intermediates["cond_c_first_clip"]
+        )
+        _close(
+            transformer.guidance_conditions(a[:, 48:60], u[:, 48:60], r[:, 48:60]),
+            fixture_intermediates["cond_c_block1"],
+        )
 
 
 def test_first_evaluation_velocities_match_fixture(recorded_run, fixture_intermediates):

@@ -26,9 +26,27 @@ README = REPO_ROOT / "README.md"
 STEP_TITLES = ["[1/5] python", "[2/5] venv", "[3/5] torch", "[4/5] package", "[5/5] system"]
 OPTIONAL_FLAGS = ("--virtual-camera", "--audio-loopback", "--tensorrt", "--weights")
 # What the live-session tests start for real (PulseAudio, OBS under Xvfb, espeak-ng voices...).
-LIVE_SESSION_APT = ("pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins alsa-utils sox espeak-ng "
-                    "obs-studio obs-plugins xvfb xauth libgl1-mesa-dri libegl1 mesa-utils x11-utils xdotool "
-                    "wmctrl ffmpeg shellcheck").split()
+LIVE_SESSION_APT = [
+    "pulseaudio",
+    "pulseaudio-utils",
+    "libportaudio2",
+    "libasound2-plugins",
+    "alsa-utils",
+    "sox",
+    "espeak-ng",
+    "obs-studio",
+    "obs-plugins",
+    "xvfb",
+    "xauth",
+    "libgl1-mesa-dri",
+    "libegl1",
+    "mesa-utils",
+    "x11-utils",
+    "xdotool",
+    "wmctrl",
+    "ffmpeg",
+    "shellcheck",
+]
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -56,10 +74,7 @@ def repo_copy(tmp_path: Path) -> Path:
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every path under root with its size and mtime (ns)."""
-    return {
-        str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-    }
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
 def _run_installer(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -79,8 +94,7 @@ def _fake_nvidia_smi(bin_dir: Path, cuda_version: str) -> None:
     bin_dir.mkdir(exist_ok=True)
     script = bin_dir / "nvidia-smi"
     script.write_text(
-        "#!/bin/sh\n"
-        f"echo '| NVIDIA-SMI 580.65.06   Driver Version: 580.65.06   CUDA Version: {cuda_version}  |'\n"
+        f"#!/bin/sh\necho '| NVIDIA-SMI 580.65.06   Driver Version: 580.65.06   CUDA Version: {cuda_version}  |'\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
 
@@ -88,7 +102,9 @@ def _fake_nvidia_smi(bin_dir: Path, cuda_version: str) -> None:
 def test_shellcheck_passes_on_install_and_ci_scripts():
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck is not installed (install.sh installs it with the test extra: apt-get install shellcheck)")
+        pytest.skip(
+            "shellcheck is not installed (install.sh installs it with the test extra: apt-get install shellcheck)"
+        )
     result = subprocess.run([shellcheck, str(INSTALL_SH), str(CI_RUN)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -103,7 +119,11 @@ def test_dry_run_prints_every_step_torch_first_and_changes_nothing(repo_copy: Pa
     assert positions == sorted(positions), out
     lines = out.splitlines()
     torch_line = next(i for i, line in enumerate(lines) if "pip install" in line and "torch==2.13.0" in line)
-    package_line = next(i for i, line in enumerate(lines) if "--editable '.[face,export,test]'" in line)
+    package_line = next(
+        i
+        for i, line in enumerate(lines)
+        if "--config-settings editable_mode=compat --editable '.[face,export,test]'" in line
+    )
     assert torch_line < package_line, out
     assert lines[torch_line].lstrip().startswith("[dry-run]")
     assert "-m venv .venv" in out
@@ -117,9 +137,20 @@ def test_dry_run_prints_every_step_torch_first_and_changes_nothing(repo_copy: Pa
 def test_dry_run_on_this_machine_uses_the_local_torch_wheel_without_an_index(repo_copy: Path):
     """Where pip's find-links hold the pinned CPU wheel (CI, dev boxes), no extra index is used."""
     probe = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps",
-         "--ignore-installed", "--quiet", "torch==2.13.0"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--no-index",
+            "--no-deps",
+            "--ignore-installed",
+            "--quiet",
+            "torch==2.13.0",
+        ],
+        capture_output=True,
+        text=True,
     )
     if probe.returncode != 0:
         pytest.skip("pip has no local torch==2.13.0 wheel here (no find-links with it)")
@@ -154,8 +185,9 @@ def test_too_old_nvidia_driver_fails_naming_the_step_and_the_fix(repo_copy: Path
 
 
 def test_torch_spec_and_index_can_be_overridden(repo_copy: Path):
-    env = _clean_env(AVATARFORCING_TORCH_SPEC="torch==2.13.0+cpu",
-                     AVATARFORCING_TORCH_INDEX="https://example.invalid/whl/cpu")
+    env = _clean_env(
+        AVATARFORCING_TORCH_SPEC="torch==2.13.0+cpu", AVATARFORCING_TORCH_INDEX="https://example.invalid/whl/cpu"
+    )
     result = _run_installer(repo_copy, "--dry-run", "--no-system", "--python", sys.executable, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pip install --no-input torch==2.13.0+cpu --index-url https://example.invalid/whl/cpu" in result.stdout
@@ -163,15 +195,17 @@ def test_torch_spec_and_index_can_be_overridden(repo_copy: Path):
 
 def test_extras_option_chooses_the_extras_and_the_system_packages(repo_copy: Path):
     env = _env_torch_source_fixed()
-    result = _run_installer(repo_copy, "--dry-run", "--extras", "export", "--no-system", "--python", sys.executable,
-                            env=env)
+    result = _run_installer(
+        repo_copy, "--dry-run", "--extras", "export", "--no-system", "--python", sys.executable, env=env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "--editable '.[export]'" in result.stdout
+    assert "--config-settings editable_mode=compat --editable '.[export]'" in result.stdout
     assert "skipped (--no-system)" in result.stdout
     assert "apt-get" not in result.stdout
     assert "shellcheck" not in result.stdout  # only the test extra needs it
-    with_test = _run_installer(repo_copy, "--dry-run", "--extras", "test", "--no-system", "--python", sys.executable,
-                               env=env)
+    with_test = _run_installer(
+        repo_copy, "--dry-run", "--extras", "test", "--no-system", "--python", sys.executable, env=env
+    )
     assert "shellcheck" in with_test.stdout
 
 
@@ -179,8 +213,9 @@ def test_broken_venv_would_be_recreated_but_dry_run_keeps_it(repo_copy: Path):
     broken = repo_copy / ".venv" / "bin" / "python"
     broken.parent.mkdir(parents=True)
     broken.write_text("not a python\n")
-    result = _run_installer(repo_copy, "--dry-run", "--no-system", "--python", sys.executable,
-                            env=_env_torch_source_fixed())
+    result = _run_installer(
+        repo_copy, "--dry-run", "--no-system", "--python", sys.executable, env=_env_torch_source_fixed()
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "exists but does not work; recreating it" in result.stdout
     assert "[dry-run] rm -rf -- .venv" in result.stdout
@@ -189,12 +224,14 @@ def test_broken_venv_would_be_recreated_but_dry_run_keeps_it(repo_copy: Path):
 
 def test_healthy_venv_is_reused(repo_copy: Path):
     # --system-site-packages makes the base interpreter's pip importable without copying it.
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
-                    str(repo_copy / ".venv")], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(repo_copy / ".venv")], check=True
+    )
     if subprocess.run([str(repo_copy / ".venv" / "bin" / "python"), "-c", "import pip"]).returncode != 0:
         pytest.skip("the base interpreter has no pip to share with a --without-pip venv")
-    result = _run_installer(repo_copy, "--dry-run", "--no-system", "--python", sys.executable,
-                            env=_env_torch_source_fixed())
+    result = _run_installer(
+        repo_copy, "--dry-run", "--no-system", "--python", sys.executable, env=_env_torch_source_fixed()
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reusing" in result.stdout
     assert "-m venv" not in result.stdout
@@ -206,8 +243,9 @@ def _python_older_than_3_10() -> str | None:
     candidates = [str(p) for p in sorted(pyenv_versions.glob("3.[6-9].*/bin/python"), reverse=True)]
     candidates += [found for found in map(shutil.which, ("python3.9", "python3.8")) if found]
     for candidate in candidates:
-        check = subprocess.run([candidate, "-c", "import sys; sys.exit(0 if sys.version_info < (3, 10) else 1)"],
-                               capture_output=True)
+        check = subprocess.run(
+            [candidate, "-c", "import sys; sys.exit(0 if sys.version_info < (3, 10) else 1)"], capture_output=True
+        )
         if check.returncode == 0:
             return candidate
     return None
@@ -251,16 +289,29 @@ def test_ci_runs_the_readme_install_and_test_commands():
 # -- optional steps ------------------------------------------------------------------------------
 def test_dry_run_of_every_optional_step_prints_it_and_changes_nothing(repo_copy: Path):
     before = _snapshot(repo_copy)
-    result = _run_installer(repo_copy, "--dry-run", "--no-system", *OPTIONAL_FLAGS, "--python", sys.executable,
-                            env=_env_torch_source_fixed(PATH=f"{repo_copy}/no-gpu{os.pathsep}{os.environ['PATH']}"))
+    result = _run_installer(
+        repo_copy,
+        "--dry-run",
+        "--no-system",
+        *OPTIONAL_FLAGS,
+        "--python",
+        sys.executable,
+        env=_env_torch_source_fixed(PATH=f"{repo_copy}/no-gpu{os.pathsep}{os.environ['PATH']}"),
+    )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    titles = ["[1/9] python", "[5/9] system", "[6/9] virtual-camera", "[7/9] audio-loopback", "[8/9] tensorrt",
-              "[9/9] weights"]
+    titles = [
+        "[1/9] python",
+        "[5/9] system",
+        "[6/9] virtual-camera",
+        "[7/9] audio-loopback",
+        "[8/9] tensorrt",
+        "[9/9] weights",
+    ]
     positions = [out.index(title) for title in titles]
     assert positions == sorted(positions), out
     if sys.platform.startswith("linux"):
-        assert ('options v4l2loopback devices=1 exclusive_caps=1 card_label="Avatar Forcing" video_nr=10' in out)
+        assert 'options v4l2loopback devices=1 exclusive_caps=1 card_label="Avatar Forcing" video_nr=10' in out
         assert "/etc/modprobe.d/avatarforcing-v4l2loopback.conf" in out
         assert "/etc/modules-load.d/avatarforcing-v4l2loopback.conf" in out
         assert "Zoom" in out and "snap" in out
@@ -293,8 +344,9 @@ def test_video_nr_is_validated(repo_copy: Path):
 
 
 def test_test_extra_lists_every_live_session_system_package(repo_copy: Path):
-    result = _run_installer(repo_copy, "--dry-run", "--no-system", "--python", sys.executable,
-                            env=_env_torch_source_fixed())
+    result = _run_installer(
+        repo_copy, "--dry-run", "--no-system", "--python", sys.executable, env=_env_torch_source_fixed()
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     needs = next(line for line in result.stdout.splitlines() if "avatarforcing needs:" in line).split(":", 1)[1].split()
     assert set(LIVE_SESSION_APT) <= set(needs), set(LIVE_SESSION_APT) - set(needs)
@@ -317,25 +369,46 @@ def test_real_install_in_a_scratch_copy_then_doctor(tmp_path: Path):
     ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.pyc", "*.egg-info", "tests", "docs")
     for name in ("engine", "plugin", "integrations", "installer"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=ignore)
+    shutil.copytree(REPO_ROOT / "avatarforcing", root / "avatarforcing", symlinks=True, ignore=ignore)
     for name in ("pyproject.toml", "README.md", "LICENSE", "THIRD_PARTY.md"):
         if (REPO_ROOT / name).exists():
             shutil.copy2(REPO_ROOT / name, root / name)
     args = ["--python", sys.executable] + ([] if not _system_packages_present() else ["--no-system"])
     env = _clean_env(PIP_NO_INPUT="1")
-    install = subprocess.run(["bash", str(root / "installer" / "install.sh"), *args], cwd=root, env=env,
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    install = subprocess.run(
+        ["bash", str(root / "installer" / "install.sh"), *args],
+        cwd=root,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert install.returncode == 0, install.stdout[-4000:] + install.stderr[-4000:]
     assert "==> installed into" in install.stdout
     assert "checking this machine: avatarforcing doctor" in install.stdout
     venv_python = root / ".venv" / "bin" / "python"
-    imported = subprocess.run([str(venv_python), "-c", "import avatarforcing.plugin, torch; "
-                               "print(avatarforcing.plugin.__file__, torch.__version__)"],
-                              capture_output=True, text=True, timeout=120)
+    imported = subprocess.run(
+        [
+            str(venv_python),
+            "-c",
+            "import avatarforcing.plugin, torch; print(avatarforcing.plugin.__file__, torch.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert imported.returncode == 0, imported.stderr
-    assert str(root / "plugin") in imported.stdout  # editable: the copy, not the checkout
-    doctor = subprocess.run([str(root / ".venv" / "bin" / "avatarforcing"), "doctor", "--json"], cwd=root,
-                            env=_clean_env(AVATARFORCING_WEIGHTS=str(tmp_path / "no-weights")),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert str(root / "avatarforcing" / "plugin") in imported.stdout  # editable: the copy, not the checkout
+    doctor = subprocess.run(
+        [str(root / ".venv" / "bin" / "avatarforcing"), "doctor", "--json"],
+        cwd=root,
+        env=_clean_env(AVATARFORCING_WEIGHTS=str(tmp_path / "no-weights")),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     report = json.loads(doctor.stdout)
     by_name = {c["name"]: c for c in report["checks"]}
     assert by_name["torch"]["status"] == "ok" and by_name["python"]["status"] == "ok"
@@ -417,17 +490,39 @@ def test_install_ps1_is_balanced_has_every_step_and_matches_install_sh():
     for switch in ("DryRun", "NoSystem", "VirtualCamera", "AudioLoopback", "TensorRT", "Weights", "NoDoctor"):
         assert re.search(rf"\[switch\]\${switch}\b", param.group(1)), switch
     ps1 = INSTALL_PS1.read_text()
-    for step in ("python", "venv", "torch", "package", "system", "virtual-camera", "audio-loopback", "tensorrt",
-                 "weights"):
+    for step in (
+        "python",
+        "venv",
+        "torch",
+        "package",
+        "system",
+        "virtual-camera",
+        "audio-loopback",
+        "tensorrt",
+        "weights",
+    ):
         assert f'Start-Step "{step}"' in ps1, step
     sh = INSTALL_SH.read_text()
     extras = re.search(r'DEFAULT_EXTRAS="([^"]+)"', sh).group(1)
     torch_spec = re.search(r'DEFAULT_TORCH_SPEC="([^"]+)"', sh).group(1)
     assert f'[string]$Extras = "{extras}"' in ps1
     assert f'$DefaultTorchSpec = "{torch_spec}"' in ps1
-    for shared in ("https://download.pytorch.org/whl", "https://pypi.nvidia.com", "cu126", "cu128", "cu130",
-                   "AVATARFORCING_TORCH_SPEC", "AVATARFORCING_TORCH_INDEX", "OBS Virtual Camera", "Unity",
-                   "WASAPI", "weights\", \"fetch\"", "doctor", "nvidia-smi", "py\", \"-$version"):
+    for shared in (
+        "https://download.pytorch.org/whl",
+        "https://pypi.nvidia.com",
+        "cu126",
+        "cu128",
+        "cu130",
+        "AVATARFORCING_TORCH_SPEC",
+        "AVATARFORCING_TORCH_INDEX",
+        "OBS Virtual Camera",
+        "Unity",
+        "WASAPI",
+        'weights", "fetch"',
+        "doctor",
+        "nvidia-smi",
+        'py", "-$version',
+    ):
         assert shared in ps1, shared
     try:
         import tree_sitter

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -41,9 +42,9 @@ from avatarforcing.plugin.manager import build_plugin_host
 from avatarforcing.plugin.session import LiveSession
 
 sys.path.insert(0, str(Path(__file__).parent))
-from service_obs import ObsService  # noqa: E402
-from service_pulse import PulseServer  # noqa: E402
-from service_xvfb import XvfbDisplay  # noqa: E402
+from service_obs import ObsService
+from service_pulse import PulseServer
+from service_xvfb import XvfbDisplay
 
 FPS = 25
 DURATION = 28.0
@@ -56,7 +57,7 @@ SCENE, SOURCE = "AvatarFaults", "Avatar"
 class TimingSink:
     """Records the monotonic wall time at which every frame reaches it."""
 
-    times: list[float] = []
+    times: ClassVar[list[float]] = []
 
     def open(self, session) -> None:
         pass
@@ -97,9 +98,25 @@ class ExtractSpy:
 # -- helpers --------------------------------------------------------------------------------------
 def show_window(video: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        ["ffplay", "-loglevel", "error", "-an", "-window_title", WINDOW_TITLE, "-loop", "0",
-         "-left", "40", "-top", "40", str(video)],
-        env=dict(os.environ), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "ffplay",
+            "-loglevel",
+            "error",
+            "-an",
+            "-window_title",
+            WINDOW_TITLE,
+            "-loop",
+            "0",
+            "-left",
+            "40",
+            "-top",
+            "40",
+            str(video),
+        ],
+        env=dict(os.environ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -185,8 +202,9 @@ def obs(tmp_path, monkeypatch):
 
 # -- the test -------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_session_survives_sound_server_obs_and_window_faults(samples_dir, pulse, meeting_display, obs,
-                                                             tmp_path, monkeypatch, caplog):
+def test_session_survives_sound_server_obs_and_window_faults(
+    samples_dir, pulse, meeting_display, obs, tmp_path, monkeypatch, caplog
+):
     caplog.set_level(logging.INFO)
     TimingSink.times = []
     spy = ExtractSpy(default_avatar.DefaultEngine.extract)
@@ -196,15 +214,24 @@ def test_session_survives_sound_server_obs_and_window_faults(samples_dir, pulse,
     if "default" not in {e.spec.name for e in host.provided("engines")}:
         pytest.skip("the default engine is not registered")
     host.register(TimingPlugin())
-    config = load_config(overrides=[
-        "model.engine=default", f"session.portrait={samples_dir / 'rumi.jpg'}",
-        "sources.avatar_audio.use=silence",
-        "sources.user_audio.use=loopback",
-        "sources.user_video.use=screen", f"sources.user_video.window={WINDOW_TITLE}",
-        "sinks.use=obs,fault-timing", f"sinks.obs.port={obs.port}", f"sinks.obs.scene={SCENE}",
-        f"sinks.obs.source={SOURCE}", "sinks.obs.connect_timeout=2.0",
-        "session.stats_interval=0", "session.retry_initial_s=0.3",
-    ], environ={})
+    config = load_config(
+        overrides=[
+            "model.engine=default",
+            f"session.portrait={samples_dir / 'rumi.jpg'}",
+            "sources.avatar_audio.use=silence",
+            "sources.user_audio.use=loopback",
+            "sources.user_video.use=screen",
+            f"sources.user_video.window={WINDOW_TITLE}",
+            "sinks.use=obs,fault-timing",
+            f"sinks.obs.port={obs.port}",
+            f"sinks.obs.scene={SCENE}",
+            f"sinks.obs.source={SOURCE}",
+            "sinks.obs.connect_timeout=2.0",
+            "session.stats_interval=0",
+            "session.retry_initial_s=0.3",
+        ],
+        environ={},
+    )
 
     speech = remote_voice(samples_dir, tmp_path)
     window = show_window(samples_dir / "user.mp4")
@@ -299,7 +326,8 @@ def test_session_survives_sound_server_obs_and_window_faults(samples_dir, pulse,
         f"(faults at: pulse {pulse_killed - t0:.1f}/{pulse_restarted - t0:.1f} s, "
         f"window {window_closed - t0:.1f}/{window_reopened - t0:.1f} s, obs {obs_report.get('killed', 0) - t0:.1f}/"
         f"{obs_report.get('restarted', 0) - t0:.1f} s; slowest extract {spy.slowest[0] * 1000:.0f} ms at "
-        f"{spy.slowest[1] - t0:.1f} s; {stats['sink_skipped']} skipped, {stats['held']} held)")
+        f"{spy.slowest[1] - t0:.1f} s; {stats['sink_skipped']} skipped, {stats['held']} held)"
+    )
     assert len(times) >= 0.85 * FPS * DURATION, (len(times), stats)
     assert times[-1] - t0 >= DURATION - 2.5, (times[-1] - t0, stats)
 
@@ -310,24 +338,29 @@ def test_session_survives_sound_server_obs_and_window_faults(samples_dir, pulse,
     assert down and all(rms == 0.0 for _, rms, _, _ in down), "user audio while the sound server was down?"
     after = spy.between(pulse_restarted, t0 + DURATION)
     assert sum(rms > 0.01 for _, rms, _, _ in after) >= 10, (
-        f"the loopback did not recover after the sound server restarted\n{log_tail}")
+        f"the loopback did not recover after the sound server restarted\n{log_tail}"
+    )
 
     # the window: no image and the null condition while it is closed, a face again when it is back
     assert sum(faces > 0 for *_, faces in spy.between(t0 + 0.5, window_closed)) >= 10, "no face before the fault"
     closed = spy.between(window_closed + 1.5, window_reopened)
-    assert closed and not any(image for _, _, image, _ in closed) and not any(f for *_, f in closed), \
+    assert closed and not any(image for _, _, image, _ in closed) and not any(f for *_, f in closed), (
         "the engine saw a user image while the window was closed"
-    assert sum(faces > 0 for *_, faces in spy.between(window_reopened, t0 + DURATION)) >= 10, \
+    )
+    assert sum(faces > 0 for *_, faces in spy.between(window_reopened, t0 + DURATION)) >= 10, (
         f"no face after the window was reopened\n{log_tail}"
+    )
 
     # OBS: set up again after its restart and showing the avatar
     assert "error" not in obs_report, obs_report
     assert obs_report.get("connections", 0) >= 2, obs_report
     assert "shown" in obs_report, f"the avatar did not show in OBS after its restart: {obs_report}"
     assert stats["frames"] >= 0.85 * FPS * DURATION
-    print(f"\nfaults: {len(times)} frames, max gap {gaps.max() * 1000:.0f} ms, median {np.median(gaps) * 1000:.1f} ms; "
-          f"OBS shown again {obs_report['shown'] - obs_report['restarted']:.1f} s after its restart "
-          f"({obs_report['restarted'] - obs_report['killed']:.1f} s down); stats: frames {stats['frames']}, "
-          f"held {stats['held']}, dropped {stats['dropped']}, source_faults {stats['source_faults']}, "
-          f"sink_faults {stats['sink_faults']}, sink_skipped {stats['sink_skipped']}; last frame at {times[-1] - t0:.1f} s; "
-          f"slowest extract {spy.slowest[0] * 1000:.0f} ms at {spy.slowest[1] - t0:.1f} s")
+    print(
+        f"\nfaults: {len(times)} frames, max gap {gaps.max() * 1000:.0f} ms, median {np.median(gaps) * 1000:.1f} ms; "
+        f"OBS shown again {obs_report['shown'] - obs_report['restarted']:.1f} s after its restart "
+        f"({obs_report['restarted'] - obs_report['killed']:.1f} s down); stats: frames {stats['frames']}, "
+        f"held {stats['held']}, dropped {stats['dropped']}, source_faults {stats['source_faults']}, "
+        f"sink_faults {stats['sink_faults']}, sink_skipped {stats['sink_skipped']}; last frame at {times[-1] - t0:.1f} s; "
+        f"slowest extract {spy.slowest[0] * 1000:.0f} ms at {spy.slowest[1] - t0:.1f} s"
+    )

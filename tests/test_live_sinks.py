@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import av
 import cv2
@@ -25,8 +26,8 @@ from avatarforcing.plugin.builtins import live_sinks
 from avatarforcing.plugin.config import AppConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from service_pulse import PulseServer  # noqa: E402
-from service_xvfb import XvfbDisplay  # noqa: E402
+from service_pulse import PulseServer
+from service_xvfb import XvfbDisplay
 
 FPS = 25
 SIZE = (96, 128)  # (height, width)
@@ -67,7 +68,7 @@ def sink_from_spec(spec, **options):
 class RecordingBackend:
     """A pyvirtualcam backend that keeps what it is sent (with arrival times)."""
 
-    instances: list["RecordingBackend"] = []
+    instances: ClassVar[list[RecordingBackend]] = []
 
     def __init__(self, *, width, height, fps, fourcc, device, **kw):
         self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
@@ -146,7 +147,9 @@ def test_virtual_camera_without_backend_never_picks_a_registered_test_backend(re
 
 
 def test_virtual_camera_bad_settings_are_one_clear_error(recording_backend):
-    with pytest.raises(virtual_camera.VirtualCameraError, match="unknown virtual-camera backend 'nope'.*af-test-recorder"):
+    with pytest.raises(
+        virtual_camera.VirtualCameraError, match="unknown virtual-camera backend 'nope'.*af-test-recorder"
+    ):
         virtual_camera.open_camera(virtual_camera.CameraSettings(64, 48, backend="nope"))
     with pytest.raises(ConfigError, match="sinks.virtual-camera.fmt"):
         sink_from_spec(live_sinks.VIRTUAL_CAMERA, fmt="yuv")
@@ -237,7 +240,7 @@ def test_recorder_writes_mp4_with_video_and_audio_of_the_right_duration(tmp_path
     for index in range(50):
         sink.write_frame(Frame(solid((index * 5, 100, 200)), index, index / FPS))
         if index % 5 == 0:  # 0.2 s audio chunks, stereo
-            chunk = tone[index * rate // FPS:(index + 5) * rate // FPS]
+            chunk = tone[index * rate // FPS : (index + 5) * rate // FPS]
             sink.write_audio(AudioChunk(np.stack([chunk, chunk], 1), rate, index / FPS, index // 5))
     sink.close()
     assert sink.error == ""
@@ -281,8 +284,13 @@ def test_preview_shows_frames_in_a_window(monkeypatch):
         sink.open(make_session())
         try:
             pace(sink, [solid(RED)] * 25)
-            found = subprocess.run(["xdotool", "search", "--sync", "--name", "af-preview-test"],
-                                   env={**os.environ}, capture_output=True, text=True, timeout=10)
+            found = subprocess.run(
+                ["xdotool", "search", "--sync", "--name", "af-preview-test"],
+                env={**os.environ},
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             assert found.returncode == 0 and found.stdout.strip()
             import mss
 
@@ -336,20 +344,36 @@ def test_mic_delay_delays_the_microphone_into_the_virtual_mic(tmp_path, monkeypa
         rate = 48000
         pulse.pactl("load-module", "module-null-sink", "sink_name=fake_mic", f"rate={rate}", "channels=1")
         keepalive = subprocess.Popen(  # a live microphone never goes idle
-            ["pacat", "--playback", "--raw", "--format=s16le", f"--rate={rate}", "--channels=1",
-             "--latency-msec=20", "--device=fake_mic", "/dev/zero"], env={**os.environ})
+            [
+                "pacat",
+                "--playback",
+                "--raw",
+                "--format=s16le",
+                f"--rate={rate}",
+                "--channels=1",
+                "--latency-msec=20",
+                "--device=fake_mic",
+                "/dev/zero",
+            ],
+            env={**os.environ},
+        )
         session = make_session()
         session.plugin_state["latency_s"] = 0.2
-        sink = sink_from_spec(live_sinks.MIC_DELAY, input="fake_mic.monitor", output="avatar_mic",
-                              extra_delay_ms=100.0)
+        sink = sink_from_spec(live_sinks.MIC_DELAY, input="fake_mic.monitor", output="avatar_mic", extra_delay_ms=100.0)
         sink.open(session)
         assert "avatar_mic_source" in pulse.pactl("list", "short", "sources")
 
         def record(source):
             blocks = []
             monkeypatch.setenv("PULSE_SOURCE", source)
-            stream = sd.InputStream(device="pulse", samplerate=rate, channels=1, blocksize=480, latency="low",
-                                    callback=lambda data, n, t, s: blocks.append((t.inputBufferAdcTime, data[:, 0].copy())))
+            stream = sd.InputStream(
+                device="pulse",
+                samplerate=rate,
+                channels=1,
+                blocksize=480,
+                latency="low",
+                callback=lambda data, n, t, s: blocks.append((t.inputBufferAdcTime, data[:, 0].copy())),
+            )
             monkeypatch.delenv("PULSE_SOURCE")
             stream.start()
             streams.append(stream)
@@ -362,7 +386,7 @@ def test_mic_delay_delays_the_microphone_into_the_virtual_mic(tmp_path, monkeypa
         tone_path = tmp_path / "tone.wav"
         t = np.arange(int(0.2 * rate)) / rate
         tone = np.zeros(int(0.5 * rate), np.float32)
-        tone[int(0.1 * rate):int(0.1 * rate) + len(t)] = 0.5 * np.sin(2 * np.pi * 1000 * t)
+        tone[int(0.1 * rate) : int(0.1 * rate) + len(t)] = 0.5 * np.sin(2 * np.pi * 1000 * t)
         import soundfile
 
         soundfile.write(tone_path, tone, rate)
@@ -398,8 +422,12 @@ def test_doctor_checks_cover_the_sinks_in_use(monkeypatch):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        config = AppConfig(sinks=SinksSettings(use=["mjpeg", "preview", "obs"], options={
-            "mjpeg": {"port": port}, "obs": {"port": port, "password": "s3cret-pw"}}))
+        config = AppConfig(
+            sinks=SinksSettings(
+                use=["mjpeg", "preview", "obs"],
+                options={"mjpeg": {"port": port}, "obs": {"port": port, "password": "s3cret-pw"}},
+            )
+        )
         monkeypatch.delenv("DISPLAY", raising=False)
         monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
         monkeypatch.setattr(sys, "platform", "linux")

@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import pytest
 import soundfile
+from service_pulse import PulseServer
+from service_xvfb import XvfbDisplay
 
 from avatarforcing.plugin.builtins import live_sources
 from avatarforcing.plugin.config import AppConfig, config_from_dict
 from avatarforcing.plugin.errors import ConfigError
-from service_pulse import PulseServer
-from service_xvfb import XvfbDisplay
 
 RATE = 48000
 
@@ -85,8 +85,14 @@ def speech(samples_dir, tmp_path) -> tuple[np.ndarray, str]:
 
 
 def audio_source(kind: str, name: str, **options):
-    spec = {s.name: s for s in (live_sources.register_user_audio_sources() if kind == "user_audio"
-                                else live_sources.register_avatar_audio_sources())}[name]
+    spec = {
+        s.name: s
+        for s in (
+            live_sources.register_user_audio_sources()
+            if kind == "user_audio"
+            else live_sources.register_avatar_audio_sources()
+        )
+    }[name]
     values = {o.name: o.default for o in spec.options} | options
     return spec.factory(**values)
 
@@ -155,8 +161,9 @@ def test_sound_server_killed_mid_capture_then_restarted(pulse):
         assert len(down_events) == 1, source.capture.events  # reported once, not per retry
         pulse.start()
         restarted = time.monotonic() - source.capture.origin
-        assert reader.wait_for(lambda items: len(items) > count and items[-1].timestamp > restarted, 20), \
+        assert reader.wait_for(lambda items: len(items) > count and items[-1].timestamp > restarted, 20), (
             "no audio after the server came back"
+        )
     finally:
         reader.stop()
     assert "capturing again" in source.capture.events[-1]
@@ -206,9 +213,24 @@ def show_window(xvfb, image_path, title: str) -> subprocess.Popen:
     import os
 
     return subprocess.Popen(
-        ["ffplay", "-loglevel", "error", "-window_title", title, "-loop", "0", "-left", "100", "-top", "50",
-         str(image_path)],
-        env={**os.environ, **xvfb.env()}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "ffplay",
+            "-loglevel",
+            "error",
+            "-window_title",
+            title,
+            "-loop",
+            "0",
+            "-left",
+            "100",
+            "-top",
+            "50",
+            str(image_path),
+        ],
+        env={**os.environ, **xvfb.env()},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -220,13 +242,17 @@ def close_window(process: subprocess.Popen) -> None:
 def quadrant_means(image: np.ndarray) -> list[np.ndarray]:
     h, w = image.shape[:2]
     pad_h, pad_w = h // 8, w // 8
-    return [image[y0 + pad_h : y1 - pad_h, x0 + pad_w : x1 - pad_w].reshape(-1, 3).mean(axis=0)
-            for y0, y1 in ((0, h // 2), (h // 2, h)) for x0, x1 in ((0, w // 2), (w // 2, w))]
+    return [
+        image[y0 + pad_h : y1 - pad_h, x0 + pad_w : x1 - pad_w].reshape(-1, 3).mean(axis=0)
+        for y0, y1 in ((0, h // 2), (h // 2, h))
+        for x0, x1 in ((0, w // 2), (w // 2, w))
+    ]
 
 
 def shows(image: np.ndarray, card: np.ndarray) -> bool:
     return image.shape == card.shape and all(
-        np.abs(got - want).max() < 12 for got, want in zip(quadrant_means(image), quadrant_means(card)))
+        np.abs(got - want).max() < 12 for got, want in zip(quadrant_means(image), quadrant_means(card))
+    )
 
 
 def test_screen_captures_a_window_by_title_and_survives_it_closing(xvfb, tmp_path, monkeypatch):
@@ -239,7 +265,9 @@ def test_screen_captures_a_window_by_title_and_survives_it_closing(xvfb, tmp_pat
     try:
         # the window may show black until ffplay has drawn its first picture
         assert reader.wait_for(lambda items: items and shows(items[-1].image, card), 20), (
-            source.capture.events, reader.items and quadrant_means(reader.items[-1].image))
+            source.capture.events,
+            reader.items and quadrant_means(reader.items[-1].image),
+        )
         assert reader.items[-1].image.dtype == np.uint8
         close_window(window)
         time.sleep(1.5)  # a lookup or two: the window is gone
@@ -248,8 +276,9 @@ def test_screen_captures_a_window_by_title_and_survives_it_closing(xvfb, tmp_pat
         assert len(reader.items) == count, "frames while the window is closed"
         assert reader.thread.is_alive() and reader.error is None
         window = show_window(xvfb, tmp_path / "card.png", "Remote Meeting - Test Call")
-        assert reader.wait_for(lambda items: len(items) > count and shows(items[-1].image, card), 20), \
+        assert reader.wait_for(lambda items: len(items) > count and shows(items[-1].image, card), 20), (
             "the reopened window was not picked up"
+        )
     finally:
         close_window(window)
         reader.stop()
@@ -261,8 +290,10 @@ def test_screen_captures_a_window_by_title_and_survives_it_closing(xvfb, tmp_pat
 def test_screen_region_and_monitor(xvfb, tmp_path, monkeypatch):
     monkeypatch.setenv("DISPLAY", xvfb.display)
     spec = {s.name: s for s in live_sources.register_user_video_sources()}["screen"]
-    for options, shape in (({"region": "10,20,64,48", "monitor": 1}, (48, 64, 3)),
-                           ({"region": "", "monitor": 1}, (600, 800, 3))):
+    for options, shape in (
+        ({"region": "10,20,64,48", "monitor": 1}, (48, 64, 3)),
+        ({"region": "", "monitor": 1}, (600, 800, 3)),
+    ):
         reader = Reader(spec.factory(window="", fps=25.0, **options))
         try:
             assert reader.wait_for(lambda items: len(items) >= 5, 15)

@@ -6,10 +6,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
-
-import av
 
 from avatarforcing.integrations.media import (
     MediaError,
@@ -25,10 +24,10 @@ from avatarforcing.integrations.media import (
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"shared samples not found at {SAMPLES}")
-needs_ffprobe = pytest.mark.skipif(shutil.which("ffprobe") is None,
-                                   reason="ffprobe not on PATH (apt-get install ffmpeg)")
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None,
-                                  reason="ffmpeg not on PATH (apt-get install ffmpeg)")
+needs_ffprobe = pytest.mark.skipif(
+    shutil.which("ffprobe") is None, reason="ffprobe not on PATH (apt-get install ffmpeg)"
+)
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not on PATH (apt-get install ffmpeg)")
 
 FPS = 25
 SR = 16000
@@ -153,12 +152,13 @@ def test_silent_video_and_fractional_rate(tmp_path):
 
 
 def test_writer_rejects_bad_frames(tmp_path):
-    with VideoWriter(tmp_path / "bad.mp4", FPS, audio_sample_rate=None) as writer:
-        with pytest.raises(ValueError, match="even"):
-            writer.write_frame(np.zeros((31, 32, 3), np.uint8))
-    with VideoWriter(tmp_path / "bad2.mp4", FPS, size=(32, 32)) as writer:
-        with pytest.raises(ValueError, match="uint8"):
-            writer.write_frame(np.zeros((32, 32, 3), np.float32))
+    with (
+        VideoWriter(tmp_path / "bad.mp4", FPS, audio_sample_rate=None) as writer,
+        pytest.raises(ValueError, match="even"),
+    ):
+        writer.write_frame(np.zeros((31, 32, 3), np.uint8))
+    with VideoWriter(tmp_path / "bad2.mp4", FPS, size=(32, 32)) as writer, pytest.raises(ValueError, match="uint8"):
+        writer.write_frame(np.zeros((32, 32, 3), np.float32))
         with pytest.raises(ValueError, match="differs"):
             writer.write_frame(np.zeros((64, 64, 3), np.uint8))
         writer.write_frame(np.zeros((32, 32, 3), np.uint8))
@@ -190,7 +190,7 @@ def test_user_video_info_and_frames():
     assert info.duration == pytest.approx(15.84, abs=1e-3)
     assert info.has_audio
     count = 0
-    for index, pts, rgb in iter_video_frames(SAMPLES / "user.mp4"):
+    for index, pts, rgb in iter_video_frames(SAMPLES / "user.mp4"):  # noqa: B007 - the last frame is checked below
         assert pts == pytest.approx(index / 25.0, abs=1e-6)
         count += 1
     assert count == 396 and rgb.shape == (512, 512, 3)
@@ -212,8 +212,27 @@ def test_user_video_audio():
 def test_load_audio_matches_ffmpeg_cli(tmp_path, rate):
     """The documented equivalence with `ffmpeg -ac 1 -ar RATE` (official preprocessing)."""
     raw = tmp_path / "ffmpeg.f32"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(SAMPLES / "user.mp4"), "-vn", "-ac", "1",
-                    "-ar", str(rate), "-c:a", "pcm_f32le", "-f", "f32le", str(raw)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(SAMPLES / "user.mp4"),
+            "-vn",
+            "-ac",
+            "1",
+            "-ar",
+            str(rate),
+            "-c:a",
+            "pcm_f32le",
+            "-f",
+            "f32le",
+            str(raw),
+        ],
+        check=True,
+    )
     reference = np.fromfile(raw, dtype=np.float32)
     ours = load_audio(SAMPLES / "user.mp4", sample_rate=rate)
     assert ours.shape == reference.shape
@@ -232,10 +251,11 @@ def test_avatar_wav_loads_exactly():
 
 # --------------------------------------------------------------------------- uint8 mapping
 
+
 def test_to_uint8_frame_fixed_mapping():
     x = np.zeros((3, 2, 2), np.float32)
-    x[0] = [[-1.0, 1.0], [0.0, 5.0]]           # red: ends, middle, clipped above
-    x[1] = [[-7.0, 0.5], [-0.5, 1 / 255.0]]    # green: clipped below, quarters
+    x[0] = [[-1.0, 1.0], [0.0, 5.0]]  # red: ends, middle, clipped above
+    x[1] = [[-7.0, 0.5], [-0.5, 1 / 255.0]]  # green: clipped below, quarters
     x[2] = 1.0
     frame = to_uint8_frame(x)
     assert frame.shape == (2, 2, 3) and frame.dtype == np.uint8

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.fixture_init import apply_fixture_init
@@ -70,7 +69,7 @@ def upfirdn2d_by_definition(x: np.ndarray, kernel: np.ndarray, up: int, down: in
     p0, p1 = pad
     padded = np.pad(stuffed, ((0, 0), (0, 0), (max(p0, 0), max(p1, 0)), (max(p0, 0), max(p1, 0))))
     end_h, end_w = padded.shape[2] - max(-p1, 0), padded.shape[3] - max(-p1, 0)
-    padded = padded[:, :, max(-p0, 0):end_h, max(-p0, 0):end_w]
+    padded = padded[:, :, max(-p0, 0) : end_h, max(-p0, 0) : end_w]
     windows = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape, axis=(2, 3))
     filtered = np.einsum("nchwij,ij->nchw", windows, kernel[::-1, ::-1])
     return filtered[:, :, ::down, ::down]
@@ -78,8 +77,17 @@ def upfirdn2d_by_definition(x: np.ndarray, kernel: np.ndarray, up: int, down: in
 
 @pytest.mark.parametrize(
     "up, down, pad",
-    [(1, 1, (1, 1)), (1, 1, (2, 1)), (1, 2, (2, 2)), (1, 2, (1, 1)), (2, 1, (2, 1)), (2, 1, (1, 2)),
-     (2, 2, (1, 1)), (1, 1, (-1, 2)), (2, 1, (0, -1))],
+    [
+        (1, 1, (1, 1)),
+        (1, 1, (2, 1)),
+        (1, 2, (2, 2)),
+        (1, 2, (1, 1)),
+        (2, 1, (2, 1)),
+        (2, 1, (1, 2)),
+        (2, 2, (1, 1)),
+        (1, 1, (-1, 2)),
+        (2, 1, (0, -1)),
+    ],
 )
 def test_upfirdn2d_matches_definition(up: int, down: int, pad: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
@@ -123,7 +131,7 @@ def test_full_size_keys_and_shapes_equal_appendix_a() -> None:
 @needs_fixture
 def test_fixture_size_keys_equal_fixture_meta() -> None:
     meta = json.loads((FIXTURE / "fixture_meta.json").read_text(encoding="utf-8"))
-    expected = [name[len(PREFIX):] for name in meta["init_rules"] if name.startswith(PREFIX)]
+    expected = [name[len(PREFIX) :] for name in meta["init_rules"] if name.startswith(PREFIX)]
     mae = MotionAutoencoder(ModelConfig.fixture_small())
     assert [name for name, _ in mae.named_parameters()] == expected
 
@@ -181,8 +189,9 @@ def test_basis_is_cached_and_follows_weight_updates(monkeypatch: pytest.MonkeyPa
 
 
 # -- decoder --------------------------------------------------------------------------------------------
-def test_decode_stored_latents(small_mae: MotionAutoencoder, reference_identity: ReferenceIdentity,
-                               arrays: dict[str, np.ndarray]) -> None:
+def test_decode_stored_latents(
+    small_mae: MotionAutoencoder, reference_identity: ReferenceIdentity, arrays: dict[str, np.ndarray]
+) -> None:
     """Decoding the official latents reproduces the official frames.
 
     Every 3rd frame is checked (the decoder is a per-frame function). Atol 1e-4 holds for

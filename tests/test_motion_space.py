@@ -17,8 +17,19 @@ def face(**values) -> np.ndarray:
 
 def test_motion_space_layout_matches_the_shared_spec():
     assert MOTION_SPACE.names == (
-        "yaw", "pitch", "roll", "shift_x", "shift_y", "jaw_open", "smile", "pucker",
-        "blink_left", "blink_right", "brow_raise", "gaze_x", "gaze_y",
+        "yaw",
+        "pitch",
+        "roll",
+        "shift_x",
+        "shift_y",
+        "jaw_open",
+        "smile",
+        "pucker",
+        "blink_left",
+        "blink_right",
+        "brow_raise",
+        "gaze_x",
+        "gaze_y",
     )
     assert MOTION_SPACE.dim == 13
     assert MOTION_SPACE.ranges[0] == (-35.0, 35.0) and MOTION_SPACE.ranges[1] == (-25.0, 25.0)
@@ -76,13 +87,14 @@ def test_jaw_open_draws_a_taller_darker_mouth_and_a_longer_chin():
     assert _dark_pixels(opened, MOUTH) > 3 * _dark_pixels(closed, MOUTH) + 100
     column = SIZE[1] // 2
     assert np.nonzero(opened[:, column, 3] == 255)[0].size >= np.nonzero(closed[:, column, 3] == 255)[0].size
-    chin = lambda im: np.nonzero(im[: int(SIZE[0] * 0.8), column, 3] > 0)[0]  # noqa: E731
+    chin = lambda im: np.nonzero(im[: int(SIZE[0] * 0.8), column, 3] > 0)[0]
     assert chin(opened).max() >= chin(closed).max()
 
 
 def test_blinks_smile_brows_gaze_and_pose_change_the_drawing():
     neutral = face()
     both = face(blink_left=1.0, blink_right=1.0)
+
     def white(im, cols=EYES[1]):
         return int((im[EYES[0], cols, :3].min(axis=-1) > 245).sum())
 
@@ -95,16 +107,16 @@ def test_blinks_smile_brows_gaze_and_pose_change_the_drawing():
         assert np.abs(face(**values).astype(int) - neutral).sum() > 2000, values
 
     def features_x(image):
-        ys, xs = np.nonzero(image[EYES][..., :3].min(axis=-1) > 245)
+        _ys, xs = np.nonzero(image[EYES][..., :3].min(axis=-1) > 245)
         return xs.mean()
 
     assert features_x(face(yaw=30)) > features_x(neutral) + 5  # yaw + turns to the image right
-    eye_row = lambda im: np.nonzero((im[60:160, 50:206, :3].min(axis=-1) > 245).any(axis=1))[0].mean()  # noqa: E731
+    eye_row = lambda im: np.nonzero((im[60:160, 50:206, :3].min(axis=-1) > 245).any(axis=1))[0].mean()
     assert eye_row(face(pitch=20)) > eye_row(neutral) + 3  # pitch + = chin down
-    head_x = lambda im: np.nonzero(im[60, :, 3] > 0)[0].mean()  # noqa: E731
+    head_x = lambda im: np.nonzero(im[60, :, 3] > 0)[0].mean()
     assert head_x(face(shift_x=0.2)) > head_x(neutral) + 10
     rolled = face(roll=20)
-    head_top_x = lambda im: np.nonzero(im[40, :, 3] > 0)[0].mean()  # noqa: E731
+    head_top_x = lambda im: np.nonzero(im[40, :, 3] > 0)[0].mean()
     assert head_top_x(rolled) > head_top_x(neutral) + 5  # roll + = top of the head to the image right
 
 

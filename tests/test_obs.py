@@ -22,8 +22,8 @@ from avatarforcing.plugin.builtins import live_sinks
 from avatarforcing.plugin.config import AppConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from service_obs import ObsService  # noqa: E402
-from service_xvfb import XvfbDisplay  # noqa: E402
+from service_obs import ObsService
+from service_xvfb import XvfbDisplay
 
 FPS = 25
 RED, BLUE = (230, 30, 30), (30, 40, 220)
@@ -69,8 +69,7 @@ def test_request_errors_carry_obs_comment_and_bad_password_is_refused(obs):
     try:
         assert client.request("GetVersion")["obsWebSocketVersion"].startswith("5.")
         with pytest.raises(ObsRequestError) as error:
-            client.request("CreateInput", sceneName="Scene", inputName="x", inputKind="no_such_kind",
-                           inputSettings={})
+            client.request("CreateInput", sceneName="Scene", inputName="x", inputKind="no_such_kind", inputSettings={})
         assert error.value.code and "kind" in error.value.comment.lower()
     finally:
         client.close()
@@ -130,13 +129,18 @@ class Pacer:
 def test_obs_sink_streams_frames_syncs_the_mic_and_survives_an_obs_restart(obs, monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv(live_sinks.OBS_PASSWORD_ENV, obs.password)  # the password comes from the env
-    options = resolve_options("sinks.obs", live_sinks.OBS.options, {
-        "port": obs.port, "scene": "AvatarTest", "source": "Avatar", "mic_input": "Mic", "connect_timeout": 2.0})
+    options = resolve_options(
+        "sinks.obs",
+        live_sinks.OBS.options,
+        {"port": obs.port, "scene": "AvatarTest", "source": "Avatar", "mic_input": "Mic", "connect_timeout": 2.0},
+    )
     sink = live_sinks.OBS.factory(**options)
     session = SessionInfo("obs-test", AppConfig(), fps=FPS, frame_size=(128, 128))
     session.plugin_state["latency_s"] = 0.3
     control = client_for(obs)
-    control.request("CreateInput", sceneName="Scene", inputName="Mic", inputKind="pulse_input_capture", inputSettings={})
+    control.request(
+        "CreateInput", sceneName="Scene", inputName="Mic", inputKind="pulse_input_capture", inputSettings={}
+    )
     sink.open(session)
     pacer = Pacer(sink)
     try:

@@ -22,7 +22,12 @@ from torch import nn
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.export.graph_lint import inspect_graph, lint_graph, polygraphy_missing
 from avatarforcing.engine.export.graph_specs import (
-    GRAPH_NAMES, ExportSettings, GraphSpec, TensorSpec, build_graph_specs, model_hash,
+    GRAPH_NAMES,
+    ExportSettings,
+    GraphSpec,
+    TensorSpec,
+    build_graph_specs,
+    model_hash,
 )
 from avatarforcing.engine.export.onnx_graphs import ExportManifest, export_all, export_specs
 from avatarforcing.engine.export.onnx_runtime import OrtRunner, check_exports, engine_export_main
@@ -45,8 +50,12 @@ def one_thread():
 
 def small_wav2vec2() -> transformers.Wav2Vec2Config:
     return transformers.Wav2Vec2Config(
-        hidden_size=32, intermediate_size=64, num_attention_heads=2, conv_dim=(32,) * 7,
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
     )
 
 
@@ -152,8 +161,9 @@ def test_decoder_error_is_float32_rounding(model, export_dir, specs):
     check = strict.graph("decoder")
     assert check.max_abs_diff > check.limit and check.within_float32_rounding and strict.passed, check.line()
     assert "float32 rounding" in check.line()
-    no_fallback = check_exports(model, export_dir, tolerance=1e-7, graphs=["decoder"], threads=THREADS,
-                                float64_fallback=False)
+    no_fallback = check_exports(
+        model, export_dir, tolerance=1e-7, graphs=["decoder"], threads=THREADS, float64_fallback=False
+    )
     assert not no_fallback.passed and no_fallback.graph("decoder").ort_vs_float64 is None
 
 
@@ -187,14 +197,23 @@ def test_exports_of_other_weights_are_refused(model, export_dir):
 
 def test_engine_export_main_exit_codes(model, tmp_path):
     lines: list[str] = []
-    code = engine_export_main(tmp_path, check=True, model=model, settings=SETTINGS, graphs=["audio_window"],
-                              threads=THREADS, log=lines.append)
+    code = engine_export_main(
+        tmp_path, check=True, model=model, settings=SETTINGS, graphs=["audio_window"], threads=THREADS, log=lines.append
+    )
     assert code == 0, lines
     assert any(line.startswith("audio_window") and "ok" in line for line in lines)
     assert lines[-1] == "parity: PASSED"
     lines.clear()
-    code = engine_export_main(tmp_path, check=True, tolerance=1e-12, model=model, settings=SETTINGS,
-                              graphs=["audio_window"], threads=THREADS, log=lines.append)
+    code = engine_export_main(
+        tmp_path,
+        check=True,
+        tolerance=1e-12,
+        model=model,
+        settings=SETTINGS,
+        graphs=["audio_window"],
+        threads=THREADS,
+        log=lines.append,
+    )
     assert code == 1 and lines[-1] == "parity: FAILED"
     assert engine_export_main(tmp_path, config_name="nonexistent", log=lines.append) == 2
 

@@ -63,9 +63,7 @@ EXAMPLE_DIR = REPO / "examples" / "avatarforcing-example-plugin"
 # ============================================================================================
 def hookspec_functions() -> dict[str, object]:
     return {
-        name: func
-        for name, func in vars(hookspecs).items()
-        if callable(func) and hasattr(func, "avatarforcing_spec")
+        name: func for name, func in vars(hookspecs).items() if callable(func) and hasattr(func, "avatarforcing_spec")
     }
 
 
@@ -400,19 +398,26 @@ def test_broken_plugin_is_reported_and_skipped(tmp_path, monkeypatch):
     assert any(c.name == "plugin broken" and c.status == "fail" for c in checks.checks)
 
 
-def test_pyproject_packages_every_subpackage():
-    """A wheel only contains the packages listed in pyproject; subpackages of plugin/ (builtins,
-    commands) must be listed too, or the installed CLI loses them."""
+def test_import_package_links_to_the_top_level_folders():
+    """avatarforcing/ is a folder of links to the top-level folders, so tools and IDEs resolve
+    avatarforcing.* imports to the files under engine/, plugin/, integrations/; setuptools finds
+    the packages through the links (every subpackage with an __init__.py ends up in the wheel)."""
     import tomllib
 
+    package = REPO / "avatarforcing"
+    for folder in ("engine", "plugin", "integrations"):
+        link = package / folder
+        assert link.is_symlink() and link.resolve() == (REPO / folder).resolve(), link
+    assert (package / "__init__.py").is_file() and (package / "py.typed").is_file()
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     setuptools_cfg = project["tool"]["setuptools"]
-    listed = set(setuptools_cfg["packages"])
-    for package, folder in setuptools_cfg["package-dir"].items():
-        for init in sorted((REPO / folder).rglob("__init__.py")):
-            relative = init.parent.relative_to(REPO / folder)
-            name = ".".join([package, *relative.parts])
-            assert name in listed, f"{name} ({init.parent}) is missing from [tool.setuptools] packages"
+    assert "package-dir" not in setuptools_cfg
+    assert setuptools_cfg["packages"]["find"]["include"] == ["avatarforcing", "avatarforcing.*"]
+    import avatarforcing.engine.stream
+    import avatarforcing.plugin.session.runner
+
+    for module in (avatarforcing.engine.stream, avatarforcing.plugin.session.runner):
+        assert Path(module.__file__).is_relative_to(package), module.__file__  # the editable install
 
 
 # ============================================================================================
@@ -422,8 +427,14 @@ def test_hook_register_avatar_audio_sources(tmp_path):
     class TonePlugin:
         @hookimpl
         def register_avatar_audio_sources(self):
-            return [SourceSpec("tone", "a test tone", lambda hz: [AudioChunk(sine(0.1, hz), 16000, 0.0, 0)],
-                               options=(OptionSpec("hz", float, 440.0, "frequency"),))]
+            return [
+                SourceSpec(
+                    "tone",
+                    "a test tone",
+                    lambda hz: [AudioChunk(sine(0.1, hz), 16000, 0.0, 0)],
+                    options=(OptionSpec("hz", float, 440.0, "frequency"),),
+                )
+            ]
 
     host = host_with(files=files_plugin, tone=TonePlugin())
     names = {(e.plugin, e.spec.name) for e in host.provided("avatar_audio")}
@@ -431,7 +442,9 @@ def test_hook_register_avatar_audio_sources(tmp_path):
 
     signal = sine(1.0, 440.0)
     wav = write_wav(tmp_path / "voice.wav", signal)
-    config = load_config(overrides=["sources.avatar_audio.use=audio-file", f"sources.avatar_audio.path={wav}"], environ={})
+    config = load_config(
+        overrides=["sources.avatar_audio.use=audio-file", f"sources.avatar_audio.path={wav}"], environ={}
+    )
     source = host.create_source("avatar_audio", config)
     chunks = list(source)
     assert [c.index for c in chunks] == list(range(25))
@@ -443,10 +456,17 @@ def test_hook_register_avatar_audio_sources(tmp_path):
     [chunk] = host.create_source("avatar_audio", config)
     np.testing.assert_allclose(chunk.samples, sine(0.1, 220.0))
 
-    with pytest.raises(PluginError, match=r"no avatar-audio source named 'mic' \(available: audio-file, silence, tone\)"):
+    with pytest.raises(
+        PluginError, match=r"no avatar-audio source named 'mic' \(available: audio-file, silence, tone\)"
+    ):
         host.create_source("avatar_audio", load_config(overrides=["sources.avatar_audio.use=mic"], environ={}))
     with pytest.raises(ConfigError, match=r"sources.avatar_audio.path: file not found"):
-        host.create_source("avatar_audio", load_config(overrides=["sources.avatar_audio.use=audio-file", "sources.avatar_audio.path=nope.wav"], environ={}))
+        host.create_source(
+            "avatar_audio",
+            load_config(
+                overrides=["sources.avatar_audio.use=audio-file", "sources.avatar_audio.path=nope.wav"], environ={}
+            ),
+        )
     with pytest.raises(ConfigError, match=r"sources.avatar_audio.path: required"):
         host.create_source("avatar_audio", load_config(overrides=["sources.avatar_audio.use=audio-file"], environ={}))
     assert host.create_source("avatar_audio", load_config(overrides=["sources.avatar_audio.use="], environ={})) is None
@@ -457,7 +477,11 @@ def test_hook_register_user_audio_sources(tmp_path):
     assert {e.spec.name for e in host.provided("user_audio")} == {"audio-file", "silence"}
     video = write_video(tmp_path / "call.mp4", [0, 50, 100, 150, 200], 5, audio=sine(1.0, 440.0))
     config = load_config(
-        overrides=["sources.user_audio.use=audio-file", f"sources.user_audio.path={video}", "sources.user_audio.chunk_ms=100"],
+        overrides=[
+            "sources.user_audio.use=audio-file",
+            f"sources.user_audio.path={video}",
+            "sources.user_audio.chunk_ms=100",
+        ],
         environ={},
     )
     chunks = list(host.create_source("user_audio", config))
@@ -468,7 +492,14 @@ def test_hook_register_user_audio_sources(tmp_path):
     assert np.argmax(spectrum) * 16000 / 12000 == pytest.approx(440.0, abs=2.0)
     assert np.sqrt(np.mean(samples[2048:14048] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.1)
 
-    config = load_config(overrides=["sources.user_audio.use=silence", "sources.user_audio.seconds=0.1", "sources.user_audio.realtime=false"], environ={})
+    config = load_config(
+        overrides=[
+            "sources.user_audio.use=silence",
+            "sources.user_audio.seconds=0.1",
+            "sources.user_audio.realtime=false",
+        ],
+        environ={},
+    )
     chunks = list(host.create_source("user_audio", config))
     assert [len(c.samples) for c in chunks] == [640, 640, 320]
     assert not any(c.samples.any() for c in chunks)
@@ -488,10 +519,14 @@ def test_hook_register_user_video_sources(tmp_path):
         assert frame.image.shape == (48, 64, 3) and frame.image.dtype == np.uint8
         assert frame.image.mean() == pytest.approx(levels[int(k * 10 / 25 + 1e-9)], abs=6)
 
-    native = list(host.create_source("user_video", load_config(overrides=[*base, "sources.user_video.fps=0"], environ={})))
+    native = list(
+        host.create_source("user_video", load_config(overrides=[*base, "sources.user_video.fps=0"], environ={}))
+    )
     assert [round(f.timestamp, 3) for f in native] == [round(i / 10, 3) for i in range(10)]
 
-    looping = host.create_source("user_video", load_config(overrides=[*base, "sources.user_video.loop=true"], environ={}))
+    looping = host.create_source(
+        "user_video", load_config(overrides=[*base, "sources.user_video.loop=true"], environ={})
+    )
     iterator = iter(looping)
     first_60 = [next(iterator) for _ in range(60)]
     looping.close()
@@ -544,7 +579,9 @@ def test_hook_register_renderers():
         def register_renderers(self):
             return ["gray"]
 
-    with pytest.raises(PluginError, match=r"plugin 'garbage': register_renderers\(\) returned str, expected RendererSpec"):
+    with pytest.raises(
+        PluginError, match=r"plugin 'garbage': register_renderers\(\) returned str, expected RendererSpec"
+    ):
         h = host_with()
         h.register(Garbage(), name="garbage")
         h.provided("renderers")
@@ -741,7 +778,9 @@ def test_hook_session_started():
     example = load_example_module()
     recorder = Recorder()
     host = host_with(GrayRendererPlugin(), MemorySinkPlugin(), example, recorder)
-    session, _, _, _ = run_mini_session(host, gray_config("sinks.use=memory", "plugins.example.bar_height=3"), [np.zeros((2, 4))])
+    session, _, _, _ = run_mini_session(
+        host, gray_config("sinks.use=memory", "plugins.example.bar_height=3"), [np.zeros((2, 4))]
+    )
     assert recorder.calls[0] == ("started", "s1")
     assert session.plugin_state["example"]["settings"] == {"overlay": False, "bar_height": 3}
 
@@ -761,7 +800,11 @@ def test_hook_block_generated():
     host = host_with(GrayRendererPlugin(), MemorySinkPlugin(), example, recorder)
     blocks = [np.zeros((5, 4)), np.zeros((2, 4)), np.zeros((2, 4))]
     session, _, _, _ = run_mini_session(host, gray_config("sinks.use=memory"), blocks)
-    assert [c for c in recorder.calls if c[0] == "block"] == [("block", 0, 0, 5), ("block", 1, 5, 2), ("block", 2, 7, 2)]
+    assert [c for c in recorder.calls if c[0] == "block"] == [
+        ("block", 0, 0, 5),
+        ("block", 1, 5, 2),
+        ("block", 2, 7, 2),
+    ]
     assert session.plugin_state["example"]["blocks"] == 3
     # the block comes before its frames
     kinds = [c[0] for c in recorder.calls]
@@ -804,7 +847,9 @@ def test_hook_filter_frame():
             frame.image = frame.image[:4]
 
     host.register(Shrinks())
-    with pytest.raises(PluginError, match=r"a filter_frame hook left frame 0 as uint8 \(4, 24, 3\); expected uint8 16x24x3 or x4"):
+    with pytest.raises(
+        PluginError, match=r"a filter_frame hook left frame 0 as uint8 \(4, 24, 3\); expected uint8 16x24x3 or x4"
+    ):
         run_mini_session(host, config, [latents])
 
 
@@ -837,7 +882,7 @@ def test_hook_session_stopped(caplog):
     host = host_with(GrayRendererPlugin(), MemorySinkPlugin(), example, recorder)
     host.register(Crashes(), name="crashes")
     with caplog.at_level(logging.INFO):
-        _, _, stats, errors = run_mini_session(host, gray_config("sinks.use=memory"), [np.zeros((4, 4))])
+        _, _, _stats, errors = run_mini_session(host, gray_config("sinks.use=memory"), [np.zeros((4, 4))])
     assert errors == ["crashes: RuntimeError: cleanup failed"]
     assert recorder.calls[-1] == ("stopped", 4)  # later plugins still saw the stop
     assert "example telemetry: 1 blocks, 4 frames" in caplog.text
@@ -854,7 +899,9 @@ def test_example_plugin_installs_into_a_venv_and_is_listed(tmp_path):
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     # The new venv sees this interpreter's packages (avatarforcing, pip, setuptools...) through
     # site.addsitedir, which also runs their .pth files (the editable install's finder).
@@ -868,7 +915,10 @@ def test_example_plugin_installs_into_a_venv_and_is_listed(tmp_path):
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", str(source)],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert install.returncode == 0, install.stdout + install.stderr
 
@@ -887,8 +937,16 @@ def test_example_plugin_installs_into_a_venv_and_is_listed(tmp_path):
         assert example["module"] == "avatarforcing_example"
         assert example["provides"] == {"sinks": ["png-dir"]}
         assert example["hooks"] == sorted(
-            ["block_generated", "configure", "doctor_checks", "filter_frame", "frame_rendered",
-             "register_sinks", "session_started", "session_stopped"]
+            [
+                "block_generated",
+                "configure",
+                "doctor_checks",
+                "filter_frame",
+                "frame_rendered",
+                "register_sinks",
+                "session_started",
+                "session_stopped",
+            ]
         )
     # the plugin really works there: its sink writes a PNG through the installed entry point
     out = tmp_path / "frames"

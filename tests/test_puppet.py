@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_vmc import Receiver  # a real python-osc server
 
 from avatarforcing.engine.default.motion_space import MOTION_SPACE
 from avatarforcing.plugin.builtins import puppet
@@ -16,8 +17,6 @@ from avatarforcing.plugin.config import AppConfig, load_config
 from avatarforcing.plugin.errors import ConfigError, PluginError
 from avatarforcing.plugin.manager import build_plugin_host
 from avatarforcing.plugin.types import MotionBlock, SessionInfo
-
-from test_vmc import Receiver  # a real python-osc server
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "renderer_plugin"
 
@@ -63,7 +62,9 @@ def test_puppet_backgrounds_sizes_and_errors():
     backdrop = host.create_renderer(config("render.use=puppet", "render.background=look", "render.look=mono"))
     backdrop.open(SessionInfo("s", AppConfig(), frame_size=(64, 64)))
     assert tuple(backdrop.render(motion_block(1))[0].image[0, 0]) == (255, 255, 255)
-    with pytest.raises(PluginError, match=r"latents must be default-motion-space parameters of shape \(5, 13\), got \(5, 512\)"):
+    with pytest.raises(
+        PluginError, match=r"latents must be default-motion-space parameters of shape \(5, 13\), got \(5, 512\)"
+    ):
         green.render(MotionBlock(0, 0, 5, np.zeros((5, 512), np.float32)))
     with pytest.raises(ConfigError, match=r"render.look"):
         host.create_renderer(config("render.use=puppet", "render.look=neon"))

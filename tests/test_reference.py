@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -65,8 +64,15 @@ def _variant(fixture_dir, tmp_path, *, seed, nfe, a_cfg, u_cfg, avatar_samples, 
 
 def test_other_settings_and_a_short_user_track(fixture_dir, tmp_path):
     variant, frames = _variant(
-        fixture_dir, tmp_path, seed=7, nfe=6, a_cfg=1.5, u_cfg=0.5,
-        avatar_samples=48000, user_samples=20000, user_frames=20,
+        fixture_dir,
+        tmp_path,
+        seed=7,
+        nfe=6,
+        a_cfg=1.5,
+        u_cfg=0.5,
+        avatar_samples=48000,
+        user_samples=20000,
+        user_frames=20,
     )
     result = run_reference(variant, tmp_path / "variant.npz")
     assert frames == 75

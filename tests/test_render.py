@@ -142,12 +142,18 @@ def test_render_cli_writes_a_playable_mp4_of_the_right_length_with_audio(clips, 
     out = tmp_path / "avatar.mp4"
     status, stdout, stderr = cli(
         "render",
-        "--portrait", str(clips["portrait"]),
-        "--avatar-audio", str(clips["avatar_3s"]),
-        "--user-video", str(clips["user_3s"]),
-        "--out", str(out),
-        "--model", "formula:fixture_small",
-        "--threads", "2",
+        "--portrait",
+        str(clips["portrait"]),
+        "--avatar-audio",
+        str(clips["avatar_3s"]),
+        "--user-video",
+        str(clips["user_3s"]),
+        "--out",
+        str(out),
+        "--model",
+        "formula:fixture_small",
+        "--threads",
+        "2",
     )
     assert status == 0, stderr
     expected = math.ceil(max(len(load_audio(clips["avatar_3s"])), len(load_audio(clips["user_3s"]))) * 25 / RATE)
@@ -199,14 +205,25 @@ class ProbePlugin:
             def render(self, block):
                 plugin.blocks.append((block.index, block.first_frame, block.num_frames, tuple(block.latents.shape)))
                 return [
-                    Frame(np.full((*self.size, 3), self.shade, np.uint8), block.first_frame + k, (block.first_frame + k) / 25)
+                    Frame(
+                        np.full((*self.size, 3), self.shade, np.uint8),
+                        block.first_frame + k,
+                        (block.first_frame + k) / 25,
+                    )
                     for k in range(block.num_frames)
                 ]
 
             def close(self):
                 plugin.events.append(("close",))
 
-        return [RendererSpec("probe", "grey frames", Probe, options=(OptionSpec("shade", int, 128, "grey level", minimum=0, maximum=255),))]
+        return [
+            RendererSpec(
+                "probe",
+                "grey frames",
+                Probe,
+                options=(OptionSpec("shade", int, 128, "grey level", minimum=0, maximum=255),),
+            )
+        ]
 
     @hookimpl
     def session_started(self, session):
@@ -247,7 +264,12 @@ def test_render_uses_the_configured_renderer_plugin_and_fires_the_session_hooks(
     out = tmp_path / "probe.mp4"
     progress = []
     result = render_video(
-        prepared, out, formula_model, host, config, PipelineConfig(nfe=4, guidance=GuidanceScales(2.0, 1.0), seed=3, streaming_audio=FAST_AUDIO),
+        prepared,
+        out,
+        formula_model,
+        host,
+        config,
+        PipelineConfig(nfe=4, guidance=GuidanceScales(2.0, 1.0), seed=3, streaming_audio=FAST_AUDIO),
         on_block=lambda done, of: progress.append((done, of)),
     )
     # the renderer got the engine's blocks in order, covering exactly frames 0 .. T-1
@@ -256,7 +278,11 @@ def test_render_uses_the_configured_renderer_plugin_and_fires_the_session_hooks(
     assert result.frames == total and result.blocks == 2 and result.stats["error"] is None
     # hooks in the documented order
     assert probe.events[0] == ("open", "probe")
-    assert probe.events[1] == ("started", "probe", {"avatar_audio": "audio-file", "user_audio": "audio-file", "user_video": "video-file"})
+    assert probe.events[1] == (
+        "started",
+        "probe",
+        {"avatar_audio": "audio-file", "user_audio": "audio-file", "user_video": "video-file"},
+    )
     assert probe.events[2] == ("block", 0, 0)
     assert [e for e in probe.events if e[0] == "frame"] == [("frame", i) for i in range(total)]
     assert probe.events[-2:] == [("close",), ("stopped", total, None)]
@@ -354,9 +380,17 @@ def test_render_portrait_without_a_face_names_the_file(clips, tmp_path):
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
     status, _, err = cli(
-        "render", "--portrait", str(blank), "--avatar-audio", str(clips["avatar_2.4s"]),
-        "--user-video", str(clips["user_short_silent"]), "--out", str(tmp_path / "x.mp4"),
-        "--model", "formula:fixture_small",
+        "render",
+        "--portrait",
+        str(blank),
+        "--avatar-audio",
+        str(clips["avatar_2.4s"]),
+        "--user-video",
+        str(clips["user_short_silent"]),
+        "--out",
+        str(tmp_path / "x.mp4"),
+        "--model",
+        "formula:fixture_small",
     )
     assert status == 1
     assert err.startswith("avatarforcing: error: no face found in ") and str(blank) in err
@@ -365,16 +399,28 @@ def test_render_portrait_without_a_face_names_the_file(clips, tmp_path):
 
 
 def test_render_missing_files_and_bad_options_are_one_line_usage_errors(clips, tmp_path):
-    common = ["--avatar-audio", str(clips["avatar_2.4s"]), "--user-video", str(clips["user_short_silent"]),
-              "--out", str(tmp_path / "x.mp4"), "--model", "formula:fixture_small"]
+    common = [
+        "--avatar-audio",
+        str(clips["avatar_2.4s"]),
+        "--user-video",
+        str(clips["user_short_silent"]),
+        "--out",
+        str(tmp_path / "x.mp4"),
+        "--model",
+        "formula:fixture_small",
+    ]
     missing = tmp_path / "nope.jpg"
     status, _, err = cli("render", "--portrait", str(missing), *common)
     assert status == 2 and err == f"avatarforcing: error: --portrait: file not found: {missing}\n"
-    status, _, err = cli("render", "--portrait", str(clips["portrait"]), *common, "--user-audio", str(tmp_path / "u.wav"))
+    status, _, err = cli(
+        "render", "--portrait", str(clips["portrait"]), *common, "--user-audio", str(tmp_path / "u.wav")
+    )
     assert status == 2 and "--user-audio: file not found" in err
     status, _, err = cli("render", *common)
     assert status == 2 and "--portrait is required" in err
-    status, _, err = cli("render", "--portrait", str(clips["portrait"]), *common[:-2], "--out", str(tmp_path / "no" / "x.mp4"))
+    status, _, err = cli(
+        "render", "--portrait", str(clips["portrait"]), *common[:-2], "--out", str(tmp_path / "no" / "x.mp4")
+    )
     assert status == 2 and "--out: folder does not exist" in err
     status, _, err = cli("render", "--portrait", str(clips["portrait"]), *common, "--nfe", "lots")
     assert status == 2 and err.startswith("avatarforcing: error: model.nfe: expected an integer")
@@ -401,16 +447,32 @@ def test_render_bad_model_spec_is_one_clear_line(clips, tmp_path, spec, message)
     (tmp_path / "empty").mkdir()
     spec = spec.format(missing=tmp_path / "missing", empty=tmp_path / "empty")
     status, _, err = cli(
-        "render", "--portrait", str(clips["portrait"]), "--avatar-audio", str(clips["avatar_2.4s"]),
-        "--user-video", str(clips["user_short_silent"]), "--out", str(tmp_path / "x.mp4"), "--model", spec,
+        "render",
+        "--portrait",
+        str(clips["portrait"]),
+        "--avatar-audio",
+        str(clips["avatar_2.4s"]),
+        "--user-video",
+        str(clips["user_short_silent"]),
+        "--out",
+        str(tmp_path / "x.mp4"),
+        "--model",
+        spec,
     )
     assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_render_without_weights_says_how_to_get_them(clips, tmp_path):
     status, _, err = cli(
-        "render", "--portrait", str(clips["portrait"]), "--avatar-audio", str(clips["avatar_2.4s"]),
-        "--user-video", str(clips["user_short_silent"]), "--out", str(tmp_path / "x.mp4"),
+        "render",
+        "--portrait",
+        str(clips["portrait"]),
+        "--avatar-audio",
+        str(clips["avatar_2.4s"]),
+        "--user-video",
+        str(clips["user_short_silent"]),
+        "--out",
+        str(tmp_path / "x.mp4"),
     )
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert f"no model weights in {tmp_path / 'no-weights'} ($AVATARFORCING_WEIGHTS)" in err
@@ -427,7 +489,9 @@ def _official_files(model: AvatarForcingModel, folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     params = {name: p.detach().clone() for name, p in model.named_parameters()}
-    torch.save({k: v for k, v in params.items() if k.startswith("motion_autoencoder.")}, folder / "motion_autoencoder.pth")
+    torch.save(
+        {k: v for k, v in params.items() if k.startswith("motion_autoencoder.")}, folder / "motion_autoencoder.pth"
+    )
     torch.save(
         {k: v for k, v in params.items() if k.startswith(("flow_transformer.", "audio_encoder.audio_projection."))},
         folder / "flow_transformer.pth",
@@ -435,7 +499,10 @@ def _official_files(model: AvatarForcingModel, folder: Path) -> Path:
     hf = folder / "wav2vec2-base-960h"
     hf.mkdir()
     prefix = "audio_encoder.wav2vec2."
-    save_file({"wav2vec2." + k[len(prefix):]: v.contiguous() for k, v in params.items() if k.startswith(prefix)}, hf / "model.safetensors")
+    save_file(
+        {"wav2vec2." + k[len(prefix) :]: v.contiguous() for k, v in params.items() if k.startswith(prefix)},
+        hf / "model.safetensors",
+    )
     (hf / "config.json").write_text(model.audio_encoder.wav2vec2.config.to_json_string())
     return folder
 
@@ -491,14 +558,16 @@ def test_frame_count_and_block_count_follow_the_official_schedule():
 
 
 def test_pad_audio_repeats_the_last_sample():
-    np.testing.assert_array_equal(pad_audio(np.array([0.1, 0.5], np.float32), 4), np.array([0.1, 0.5, 0.5, 0.5], np.float32))
+    np.testing.assert_array_equal(
+        pad_audio(np.array([0.1, 0.5], np.float32), 4), np.array([0.1, 0.5, 0.5, 0.5], np.float32)
+    )
     np.testing.assert_array_equal(pad_audio(np.zeros(0, np.float32), 3), np.zeros(3, np.float32))
     assert len(pad_audio(np.ones(5, np.float32), 3)) == 5
 
 
 def test_frames_at_rate_resamples_to_25_fps_without_blending():
     images = [np.full((2, 2, 3), i, np.uint8) for i in range(20)]
-    values = lambda frames: [int(f[0, 0, 0]) for f in frames]  # noqa: E731
+    values = lambda frames: [int(f[0, 0, 0]) for f in frames]
     jitter = [0.0, 0.003, -0.004, 0.002] * 5
     at_25 = [(10.0 + i / 25 + jitter[i], im) for i, im in enumerate(images)]  # pts need not start at 0
     assert values(frames_at_rate(at_25)) == list(range(20))
@@ -517,12 +586,16 @@ def test_centre_square_crops_the_middle():
 
 
 def test_prepare_inputs_uses_the_video_track_or_silence(clips):
-    prepared = prepare_inputs(RenderInputs(clips["portrait"], clips["avatar_2.4s"], clips["user_3s"], face_crop=False), 64)
+    prepared = prepare_inputs(
+        RenderInputs(clips["portrait"], clips["avatar_2.4s"], clips["user_3s"], face_crop=False), 64
+    )
     assert prepared.sources["user_audio"] == "audio-file" and len(prepared.user_audio) >= 3 * RATE
     assert prepared.total_frames == frame_count(len(prepared.avatar_audio), len(prepared.user_audio))
     assert next(prepared.user_frames).shape == (64, 64, 3)
     prepared.close()
-    prepared = prepare_inputs(RenderInputs(clips["portrait"], clips["avatar_2.4s"], clips["user_short_silent"], face_crop=False), 64)
+    prepared = prepare_inputs(
+        RenderInputs(clips["portrait"], clips["avatar_2.4s"], clips["user_short_silent"], face_crop=False), 64
+    )
     assert prepared.sources["user_audio"] == "silence" and len(prepared.user_audio) == 0
     assert prepared.total_frames == 60 and "no audio track" in prepared.notes[0]
     assert len(list(prepared.user_frames)) == 10

@@ -12,12 +12,22 @@ import json
 import statistics
 import threading
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import soundfile
 
-from avatarforcing.plugin import EngineSpec, Frame, MotionBlock, OptionSpec, RendererSpec, SinkSpec, SourceSpec, hookimpl
+from avatarforcing.plugin import (
+    EngineSpec,
+    Frame,
+    MotionBlock,
+    OptionSpec,
+    RendererSpec,
+    SinkSpec,
+    SourceSpec,
+    hookimpl,
+)
 from avatarforcing.plugin.builtins import files as files_plugin
 from avatarforcing.plugin.cli import run_cli
 from avatarforcing.plugin.config import load_config
@@ -86,8 +96,14 @@ class LoudnessRenderer:
         pass
 
     def render(self, block):
-        return [Frame(np.full((self.size, self.size, 3), min(255, int(v * 255)), np.uint8), block.first_frame + i,
-                      (block.first_frame + i) / 25) for i, v in enumerate(block.latents[:, 0])]
+        return [
+            Frame(
+                np.full((self.size, self.size, 3), min(255, int(v * 255)), np.uint8),
+                block.first_frame + i,
+                (block.first_frame + i) / 25,
+            )
+            for i, v in enumerate(block.latents[:, 0])
+        ]
 
     def close(self):
         pass
@@ -96,8 +112,8 @@ class LoudnessRenderer:
 class TimedSink:
     """Records (monotonic time, frame index, held) of every frame; `fail_at` raises once."""
 
-    log: dict[str, list] = {}
-    opened: dict[str, int] = {}
+    log: ClassVar[dict[str, list]] = {}
+    opened: ClassVar[dict[str, int]] = {}
 
     def __init__(self, label: str, fail_at: int):
         self.label, self.fail_at = label, fail_at
@@ -136,7 +152,9 @@ class FlakyToneSource:
             if self.fail and chunk.index == self.fail_after:
                 raise OSError("microphone unplugged")
             t = np.arange(chunk.index * 640, chunk.index * 640 + 640) / 16000
-            yield AudioChunk((0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, chunk.timestamp, chunk.index)
+            yield AudioChunk(
+                (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, chunk.timestamp, chunk.index
+            )
 
     def close(self):
         self.inner.close()
@@ -145,11 +163,19 @@ class FlakyToneSource:
 class TestPlugin:
     @hookimpl
     def register_engines(self):
-        return [EngineSpec("loudness", "latents = loudness", LoudnessEngine, (
-            OptionSpec("block", int, 10, "frames per block", minimum=1),
-            OptionSpec("block_s", float, 0.0, "compute seconds per block", minimum=0.0),
-            OptionSpec("fail_at", int, -1, "block index that raises"),
-        ), default_renderer="loudness")]
+        return [
+            EngineSpec(
+                "loudness",
+                "latents = loudness",
+                LoudnessEngine,
+                (
+                    OptionSpec("block", int, 10, "frames per block", minimum=1),
+                    OptionSpec("block_s", float, 0.0, "compute seconds per block", minimum=0.0),
+                    OptionSpec("fail_at", int, -1, "block index that raises"),
+                ),
+                default_renderer="loudness",
+            )
+        ]
 
     @hookimpl
     def register_renderers(self):
@@ -157,14 +183,27 @@ class TestPlugin:
 
     @hookimpl
     def register_sinks(self):
-        return [SinkSpec(f"timed-{label}", "records times", lambda fail_at, label=label: TimedSink(label, fail_at),
-                         (OptionSpec("fail_at", int, -1, "frame that raises once"),), accepts_audio=True)
-                for label in ("a", "b")]
+        return [
+            SinkSpec(
+                f"timed-{label}",
+                "records times",
+                lambda fail_at, label=label: TimedSink(label, fail_at),
+                (OptionSpec("fail_at", int, -1, "frame that raises once"),),
+                accepts_audio=True,
+            )
+            for label in ("a", "b")
+        ]
 
     @hookimpl
     def register_avatar_audio_sources(self):
-        return [SourceSpec("flaky-tone", "tone that fails once", FlakyToneSource,
-                           (OptionSpec("fail_after", int, 10, "chunks before failing"),))]
+        return [
+            SourceSpec(
+                "flaky-tone",
+                "tone that fails once",
+                FlakyToneSource,
+                (OptionSpec("fail_after", int, 10, "chunks before failing"),),
+            )
+        ]
 
 
 @pytest.fixture
@@ -176,8 +215,14 @@ def host():
 
 
 def config(*overrides):
-    base = ["model.engine=loudness", "sources.avatar_audio.use=silence", "sources.user_audio.use=silence",
-            "sources.user_video.use=", "sinks.use=timed-a", "session.stats_interval=0"]
+    base = [
+        "model.engine=loudness",
+        "sources.avatar_audio.use=silence",
+        "sources.user_audio.use=silence",
+        "sources.user_video.use=",
+        "sinks.use=timed-a",
+        "session.stats_interval=0",
+    ]
     return load_config(overrides=[*base, *overrides], environ={})
 
 
@@ -240,8 +285,13 @@ def test_end_of_file_inputs_ends_the_session(host, tmp_path):
     wav = tmp_path / "voice.wav"
     t = np.arange(int(1.6 * 16000)) / 16000
     soundfile.write(wav, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
-    cfg = config("sources.avatar_audio.use=audio-file", f"sources.avatar_audio.path={wav}",
-                 "sources.avatar_audio.realtime=true", "sources.user_audio.use=", "session.warm_up=false")
+    cfg = config(
+        "sources.avatar_audio.use=audio-file",
+        f"sources.avatar_audio.path={wav}",
+        "sources.avatar_audio.realtime=true",
+        "sources.user_audio.use=",
+        "session.warm_up=false",
+    )
     started = time.monotonic()
     stats = LiveSession(host, cfg).run()
     assert stats["error"] is None and time.monotonic() - started < 15
@@ -253,16 +303,38 @@ def test_a_failing_stage_is_reported_with_its_name_and_exit_status(host, tmp_pat
     stats = LiveSession(host, config("engines.loudness.fail_at=1", "engines.loudness.block=5"), duration=5.0).run()
     assert stats["error"] == "generator: RuntimeError: the engine broke"
     out, err = io.StringIO(), io.StringIO()
-    status = run_cli(["run", "--engine", "loudness", "--sink", "timed-b", "--duration", "5",
-                      "--set", "engines.loudness.fail_at=1", "--set", "engines.loudness.block=5", "--set", "sources.avatar_audio.use=silence",
-                      "--set", "sources.user_audio.use=", "--set", "sources.user_video.use="],
-                     host, out, err, environ={})
+    status = run_cli(
+        [
+            "run",
+            "--engine",
+            "loudness",
+            "--sink",
+            "timed-b",
+            "--duration",
+            "5",
+            "--set",
+            "engines.loudness.fail_at=1",
+            "--set",
+            "engines.loudness.block=5",
+            "--set",
+            "sources.avatar_audio.use=silence",
+            "--set",
+            "sources.user_audio.use=",
+            "--set",
+            "sources.user_video.use=",
+        ],
+        host,
+        out,
+        err,
+        environ={},
+    )
     assert status == 1 and "generator: RuntimeError: the engine broke" in err.getvalue()
 
 
 def test_a_failing_source_counts_as_silence_and_is_reopened(host):
-    cfg = config("sources.avatar_audio.use=flaky-tone", "sources.avatar_audio.fail_after=20",
-                 "session.retry_initial_s=0.3")
+    cfg = config(
+        "sources.avatar_audio.use=flaky-tone", "sources.avatar_audio.fail_after=20", "session.retry_initial_s=0.3"
+    )
     session = LiveSession(host, cfg, duration=3.0)
     stats = session.run()
     assert stats["error"] is None
@@ -298,8 +370,9 @@ def test_voice_activity_switches_with_attack_and_release():
 
 
 def test_guidance_follows_the_avatar_voice(host):
-    session = LiveSession(host, config("sources.avatar_audio.use=flaky-tone", "sources.avatar_audio.fail_after=1000"),
-                          duration=2.0)
+    session = LiveSession(
+        host, config("sources.avatar_audio.use=flaky-tone", "sources.avatar_audio.fail_after=1000"), duration=2.0
+    )
     assert session.run()["error"] is None
     assert (2.0, 1.0) in session.engine.guidance
 
@@ -307,16 +380,36 @@ def test_guidance_follows_the_avatar_voice(host):
 def test_cli_run_end_to_end_with_stats(host, tmp_path, samples_dir):
     stats_file = tmp_path / "stats.json"
     out, err = io.StringIO(), io.StringIO()
-    status = run_cli(["run", "--preset", "demo", "--engine", "loudness", "--sink", "timed-a",
-                      "--avatar-audio", str(samples_dir / "avatar.wav"), "--duration", "6", "--stats", str(stats_file)],
-                     host, out, err, environ={})
+    status = run_cli(
+        [
+            "run",
+            "--preset",
+            "demo",
+            "--engine",
+            "loudness",
+            "--sink",
+            "timed-a",
+            "--avatar-audio",
+            str(samples_dir / "avatar.wav"),
+            "--duration",
+            "6",
+            "--stats",
+            str(stats_file),
+        ],
+        host,
+        out,
+        err,
+        environ={},
+    )
     assert status == 0, err.getvalue()
     stats = json.loads(stats_file.read_text())
     assert stats["error"] is None and 145 <= stats["frames"] <= 180  # 150 ticks + the last block drained
     assert stats["latency"]["end_to_end"]["count"] > 100
     assert "session ended:" in out.getvalue()
     assert_paced("a")
-    status = run_cli(["run", "--engine", "nope", "--duration", "1"], host, io.StringIO(), err := io.StringIO(), environ={})
+    status = run_cli(
+        ["run", "--engine", "nope", "--duration", "1"], host, io.StringIO(), err := io.StringIO(), environ={}
+    )
     assert status != 0 and "no engine named 'nope'" in err.getvalue()
 
 
@@ -328,19 +421,28 @@ def test_two_minute_session_keeps_25_fps(engine, samples_dir, tmp_path):
         pytest.skip(f"engine {engine!r} is not registered yet (plugin/builtins/default_avatar.py)")
     host.register(TestPlugin())
     TimedSink.log.clear(), TimedSink.opened.clear()
-    cfg = load_config(overrides=[
-        f"model.engine={engine}", f"session.portrait={samples_dir / 'rumi.jpg'}", "sinks.use=timed-a",
-        "sources.avatar_audio.use=audio-file", f"sources.avatar_audio.path={samples_dir / 'avatar.wav'}",
-        "sources.avatar_audio.realtime=true", "sources.avatar_audio.loop=true",
-        "sources.user_video.use=video-file", f"sources.user_video.path={samples_dir / 'user.mp4'}",
-        "sources.user_video.realtime=true", "sources.user_video.loop=true", "sources.user_audio.use=silence",
-    ], environ={})
+    cfg = load_config(
+        overrides=[
+            f"model.engine={engine}",
+            f"session.portrait={samples_dir / 'rumi.jpg'}",
+            "sinks.use=timed-a",
+            "sources.avatar_audio.use=audio-file",
+            f"sources.avatar_audio.path={samples_dir / 'avatar.wav'}",
+            "sources.avatar_audio.realtime=true",
+            "sources.avatar_audio.loop=true",
+            "sources.user_video.use=video-file",
+            f"sources.user_video.path={samples_dir / 'user.mp4'}",
+            "sources.user_video.realtime=true",
+            "sources.user_video.loop=true",
+            "sources.user_audio.use=silence",
+        ],
+        environ={},
+    )
     stats = LiveSession(host, cfg, duration=120.0, stats_path=tmp_path / "stats.json").run()
     assert stats["error"] is None
     gaps = intervals("a")
     assert abs(statistics.median(gaps) - 40.0) < 2.0 and np.all(np.abs(gaps - 40.0) <= 40.0)
     assert stats["latency"]["generate"]["count"] > 0
-
 
 
 def test_official_engine_uses_the_null_condition_without_a_face(samples_dir):
@@ -352,8 +454,15 @@ def test_official_engine_uses_the_null_condition_without_a_face(samples_dir):
 
     torch.set_num_threads(1)
     host = build_plugin_host({}, load_entry_points=False, plugins=[official_engine])
-    cfg = load_config(overrides=["model.engine=official", "engines.official.model=formula:fixture_small",
-                                 "model.nfe=3", "model.device=cpu"], environ={})
+    cfg = load_config(
+        overrides=[
+            "model.engine=official",
+            "engines.official.model=formula:fixture_small",
+            "model.nfe=3",
+            "model.device=cpu",
+        ],
+        environ={},
+    )
     spec, engine = host.create_engine(cfg)
     assert spec.default_renderer == "motion-autoencoder"
     portrait = load_image_rgb(samples_dir / "rumi.jpg")
@@ -396,9 +505,27 @@ class _NoDevicePlugin:
 def test_a_sink_that_cannot_start_gives_one_clear_error():
     host = build_plugin_host({}, load_entry_points=False, plugins=[files_plugin, TestPlugin(), _NoDevicePlugin()])
     out, err = io.StringIO(), io.StringIO()
-    status = run_cli(["run", "--engine", "loudness", "--sink", "no-device", "--duration", "2",
-                      "--set", "sources.avatar_audio.use=silence", "--set", "sources.user_audio.use=",
-                      "--set", "sources.user_video.use="], host, out, err, environ={})
+    status = run_cli(
+        [
+            "run",
+            "--engine",
+            "loudness",
+            "--sink",
+            "no-device",
+            "--duration",
+            "2",
+            "--set",
+            "sources.avatar_audio.use=silence",
+            "--set",
+            "sources.user_audio.use=",
+            "--set",
+            "sources.user_video.use=",
+        ],
+        host,
+        out,
+        err,
+        environ={},
+    )
     assert status == 1
     assert "sink 'no-device' cannot start: no such device: /dev/video99" in err.getvalue()
     assert "Traceback" not in err.getvalue()

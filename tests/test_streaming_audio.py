@@ -96,7 +96,9 @@ def test_frames_are_emitted_as_soon_as_computable(small_encoder):
 
 @pytest.mark.parametrize("length", [1, 639, 640, 641, 7 * 640 + 17])
 def test_flush_completes_the_stream_like_the_offline_encoder(small_encoder, length):
-    extractor = StreamingAudioFeatures(small_encoder, StreamingAudioConfig(context_frames=4, hop_frames=3, lookahead_frames=1))
+    extractor = StreamingAudioFeatures(
+        small_encoder, StreamingAudioConfig(context_frames=4, hop_frames=3, lookahead_frames=1)
+    )
     audio = _speech_like(1.0)[:length]
     features = torch.cat([extractor.push(audio), extractor.flush()])
     assert features.shape == (-(-length // 640), 512)
@@ -147,7 +149,13 @@ def test_conv_features_of_a_chunk_equal_the_offline_conv_stack(small_encoder):
         steps = layers[0].conv(audio[:, None])
         stats = _frozen_statistics(steps.mean(-1), steps.var(-1, unbiased=False))
         offline = small_encoder.conv_features(audio)[:, :, ::2].transpose(1, 2)
-        chunked = torch.cat([window_encoder.frame_conv_features(audio[:, a : a + 5 * 640], *stats)[0] for a in range(0, 20 * 640, 5 * 640)], dim=1)
+        chunked = torch.cat(
+            [
+                window_encoder.frame_conv_features(audio[:, a : a + 5 * 640], *stats)[0]
+                for a in range(0, 20 * 640, 5 * 640)
+            ],
+            dim=1,
+        )
     torch.testing.assert_close(chunked, offline, rtol=0, atol=1e-4)
 
 

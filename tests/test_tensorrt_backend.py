@@ -13,7 +13,13 @@ import torch
 from avatarforcing.engine.export.graph_specs import ExportSettings, TensorSpec
 from avatarforcing.engine.export.onnx_graphs import ExportManifest, GraphRecord
 from avatarforcing.engine.export.tensorrt_backend import (
-    DeviceIdentity, EngineCache, EngineKey, TensorRTUnavailable, engine_build_main, import_tensorrt, tensorrt_missing,
+    DeviceIdentity,
+    EngineCache,
+    EngineKey,
+    TensorRTUnavailable,
+    engine_build_main,
+    import_tensorrt,
+    tensorrt_missing,
 )
 
 H100 = DeviceIdentity("NVIDIA H100 80GB HBM3", (9, 0))
@@ -23,10 +29,14 @@ A100 = DeviceIdentity("NVIDIA A100-SXM4-80GB", (8, 0))
 def _manifest(model_hash: str = "ab" * 32, cache_len: int = 38) -> ExportManifest:
     cache = TensorSpec("self_k", (2, 3, 4, cache_len, 32))
     record = GraphRecord(
-        "block_step", "block_step.onnx", "torchscript", 17,
+        "block_step",
+        "block_step.onnx",
+        "torchscript",
+        17,
         [TensorSpec("noise", (1, 10, 512)), cache],
         [TensorSpec("latents", (1, 10, 512)), dataclasses.replace(cache, name="self_k_out")],
-        "cd" * 32, 1.0,
+        "cd" * 32,
+        1.0,
     )
     return ExportManifest(model_hash, {"dim_h": 128}, ExportSettings(), [record])
 
@@ -43,10 +53,17 @@ def test_key_is_deterministic_and_round_trips():
     assert key.shapes[1] == ("self_k", (2, 3, 4, 38, 32), "float32")
 
 
-@pytest.mark.parametrize("change", [
-    dict(device=A100), dict(device=DeviceIdentity(H100.name, (8, 9))), dict(version="10.14.1.48"),
-    dict(model_hash="ef" * 32), dict(cache_len=40), dict(precision="bf16"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(device=A100),
+        dict(device=DeviceIdentity(H100.name, (8, 9))),
+        dict(version="10.14.1.48"),
+        dict(model_hash="ef" * 32),
+        dict(cache_len=40),
+        dict(precision="bf16"),
+    ],
+)
 def test_every_key_field_changes_the_engine_file(change):
     base, other = _key(), _key(**change)
     assert other != base and other.digest() != base.digest() and other.file_name() != base.file_name()
@@ -85,8 +102,11 @@ def test_a_sidecar_that_does_not_match_its_file_name_is_not_trusted(tmp_path):
 
 def test_timing_cache_is_per_gpu_and_version(tmp_path):
     cache = EngineCache(tmp_path)
-    paths = {cache.timing_cache_path(H100, "10.13.0.35"), cache.timing_cache_path(A100, "10.13.0.35"),
-             cache.timing_cache_path(H100, "10.14.1.48")}
+    paths = {
+        cache.timing_cache_path(H100, "10.13.0.35"),
+        cache.timing_cache_path(A100, "10.13.0.35"),
+        cache.timing_cache_path(H100, "10.14.1.48"),
+    }
     assert len(paths) == 3
 
 
@@ -133,8 +153,14 @@ def test_build_cache_and_run_block_step_engine(tmp_path):
     from avatarforcing.engine.export.tensorrt_backend import BuildOptions, load_or_build_engines
     from avatarforcing.engine.model import AvatarForcingModel
 
-    w2v = transformers.Wav2Vec2Config(hidden_size=32, intermediate_size=64, num_attention_heads=2, conv_dim=(32,) * 7,
-                                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    w2v = transformers.Wav2Vec2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
     model = AvatarForcingModel.with_formula_weights(ModelConfig.fixture_small(), wav2vec2_config=w2v)
     settings = ExportSettings(nfe=4, frames_per_call=2)
     export_all(model, tmp_path / "onnx", settings, graphs=["block_step"])
@@ -150,5 +176,7 @@ def test_build_cache_and_run_block_step_engine(tmp_path):
             assert float((got[name].cpu().float() - reference).abs().max()) < tolerance * scale, (precision, name)
         assert any(line.startswith("building TensorRT") for line in lines)
         again: list[str] = []
-        load_or_build_engines(tmp_path / "onnx", tmp_path / "engines", options=BuildOptions(precision), log=again.append)
+        load_or_build_engines(
+            tmp_path / "onnx", tmp_path / "engines", options=BuildOptions(precision), log=again.append
+        )
         assert not any(line.startswith("building") for line in again), again

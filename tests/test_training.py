@@ -11,13 +11,19 @@ import numpy as np
 import pytest
 import torch
 
+from avatarforcing.engine.attention import first_clip_self_mask
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.flow_checkpoint import load_flow_transformer
 from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.generator_step import FirstClipStep
-from avatarforcing.engine.attention import first_clip_self_mask
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales, sigma_grid
-from avatarforcing.engine.training.dataset import ConversationDataset, DatasetError, create_dataset, read_manifest, write_item
+from avatarforcing.engine.training.dataset import (
+    ConversationDataset,
+    DatasetError,
+    create_dataset,
+    read_manifest,
+    write_item,
+)
 from avatarforcing.engine.training.losers import make_loser, sample_motion
 from avatarforcing.engine.training.losses import diffusion_dpo_loss, preference_margin
 from avatarforcing.engine.training.schedule import add_noise, block_layout, frame_values, sample_block_sigmas
@@ -41,8 +47,14 @@ def write_synthetic(root, items=6, frames=120, seed=0, heldout=2):
     create_dataset(root, "official", CFG.dim_a, CFG.dim_w, {"synthetic": True})
     for i in range(items):
         a, u, um = _smooth(rng, frames, CFG.dim_a), _smooth(rng, frames, CFG.dim_a), _smooth(rng, frames, CFG.dim_w)
-        tensors = {"avatar_audio": a, "user_audio": u, "avatar_motion": a @ proj + 0.8 * um, "user_motion": um,
-                   "reference": np.zeros(CFG.dim_w, np.float32), "avatar_energy": np.abs(a).mean(1)}
+        tensors = {
+            "avatar_audio": a,
+            "user_audio": u,
+            "avatar_motion": a @ proj + 0.8 * um,
+            "user_motion": um,
+            "reference": np.zeros(CFG.dim_w, np.float32),
+            "avatar_energy": np.abs(a).mean(1),
+        }
         write_item(root, f"conv{i}", tensors, "heldout" if i >= items - heldout else "train", source="synthetic")
     return root
 
@@ -104,7 +116,11 @@ def test_a_first_clip_window_is_exactly_a_first_clip_step_evaluation():
     tf = _random_transformer()
     g = torch.Generator().manual_seed(1)
     k = CFG.clip_frames
-    noise, a, u = torch.randn(1, k, 4, generator=g), torch.randn(1, k, 8, generator=g), torch.randn(1, k, 8, generator=g)
+    noise, a, u = (
+        torch.randn(1, k, 4, generator=g),
+        torch.randn(1, k, 8, generator=g),
+        torch.randn(1, k, 8, generator=g),
+    )
     r, r_s = torch.randn(1, k, 4, generator=g), torch.randn(1, 4, generator=g)
     step = FirstClipStep(tf, FlowMatchingEulerSampler(4))
     step.recorder = []
@@ -143,10 +159,17 @@ def test_dpo_loss_sign_rewards_preferring_winners():
 def test_losers_are_reference_samples_without_the_user():
     tf = _random_transformer()
     g = torch.Generator().manual_seed(2)
-    a, u, r, r_s = torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g), torch.randn(40, 4, generator=g), torch.randn(4, generator=g)
+    a, u, r, r_s = (
+        torch.randn(40, 8, generator=g),
+        torch.randn(40, 8, generator=g),
+        torch.randn(40, 4, generator=g),
+        torch.randn(4, generator=g),
+    )
     loser = make_loser(tf, a, u, r, r_s, nfe=4, seed=3)
     assert loser.shape == (40, 4)
-    assert torch.equal(loser, sample_motion(tf, a, torch.zeros_like(u), torch.zeros_like(r), r_s, 4, GuidanceScales(), 3))
+    assert torch.equal(
+        loser, sample_motion(tf, a, torch.zeros_like(u), torch.zeros_like(r), r_s, 4, GuidanceScales(), 3)
+    )
     assert torch.equal(loser, make_loser(tf, a, u * 5 + 1, -r, r_s, nfe=4, seed=3))  # the user plays no part
     assert not torch.allclose(loser, make_loser(tf, a * 2, u, r, r_s, nfe=4, seed=3))  # the avatar's audio does
     assert not torch.allclose(loser, sample_motion(tf, a, u, r, r_s, 4, GuidanceScales(), 3))
@@ -173,7 +196,16 @@ def _sample_error(tf, dataset, nfe=6):
     errors = []
     for i in range(len(ds)):
         it = ds[i]
-        out = sample_motion(tf, it["avatar_audio"], it["user_audio"], it["user_motion"], it["reference"], nfe, GuidanceScales(1.0, 1.0), i)
+        out = sample_motion(
+            tf,
+            it["avatar_audio"],
+            it["user_audio"],
+            it["user_motion"],
+            it["reference"],
+            nfe,
+            GuidanceScales(1.0, 1.0),
+            i,
+        )
         errors.append(float((out - it["avatar_motion"]).pow(2).mean()))
     return float(np.mean(errors))
 
@@ -191,8 +223,20 @@ def test_stage1_loss_falls_and_streamed_samples_learn_the_mapping(stage1, datase
 
 def test_stage2_raises_the_heldout_likelihood_margin(stage1, dataset, tmp_path):
     out = tmp_path / "stage2"
-    result = Trainer(TrainConfig(dataset, out, CFG, stage=2, reference=stage1.checkpoint, steps=40, batch=8, lr=3e-4,
-                                 log_every=10, loser_nfe=6)).run()
+    result = Trainer(
+        TrainConfig(
+            dataset,
+            out,
+            CFG,
+            stage=2,
+            reference=stage1.checkpoint,
+            steps=40,
+            batch=8,
+            lr=3e-4,
+            log_every=10,
+            loser_nfe=6,
+        )
+    ).run()
     assert result.margin_before == pytest.approx(0.0, abs=1e-6)  # theta starts as the reference
     assert result.margin_after > 0.002
     assert result.loser_gap_after > result.loser_gap_before
@@ -202,7 +246,9 @@ def test_stage2_raises_the_heldout_likelihood_margin(stage1, dataset, tmp_path):
 
 def test_training_is_deterministic_and_resumes_exactly(dataset, tmp_path):
     def config(out, steps, resume=False):
-        return TrainConfig(dataset, out, CFG, steps=steps, batch=2, log_every=1, checkpoint_every=100, seed=5, resume=resume)
+        return TrainConfig(
+            dataset, out, CFG, steps=steps, batch=2, log_every=1, checkpoint_every=100, seed=5, resume=resume
+        )
 
     Trainer(config(tmp_path / "a", 6)).run()
     Trainer(config(tmp_path / "b", 3)).run()
@@ -211,7 +257,7 @@ def test_training_is_deterministic_and_resumes_exactly(dataset, tmp_path):
     weights_b, _ = load_flow_transformer(tmp_path / "b" / "checkpoint")
     for (name, p), (_, q) in zip(weights_a.named_parameters(), weights_b.named_parameters()):
         assert torch.equal(p, q), name
-    curves = lambda d: [json.loads(x)["loss"] for x in (d / "curves.jsonl").read_text().splitlines()]  # noqa: E731
+    curves = lambda d: [json.loads(x)["loss"] for x in (d / "curves.jsonl").read_text().splitlines()]
     assert curves(tmp_path / "a") == curves(tmp_path / "b")
 
 
@@ -221,11 +267,17 @@ def test_training_is_deterministic_and_resumes_exactly(dataset, tmp_path):
 def test_dataset_items_round_trip_and_bad_items_are_refused(tmp_path):
     root = write_synthetic(tmp_path / "d", items=3, frames=40, heldout=1)
     manifest = read_manifest(root)
-    assert [(e["id"], e["frames"], e["split"]) for e in manifest["items"]] == [("conv0", 40, "train"), ("conv1", 40, "train"), ("conv2", 40, "heldout")]
+    assert [(e["id"], e["frames"], e["split"]) for e in manifest["items"]] == [
+        ("conv0", 40, "train"),
+        ("conv1", 40, "train"),
+        ("conv2", 40, "heldout"),
+    ]
     train = ConversationDataset(root, "train")
     window = train.sample_window(np.random.default_rng(0), 29)
     assert window["avatar_audio"].shape == (29, 8) and window["user_motion"].shape == (29, 4)
-    assert torch.equal(window["avatar_motion"], train[int(window["item"])]["avatar_motion"][int(window["start"]) :][:29])
+    assert torch.equal(
+        window["avatar_motion"], train[int(window["item"])]["avatar_motion"][int(window["start"]) :][:29]
+    )
     with pytest.raises(DatasetError, match="no item has 41 frames"):
         train.sample_window(np.random.default_rng(0), 41)
     good = {k: v.numpy() for k, v in train[0].items()}
@@ -242,16 +294,73 @@ def test_dataset_items_round_trip_and_bad_items_are_refused(tmp_path):
 
 def test_train_and_eval_commands_end_to_end(dataset, tmp_path, capsys):
     out = tmp_path / "run"
-    model_config = json.dumps({"dim_h": 32, "num_heads": 4, "transformer_depth": 1, "sec": 1, "num_frames_per_block": 4})
-    assert main(["train", "--data", str(dataset), "--out", str(out), "--model-config", model_config, "--steps", "4",
-                 "--batch", "2", "--device", "cpu"]) == 0
+    model_config = json.dumps(
+        {"dim_h": 32, "num_heads": 4, "transformer_depth": 1, "sec": 1, "num_frames_per_block": 4}
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(dataset),
+                "--out",
+                str(out),
+                "--model-config",
+                model_config,
+                "--steps",
+                "4",
+                "--batch",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert (out / "checkpoint" / "flow_transformer.safetensors").is_file() and (out / "curves.jsonl").is_file()
-    assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "s2"), "--stage", "2", "--reference",
-                 str(out / "checkpoint"), "--steps", "2", "--batch", "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(dataset),
+                "--out",
+                str(tmp_path / "s2"),
+                "--stage",
+                "2",
+                "--reference",
+                str(out / "checkpoint"),
+                "--steps",
+                "2",
+                "--batch",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "held-out likelihood margin" in capsys.readouterr().out
     table, js = tmp_path / "table.md", tmp_path / "metrics.json"
-    assert main(["eval", "--data", str(dataset), "--checkpoint", str(tmp_path / "s2" / "checkpoint"), "--out", str(table),
-                 "--json", str(js), "--nfe", "3", "--drop-user"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(dataset),
+                "--checkpoint",
+                str(tmp_path / "s2" / "checkpoint"),
+                "--out",
+                str(table),
+                "--json",
+                str(js),
+                "--nfe",
+                "3",
+                "--drop-user",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(js.read_text())
     assert {"rPCC_expression", "variance_pose", "SID_pose", "jitter_expression"} <= set(metrics)
     assert table.read_text().startswith("| metric | generated | ground truth |")

@@ -90,8 +90,8 @@ def test_sender_delivers_bones_and_blendshapes_to_a_real_osc_server(receiver):
     assert sender.send(params, 1.25) and sender.send(MOTION_SPACE.to_dict(params), 1.29)
     sender.close()
     bones = receiver.wait_for("/VMC/Ext/Bone/Pos", 4)
-    head = [args for args in bones if args[0] == "Head"][0]
-    neck = [args for args in bones if args[0] == "Neck"][0]
+    head = next(args for args in bones if args[0] == "Head")
+    neck = next(args for args in bones if args[0] == "Neck")
     np.testing.assert_allclose(head[4:], head_rotation(12.0, -6.0, 3.0), atol=1e-6)  # 60 % at the head
     np.testing.assert_allclose(neck[4:], head_rotation(8.0, -4.0, 2.0), atol=1e-6)  # 40 % at the neck
     root = receiver.wait_for("/VMC/Ext/Root/Pos", 1)[0]

@@ -11,6 +11,7 @@ import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -65,7 +66,9 @@ def remote(tmp_path) -> Path:
     return folder
 
 
-def manifest_file(path: Path, *, sha256: bool = True, size: bool = True, urls: str | None = None, corrupt: str = "") -> Path:
+def manifest_file(
+    path: Path, *, sha256: bool = True, size: bool = True, urls: str | None = None, corrupt: str = ""
+) -> Path:
     """A manifest for FILES (sizes/hashes optional; `corrupt` gets a wrong sha256)."""
     files = []
     for name, data in FILES.items():
@@ -96,7 +99,9 @@ def assert_fetched(dest: Path) -> None:
 def test_fetch_from_a_directory_checks_sizes_and_hashes(remote, tmp_path):
     dest = tmp_path / "weights"
     manifest = manifest_file(tmp_path / "manifest.json")
-    status, out, err = cli("weights", "fetch", "--from", str(remote), "--dest", str(dest), "--manifest", str(manifest), "--accept-license")
+    status, out, err = cli(
+        "weights", "fetch", "--from", str(remote), "--dest", str(dest), "--manifest", str(manifest), "--accept-license"
+    )
     assert status == 0, err
     assert_fetched(dest)
     assert "CC BY-NC 4.0" in err and "NOT be" in err and "Licence accepted" in err
@@ -131,7 +136,9 @@ def test_fetch_requires_accepting_the_licence(remote, tmp_path):
 def test_fetch_deletes_a_file_that_fails_its_hash(remote, tmp_path):
     dest = tmp_path / "weights"
     manifest = manifest_file(tmp_path / "manifest.json", corrupt="motion_autoencoder.pth")
-    status, _, err = cli("weights", "fetch", "--from", str(remote), "--dest", str(dest), "--manifest", str(manifest), "--accept-license")
+    status, _, err = cli(
+        "weights", "fetch", "--from", str(remote), "--dest", str(dest), "--manifest", str(manifest), "--accept-license"
+    )
     assert status == 1
     assert "motion_autoencoder.pth from file://" in err and "failed verification: sha256" in err and "deleted" in err
     assert (dest / "flow_transformer.pth").read_bytes() == FILES["flow_transformer.pth"]  # earlier files stay
@@ -145,7 +152,9 @@ def test_fetch_resumes_a_partial_file_from_a_directory(remote, tmp_path):
     part.parent.mkdir(parents=True)
     part.write_bytes(data[:1_000_000])
     manifest = manifest_file(tmp_path / "manifest.json")
-    status, _, err = cli("weights", "fetch", "--from", str(remote), "--dest", str(dest), "--manifest", str(manifest), "--accept-license")
+    status, _, err = cli(
+        "weights", "fetch", "--from", str(remote), "--dest", str(dest), "--manifest", str(manifest), "--accept-license"
+    )
     assert status == 0, err
     assert_fetched(dest)
 
@@ -170,10 +179,10 @@ class RangeServer(http.server.BaseHTTPRequestHandler):
     """Serves FILES with ``Range: bytes=N-`` support; the first request for a path listed in
     ``cut`` sends only half of its body and drops the connection."""
 
-    requests: list[tuple[str, str | None]] = []
-    cut: set[str] = set()
+    requests: ClassVar[list[tuple[str, str | None]]] = []
+    cut: ClassVar[set[str]] = set()
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         name = self.path.lstrip("/")
         self.requests.append((name, self.headers.get("Range")))
         if name not in FILES:
@@ -250,9 +259,21 @@ def test_fetch_over_http_from_a_server_without_range_support(remote, tmp_path):
 
     manifest = manifest_file(tmp_path / "manifest.json")
     with serving(Files) as url:
-        status, _, err = cli("weights", "fetch", "--from", url, "--dest", str(dest), "--manifest", str(manifest), "--accept-license")
+        status, _, err = cli(
+            "weights", "fetch", "--from", url, "--dest", str(dest), "--manifest", str(manifest), "--accept-license"
+        )
         assert status == 0, err
-        status, _, err = cli("weights", "fetch", "--from", url + "/missing", "--dest", str(tmp_path / "other"), "--manifest", str(manifest), "--accept-license")
+        status, _, err = cli(
+            "weights",
+            "fetch",
+            "--from",
+            url + "/missing",
+            "--dest",
+            str(tmp_path / "other"),
+            "--manifest",
+            str(manifest),
+            "--accept-license",
+        )
     assert_fetched(dest)
     assert status == 1 and "HTTP 404" in err and "flow_transformer.pth" in err
 
@@ -342,10 +363,15 @@ def test_manifest_entries_and_urls(tmp_path):
     hub = WeightFile("wav2vec2-base-960h/config.json", "https://hub.example/config.json", None, None, "Apache-2.0", "t")
     assert source_url(hub, str(tmp_path)) == "https://hub.example/config.json"  # not in the folder: its hub
     assert [f.path for f in DEFAULT_MANIFEST.files] == [
-        "flow_transformer.pth", "motion_autoencoder.pth",
-        "wav2vec2-base-960h/config.json", "wav2vec2-base-960h/model.safetensors",
+        "flow_transformer.pth",
+        "motion_autoencoder.pth",
+        "wav2vec2-base-960h/config.json",
+        "wav2vec2-base-960h/model.safetensors",
     ]
-    assert DEFAULT_MANIFEST.files[3].url == "https://huggingface.co/facebook/wav2vec2-base-960h/resolve/main/model.safetensors"
+    assert (
+        DEFAULT_MANIFEST.files[3].url
+        == "https://huggingface.co/facebook/wav2vec2-base-960h/resolve/main/model.safetensors"
+    )
     assert Manifest.from_dict(DEFAULT_MANIFEST.to_dict(), "x").files == DEFAULT_MANIFEST.files
     for bad in ("../escape.pth", "/abs.pth"):
         with pytest.raises(ValueError, match="must be relative"):

@@ -50,7 +50,7 @@ class Personality:
     bias: np.ndarray  # [13] denormalized resting pose/expression (the reference)
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "Personality":
+    def random(cls, rng: np.random.Generator) -> Personality:
         bias = np.zeros(13, np.float32)
         bias[YAW], bias[PITCH], bias[ROLL] = rng.normal(0, 3), rng.normal(0, 2.5), rng.normal(0, 2)
         bias[SHIFT_X], bias[SHIFT_Y] = rng.normal(0, 0.02), rng.normal(0, 0.01)
@@ -106,7 +106,9 @@ class _Event:
         return self.start + len(self.audio)
 
 
-def _schedule(rng: np.random.Generator, speakers: tuple[Speaker, Speaker], total: int) -> tuple[list[_Event], list[tuple[int, int]]]:
+def _schedule(
+    rng: np.random.Generator, speakers: tuple[Speaker, Speaker], total: int
+) -> tuple[list[_Event], list[tuple[int, int]]]:
     """Events (who makes which sound when) and the speaker pauses as (party who paused, sample)."""
     events: list[_Event] = []
     pauses: list[tuple[int, int]] = []
@@ -114,7 +116,7 @@ def _schedule(rng: np.random.Generator, speakers: tuple[Speaker, Speaker], total
     speaker = int(rng.integers(2))
     while t < total:
         listener = 1 - speaker
-        for u in range(int(rng.integers(1, 4))):
+        for _u in range(int(rng.integers(1, 4))):
             if t >= total:
                 break
             audio = speakers[speaker].say(random_sentence(rng), rng)
@@ -126,7 +128,14 @@ def _schedule(rng: np.random.Generator, speakers: tuple[Speaker, Speaker], total
                 start = t + int(rng.uniform(0.05, 0.2) * SAMPLE_RATE)
                 events.append(_Event(speaker, start, laugh, "laugh"))
                 if rng.random() < 0.6:
-                    events.append(_Event(listener, start + int(rng.uniform(0.2, 0.5) * SAMPLE_RATE), speakers[listener].laugh(rng), "laugh"))
+                    events.append(
+                        _Event(
+                            listener,
+                            start + int(rng.uniform(0.2, 0.5) * SAMPLE_RATE),
+                            speakers[listener].laugh(rng),
+                            "laugh",
+                        )
+                    )
                 t = start + len(laugh)
             pause = int(rng.uniform(0.25, 0.7) * SAMPLE_RATE)
             if rng.random() < 0.3:  # backchannel in the pause
@@ -200,7 +209,9 @@ def _own_smiles(rng: np.random.Generator, frames: int, laughing: np.ndarray) -> 
     return np.maximum(smile, laugh_smile)
 
 
-def _mirrored_smiles(own: tuple[np.ndarray, np.ndarray], people: tuple[Personality, Personality]) -> tuple[np.ndarray, np.ndarray]:
+def _mirrored_smiles(
+    own: tuple[np.ndarray, np.ndarray], people: tuple[Personality, Personality]
+) -> tuple[np.ndarray, np.ndarray]:
     """Visible smile of each party: max(own, resting smile, gain x the partner's visible smile
     `delay` earlier), computed frame by frame."""
     frames = len(own[0])
@@ -233,7 +244,9 @@ def _nod(frames: int, start: int, rng: np.random.Generator, amplitude: float) ->
     return _pulse(frames, start, length, shape)
 
 
-def _gaze_and_aversion(rng: np.random.Generator, frames: int, utterance_starts: list[int], expressiveness: float) -> tuple[np.ndarray, np.ndarray]:
+def _gaze_and_aversion(
+    rng: np.random.Generator, frames: int, utterance_starts: list[int], expressiveness: float
+) -> tuple[np.ndarray, np.ndarray]:
     gx, gy = np.zeros(frames), np.zeros(frames)
     t = 0
     while t < frames:  # small shifts around the partner
@@ -250,8 +263,14 @@ def _gaze_and_aversion(rng: np.random.Generator, frames: int, utterance_starts: 
 
 
 def _party_motion(
-    rng: np.random.Generator, frames: int, person: Personality, clean_audio: np.ndarray,
-    speaking: np.ndarray, laughing: np.ndarray, smile: np.ndarray, partner_pauses: list[int],
+    rng: np.random.Generator,
+    frames: int,
+    person: Personality,
+    clean_audio: np.ndarray,
+    speaking: np.ndarray,
+    laughing: np.ndarray,
+    smile: np.ndarray,
+    partner_pauses: list[int],
     utterance_starts: list[int],
 ) -> np.ndarray:
     e = person.expressiveness
@@ -266,7 +285,9 @@ def _party_motion(
     emphasis = _smooth(np.clip(onsets * 6, 0, 1), 0.5, 0.08)
     talk = _smooth(speaking.astype(float), 0.1, 0.05)
     m[:, BROW] = 0.45 * e * emphasis + 0.25 * _smooth(laughing.astype(float), 0.3, 0.05)
-    m[:, PITCH] = 4.0 * e * emphasis + _sway(rng, frames, 2.0) * (1 + talk) - 5.0 * _smooth(laughing.astype(float), 0.3, 0.08)
+    m[:, PITCH] = (
+        4.0 * e * emphasis + _sway(rng, frames, 2.0) * (1 + talk) - 5.0 * _smooth(laughing.astype(float), 0.3, 0.08)
+    )
     m[:, YAW] = _sway(rng, frames, 3.0) * (1 + 0.8 * talk)
     m[:, ROLL] = _sway(rng, frames, 1.5) * (1 + 0.5 * talk)
     m[:, SHIFT_X] = _sway(rng, frames, 0.02)
@@ -312,16 +333,27 @@ def generate_conversation(seed: int, seconds: float = 30.0, use_espeak: bool | N
     tracks = []
     for p in (0, 1):
         partner_pauses = [s // FRAME_SAMPLES for party, s in pauses if party == 1 - p and s < total]
-        motion = _party_motion(rng, frames, people[p], clean[p], speaking[p], laughing[p], smiles[p], partner_pauses, starts[p])
+        motion = _party_motion(
+            rng, frames, people[p], clean[p], speaking[p], laughing[p], smiles[p], partner_pauses, starts[p]
+        )
         noise_level = 10 ** (rng.uniform(-70, -50) / 20)
         audio = (clean[p] * rng.uniform(0.6, 1.4) + noise_level * rng.standard_normal(total)).astype(np.float32)
-        tracks.append(PartyTrack(
-            audio=np.clip(audio, -1, 1), motion=motion, energy=_frame_rms(audio).astype(np.float32),
-            reference=MOTION_SPACE.clip(people[p].bias), speaking=speaking[p], laughing=laughing[p],
-            speaker=speakers[p], personality=people[p],
-        ))
+        tracks.append(
+            PartyTrack(
+                audio=np.clip(audio, -1, 1),
+                motion=motion,
+                energy=_frame_rms(audio).astype(np.float32),
+                reference=MOTION_SPACE.clip(people[p].bias),
+                speaking=speaking[p],
+                laughing=laughing[p],
+                speaker=speakers[p],
+                personality=people[p],
+            )
+        )
     info = {
-        "seed": seed, "seconds": seconds, "voices": [s.voice for s in speakers],
+        "seed": seed,
+        "seconds": seconds,
+        "voices": [s.voice for s in speakers],
         "espeak": bool(use_espeak if use_espeak is not None else espeak_available()),
         "events": {k: sum(e.kind == k for e in events) for k in ("speech", "backchannel", "laugh")},
     }

@@ -77,24 +77,66 @@ LOOKS: dict[str, FaceLook] = {
     look.name: look
     for look in (
         FaceLook(
-            name="classic", skin=(247, 214, 186), skin_shade=(226, 184, 156), outline=(92, 58, 44),
-            hair=(110, 66, 40), eye_white=(255, 255, 255), iris=(64, 120, 190), pupil=(20, 20, 30),
-            mouth=(110, 28, 40), lips=(196, 92, 96), teeth=(250, 250, 245), tongue=(226, 110, 120),
-            brow=(88, 52, 32), shirt=(70, 130, 180), backdrop=(222, 236, 245), blush=(244, 184, 172),
+            name="classic",
+            skin=(247, 214, 186),
+            skin_shade=(226, 184, 156),
+            outline=(92, 58, 44),
+            hair=(110, 66, 40),
+            eye_white=(255, 255, 255),
+            iris=(64, 120, 190),
+            pupil=(20, 20, 30),
+            mouth=(110, 28, 40),
+            lips=(196, 92, 96),
+            teeth=(250, 250, 245),
+            tongue=(226, 110, 120),
+            brow=(88, 52, 32),
+            shirt=(70, 130, 180),
+            backdrop=(222, 236, 245),
+            blush=(244, 184, 172),
         ),
         FaceLook(
-            name="night", skin=(58, 70, 110), skin_shade=(44, 52, 88), outline=(120, 240, 255),
-            hair=(190, 60, 200), eye_white=(230, 250, 255), iris=(255, 190, 40), pupil=(10, 10, 30),
-            mouth=(14, 10, 30), lips=(255, 90, 170), teeth=(230, 250, 255), tongue=(255, 120, 180),
-            brow=(120, 240, 255), shirt=(24, 28, 52), backdrop=(12, 14, 32), blush=None,
-            head_aspect=1.15, eye_scale=1.25, hair_style="long", outline_width=0.03,
+            name="night",
+            skin=(58, 70, 110),
+            skin_shade=(44, 52, 88),
+            outline=(120, 240, 255),
+            hair=(190, 60, 200),
+            eye_white=(230, 250, 255),
+            iris=(255, 190, 40),
+            pupil=(10, 10, 30),
+            mouth=(14, 10, 30),
+            lips=(255, 90, 170),
+            teeth=(230, 250, 255),
+            tongue=(255, 120, 180),
+            brow=(120, 240, 255),
+            shirt=(24, 28, 52),
+            backdrop=(12, 14, 32),
+            blush=None,
+            head_aspect=1.15,
+            eye_scale=1.25,
+            hair_style="long",
+            outline_width=0.03,
         ),
         FaceLook(
-            name="mono", skin=(236, 236, 236), skin_shade=(200, 200, 200), outline=(24, 24, 24),
-            hair=(40, 40, 40), eye_white=(255, 255, 255), iris=(90, 90, 90), pupil=(0, 0, 0),
-            mouth=(30, 30, 30), lips=(60, 60, 60), teeth=(255, 255, 255), tongue=(150, 150, 150),
-            brow=(24, 24, 24), shirt=(110, 110, 110), backdrop=(255, 255, 255), blush=None,
-            head_aspect=1.35, eye_scale=0.85, hair_style="none", outline_width=0.045,
+            name="mono",
+            skin=(236, 236, 236),
+            skin_shade=(200, 200, 200),
+            outline=(24, 24, 24),
+            hair=(40, 40, 40),
+            eye_white=(255, 255, 255),
+            iris=(90, 90, 90),
+            pupil=(0, 0, 0),
+            mouth=(30, 30, 30),
+            lips=(60, 60, 60),
+            teeth=(255, 255, 255),
+            tongue=(150, 150, 150),
+            brow=(24, 24, 24),
+            shirt=(110, 110, 110),
+            backdrop=(255, 255, 255),
+            blush=None,
+            head_aspect=1.35,
+            eye_scale=0.85,
+            hair_style="none",
+            outline_width=0.045,
         ),
     )
 }
@@ -223,9 +265,7 @@ def _check_params(params: np.ndarray) -> np.ndarray:
     return MOTION_SPACE.clip(array)
 
 
-def draw_face(
-    params: np.ndarray, size: tuple[int, int] = (512, 512), look: FaceLook | str = "classic"
-) -> np.ndarray:
+def draw_face(params: np.ndarray, size: tuple[int, int] = (512, 512), look: FaceLook | str = "classic") -> np.ndarray:
     """Draw the face for one denormalized motion vector ``[P]`` (clipped to the ranges).
 
     `size`: ``(height, width)`` in pixels (each at least 16); `look`: a `FaceLook` or the name
@@ -395,4 +435,4 @@ def _rect(x0: float, y0: float, x1: float, y1: float) -> tuple[np.ndarray, np.nd
     return np.array([x0, x1, x1, x0]), np.array([y0, y0, y1, y1])
 
 
-__all__ = ["FaceLook", "LOOKS", "HAIR_STYLES", "composite", "draw_face", "get_look"]
+__all__ = ["HAIR_STYLES", "LOOKS", "FaceLook", "composite", "draw_face", "get_look"]

@@ -73,13 +73,15 @@ class DefaultAvatarModel:
         return self.transformer.cfg
 
     @classmethod
-    def untrained(cls, seed: int = 0, cfg: ModelConfig = DEFAULT_MODEL_CONFIG) -> "DefaultAvatarModel":
+    def untrained(cls, seed: int = 0, cfg: ModelConfig = DEFAULT_MODEL_CONFIG) -> DefaultAvatarModel:
         """Randomly initialised model (for training from scratch and shape tests)."""
         torch.manual_seed(seed)
         return cls(FlowTransformer(cfg))
 
     @classmethod
-    def from_files(cls, weights: str | Path, config: str | Path, device: str | torch.device = "cpu") -> "DefaultAvatarModel":
+    def from_files(
+        cls, weights: str | Path, config: str | Path, device: str | torch.device = "cpu"
+    ) -> DefaultAvatarModel:
         """Load `weights` (safetensors of the transformer's parameters) and `config` (JSON with
         "format", "model_config", "info"); a missing or mismatched parameter raises ValueError."""
         from safetensors.torch import load_file
@@ -112,19 +114,32 @@ class DefaultAvatarModel:
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().cpu().contiguous() for n, p in self.transformer.named_parameters()}
         save_file(tensors, str(directory / WEIGHTS_FILE))
-        meta = {"format": CONFIG_FORMAT, "format_version": 1, "model_config": self.cfg.to_dict(), "info": info if info is not None else self.info}
+        meta = {
+            "format": CONFIG_FORMAT,
+            "format_version": 1,
+            "model_config": self.cfg.to_dict(),
+            "info": info if info is not None else self.info,
+        }
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return directory / WEIGHTS_FILE, directory / CONFIG_FILE
 
-    def stream(self, settings: StreamSettings = StreamSettings(), reference: np.ndarray | None = None, device: str | torch.device = "cpu") -> MotionStream:
+    def stream(
+        self,
+        settings: StreamSettings = StreamSettings(),
+        reference: np.ndarray | None = None,
+        device: str | torch.device = "cpu",
+    ) -> MotionStream:
         """A fresh `MotionStream`. `reference`: denormalized [13] identity vector (None = neutral).
         Push normalized frames: audio [n, 80], user motion [n, 13]; pulled latents are normalized motion."""
         ref = MOTION_SPACE.neutral() if reference is None else MOTION_SPACE.normalize(reference)
         r_s = torch.from_numpy(np.asarray(ref, np.float32)).reshape(1, -1).to(device)
         self.transformer.to(device)
         return MotionStream(
-            self.transformer, r_s, sampler=FlowMatchingEulerSampler(nfe=settings.nfe),
-            guidance=GuidanceScales(settings.avatar_scale, settings.user_scale), seed=settings.seed,
+            self.transformer,
+            r_s,
+            sampler=FlowMatchingEulerSampler(nfe=settings.nfe),
+            guidance=GuidanceScales(settings.avatar_scale, settings.user_scale),
+            seed=settings.seed,
         )
 
 

@@ -29,8 +29,8 @@ null condition).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -131,19 +131,49 @@ class MotionSpace:
 
 MOTION_SPACE = MotionSpace(
     names=(
-        "yaw", "pitch", "roll", "shift_x", "shift_y",
-        "jaw_open", "smile", "pucker", "blink_left", "blink_right",
-        "brow_raise", "gaze_x", "gaze_y",
+        "yaw",
+        "pitch",
+        "roll",
+        "shift_x",
+        "shift_y",
+        "jaw_open",
+        "smile",
+        "pucker",
+        "blink_left",
+        "blink_right",
+        "brow_raise",
+        "gaze_x",
+        "gaze_y",
     ),
     units=(
-        "degrees", "degrees", "degrees", "face widths", "face widths",
-        "fraction", "fraction", "fraction", "fraction", "fraction",
-        "fraction", "fraction", "fraction",
+        "degrees",
+        "degrees",
+        "degrees",
+        "face widths",
+        "face widths",
+        "fraction",
+        "fraction",
+        "fraction",
+        "fraction",
+        "fraction",
+        "fraction",
+        "fraction",
+        "fraction",
     ),
     ranges=(
-        (-35.0, 35.0), (-25.0, 25.0), (-20.0, 20.0), (-0.2, 0.2), (-0.2, 0.2),
-        (0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.0, 1.0),
-        (-1.0, 1.0), (-1.0, 1.0), (-1.0, 1.0),
+        (-35.0, 35.0),
+        (-25.0, 25.0),
+        (-20.0, 20.0),
+        (-0.2, 0.2),
+        (-0.2, 0.2),
+        (0.0, 1.0),
+        (0.0, 1.0),
+        (0.0, 1.0),
+        (0.0, 1.0),
+        (0.0, 1.0),
+        (-1.0, 1.0),
+        (-1.0, 1.0),
+        (-1.0, 1.0),
     ),
     pose_indices=(0, 1, 2, 3, 4),
     expression_indices=(5, 6, 7, 8, 9, 10, 11, 12),

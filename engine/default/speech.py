@@ -28,14 +28,114 @@ VOWEL_FORMANTS = {
     "o": (570.0, 840.0, 2410.0),
     "u": (300.0, 870.0, 2240.0),
 }
-WORDS = (
-    "well so I think that we could maybe try again tomorrow morning because the weather looks "
-    "really nice and you know it would be good to go outside for a while then we can talk about "
-    "the project over lunch if you want actually I was wondering whether you saw the news about "
-    "the new bridge over the river it seems like they finally finished it after all those years "
-    "right that is exactly what I meant oh wow really no way that sounds amazing honestly I do "
-    "not know how you manage all of this but it looks like it works pretty well for you"
-).split()
+WORDS = [
+    "well",
+    "so",
+    "I",
+    "think",
+    "that",
+    "we",
+    "could",
+    "maybe",
+    "try",
+    "again",
+    "tomorrow",
+    "morning",
+    "because",
+    "the",
+    "weather",
+    "looks",
+    "really",
+    "nice",
+    "and",
+    "you",
+    "know",
+    "it",
+    "would",
+    "be",
+    "good",
+    "to",
+    "go",
+    "outside",
+    "for",
+    "a",
+    "while",
+    "then",
+    "we",
+    "can",
+    "talk",
+    "about",
+    "the",
+    "project",
+    "over",
+    "lunch",
+    "if",
+    "you",
+    "want",
+    "actually",
+    "I",
+    "was",
+    "wondering",
+    "whether",
+    "you",
+    "saw",
+    "the",
+    "news",
+    "about",
+    "the",
+    "new",
+    "bridge",
+    "over",
+    "the",
+    "river",
+    "it",
+    "seems",
+    "like",
+    "they",
+    "finally",
+    "finished",
+    "it",
+    "after",
+    "all",
+    "those",
+    "years",
+    "right",
+    "that",
+    "is",
+    "exactly",
+    "what",
+    "I",
+    "meant",
+    "oh",
+    "wow",
+    "really",
+    "no",
+    "way",
+    "that",
+    "sounds",
+    "amazing",
+    "honestly",
+    "I",
+    "do",
+    "not",
+    "know",
+    "how",
+    "you",
+    "manage",
+    "all",
+    "of",
+    "this",
+    "but",
+    "it",
+    "looks",
+    "like",
+    "it",
+    "works",
+    "pretty",
+    "well",
+    "for",
+    "you",
+]
 BACKCHANNELS = ("yeah", "mm hm", "right", "okay", "oh", "uh huh", "sure", "wow")
 
 
@@ -81,8 +181,12 @@ def _envelope(n: int, attack: int, release: int) -> np.ndarray:
 
 
 def voiced_segment(
-    rng: np.random.Generator, duration: float, f0: float, formants: tuple[float, float, float],
-    breathiness: float = 0.05, glide: float = 0.0,
+    rng: np.random.Generator,
+    duration: float,
+    f0: float,
+    formants: tuple[float, float, float],
+    breathiness: float = 0.05,
+    glide: float = 0.0,
 ) -> np.ndarray:
     """Additive harmonics of f0 (gliding by `glide` octaves, with jitter) under a formant envelope."""
     n = max(1, int(duration * SAMPLE_RATE))
@@ -120,7 +224,9 @@ def formant_speech(rng: np.random.Generator, text: str, f0: float, rate: float =
         if rng.random() < 0.7:
             parts.append(0.3 * noise_burst(rng, rng.uniform(0.03, 0.08) / rate, rng.uniform(0.2, 0.9)))
         vowel = VOWEL_FORMANTS[vowels[int(rng.integers(len(vowels)))]]
-        parts.append(voiced_segment(rng, rng.uniform(0.09, 0.2) / rate, f0 * declination, vowel, glide=rng.uniform(-0.2, 0.1)))
+        parts.append(
+            voiced_segment(rng, rng.uniform(0.09, 0.2) / rate, f0 * declination, vowel, glide=rng.uniform(-0.2, 0.1))
+        )
         if rng.random() < 0.15:  # short gap between words
             parts.append(np.zeros(int(rng.uniform(0.04, 0.12) * SAMPLE_RATE)))
     return (0.3 * np.concatenate(parts)).astype(np.float32)
@@ -146,7 +252,9 @@ def laugh(rng: np.random.Generator, f0: float) -> np.ndarray:
     for s in range(syllables):
         decay = 0.85**s
         breath = noise_burst(rng, rng.uniform(0.04, 0.07), 0.3) * 0.6
-        vowel = voiced_segment(rng, rng.uniform(0.08, 0.13), f0 * rng.uniform(1.5, 1.9), VOWEL_FORMANTS["a"], breathiness=0.3, glide=-0.3)
+        vowel = voiced_segment(
+            rng, rng.uniform(0.08, 0.13), f0 * rng.uniform(1.5, 1.9), VOWEL_FORMANTS["a"], breathiness=0.3, glide=-0.3
+        )
         parts += [decay * breath, decay * vowel, np.zeros(int(rng.uniform(0.02, 0.06) * SAMPLE_RATE))]
     return (0.35 * np.concatenate(parts)).astype(np.float32)
 
@@ -163,9 +271,15 @@ class Speaker:
     use_espeak: bool | None = None
 
     @classmethod
-    def random(cls, rng: np.random.Generator, use_espeak: bool | None = None) -> "Speaker":
+    def random(cls, rng: np.random.Generator, use_espeak: bool | None = None) -> Speaker:
         female = rng.random() < 0.5
-        voice = str(rng.choice(["en-us", "en-gb", "en-us+f2", "en-gb+f3"] if female else ["en-us", "en-gb", "en-us+m3", "en-gb-scotland"]))
+        voice = str(
+            rng.choice(
+                ["en-us", "en-gb", "en-us+f2", "en-gb+f3"]
+                if female
+                else ["en-us", "en-gb", "en-us+m3", "en-gb-scotland"]
+            )
+        )
         return cls(
             voice=voice,
             pitch=int(rng.integers(55, 85) if female else rng.integers(25, 55)),

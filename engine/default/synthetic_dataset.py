@@ -9,9 +9,9 @@ model works in; 0 = neutral = the null condition); audio as `log_mel_features` r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -53,33 +53,50 @@ def conversation_items(conv: Conversation) -> list[tuple[str, dict[str, np.ndarr
     motion = [MOTION_SPACE.normalize(p.motion) for p in conv.parties]
     items = []
     for suffix, me, other in (("a", 0, 1), ("b", 1, 0)):
-        items.append((suffix, {
-            "avatar_audio": features[me],
-            "user_audio": features[other],
-            "avatar_motion": motion[me],
-            "user_motion": motion[other],
-            "reference": MOTION_SPACE.normalize(conv.parties[me].reference),
-            "avatar_energy": conv.parties[me].energy,
-        }))
+        items.append(
+            (
+                suffix,
+                {
+                    "avatar_audio": features[me],
+                    "user_audio": features[other],
+                    "avatar_motion": motion[me],
+                    "user_motion": motion[other],
+                    "reference": MOTION_SPACE.normalize(conv.parties[me].reference),
+                    "avatar_energy": conv.parties[me].energy,
+                },
+            )
+        )
     return items
 
 
-def write_synthetic_dataset(root: str | Path, settings: SynthSettings, on_conversation: Callable[[int, int], None] | None = None) -> dict:
+def write_synthetic_dataset(
+    root: str | Path, settings: SynthSettings, on_conversation: Callable[[int, int], None] | None = None
+) -> dict:
     """Generate and write the dataset under `root`; returns the manifest's `info` dict."""
     from avatarforcing.engine.training.dataset import create_dataset, write_item
 
     use_espeak = espeak_available() if settings.use_espeak is None else settings.use_espeak
     info = {
-        "generator": "avatarforcing.engine.default.conversation", "seed": settings.seed,
-        "conversations": settings.conversations, "seconds": settings.seconds,
-        "heldout_fraction": settings.heldout_fraction, "speech": "espeak-ng" if use_espeak else "formant",
-        "motion_units": "normalized", "audio_features": "log-mel 80 (avatarforcing.engine.default.audio_features)",
+        "generator": "avatarforcing.engine.default.conversation",
+        "seed": settings.seed,
+        "conversations": settings.conversations,
+        "seconds": settings.seconds,
+        "heldout_fraction": settings.heldout_fraction,
+        "speech": "espeak-ng" if use_espeak else "formant",
+        "motion_units": "normalized",
+        "audio_features": "log-mel 80 (avatarforcing.engine.default.audio_features)",
     }
     create_dataset(root, "default", LOG_MEL_DIM, MOTION_SPACE.dim, info)
     for index in range(settings.conversations):
         conv = generate_conversation(settings.conversation_seed(index), settings.seconds, use_espeak)
         for suffix, tensors in conversation_items(conv):
-            write_item(root, f"conv{index:05d}-{suffix}", tensors, settings.split_of(index), source=f"synthetic seed {conv.seed}")
+            write_item(
+                root,
+                f"conv{index:05d}-{suffix}",
+                tensors,
+                settings.split_of(index),
+                source=f"synthetic seed {conv.seed}",
+            )
         if on_conversation is not None:
             on_conversation(index + 1, settings.conversations)
     return info

@@ -75,8 +75,10 @@ def _probe_onnx_exports(onnx_dir: str | Path | None, model_hash: str | None) -> 
     except (ValueError, KeyError) as error:
         return None, f"unreadable manifest in {path} ({error})"
     if model_hash is not None and manifest.model_hash != model_hash:
-        return None, (f"ONNX exports in {path} are of another model "
-                      f"({manifest.model_hash[:12]}, not {model_hash[:12]}); re-export")
+        return None, (
+            f"ONNX exports in {path} are of another model "
+            f"({manifest.model_hash[:12]}, not {model_hash[:12]}); re-export"
+        )
     missing = [g.file for g in manifest.graphs if not (path / g.file).exists()]
     if missing:
         return None, f"ONNX exports in {path} lack {', '.join(missing)}"
@@ -103,15 +105,20 @@ def probe_capabilities(onnx_dir: str | Path | None = None, model_hash: str | Non
     try:
         ort_version, ort_reason = importlib.metadata.version("onnxruntime"), None
         import onnxruntime  # noqa: F401
-    except Exception as error:  # noqa: BLE001 - missing distribution or broken import
+    except Exception as error:
         ort_version, ort_reason = None, f"onnxruntime is not importable ({type(error).__name__}: {error})"
     exports, exports_reason = _probe_onnx_exports(onnx_dir, model_hash)
     return Capabilities(
-        gpu_name=gpu, compute_capability=capability, cuda_reason=cuda_reason,
+        gpu_name=gpu,
+        compute_capability=capability,
+        cuda_reason=cuda_reason,
         cuda_graphs=gpu is not None and hasattr(torch.cuda, "CUDAGraph"),
-        tensorrt_version=trt_version, tensorrt_reason=trt_reason,
-        onnxruntime_version=ort_version, onnxruntime_reason=ort_reason,
-        onnx_exports=exports, onnx_exports_reason=exports_reason,
+        tensorrt_version=trt_version,
+        tensorrt_reason=trt_reason,
+        onnxruntime_version=ort_version,
+        onnxruntime_reason=ort_reason,
+        onnx_exports=exports,
+        onnx_exports_reason=exports_reason,
     )
 
 
@@ -131,13 +138,17 @@ def _why_here(backend: str, caps: Capabilities) -> str:
     if backend == "cuda_graphs":
         return f"CUDA on {gpu}; TensorRT unavailable: {caps.available('tensorrt')}"
     if backend == "cuda_eager":
-        return (f"CUDA on {gpu}; TensorRT unavailable: {caps.available('tensorrt')}; "
-                f"CUDA graphs unavailable: {caps.available('cuda_graphs')}")
+        return (
+            f"CUDA on {gpu}; TensorRT unavailable: {caps.available('tensorrt')}; "
+            f"CUDA graphs unavailable: {caps.available('cuda_graphs')}"
+        )
     cpu = f"no CUDA device: {caps.cuda_reason}"
     if backend == "onnxruntime_cpu":
         return f"{cpu}; ONNX Runtime {caps.onnxruntime_version} on the CPU, {CPU_ORDER_EVIDENCE}"
     ort = caps.available("onnxruntime_cpu")
-    return f"{cpu}; " + (f"ONNX Runtime unusable: {ort}" if ort else "PyTorch CPU preferred by the configured CPU order")
+    return f"{cpu}; " + (
+        f"ONNX Runtime unusable: {ort}" if ort else "PyTorch CPU preferred by the configured CPU order"
+    )
 
 
 def select_backend(
@@ -151,7 +162,9 @@ def select_backend(
     if prefer and prefer != "auto":
         why_not = caps.available(prefer)
         if why_not is None:
-            return BackendChoice(prefer, f"requested; {_why_here(prefer, caps)}" if prefer != "torch_cpu" else "requested")
+            return BackendChoice(
+                prefer, f"requested; {_why_here(prefer, caps)}" if prefer != "torch_cpu" else "requested"
+            )
         prefix = f"requested {prefer} is unavailable ({why_not}); "
     order = [b for b in ("tensorrt", "cuda_graphs", "cuda_eager")] + [b for b in cpu_order if b in BACKENDS]
     if "torch_cpu" not in order:
@@ -194,13 +207,23 @@ def compare_cpu_backends(
 
     def merge(timings: list[Timing]) -> Timing:
         medians = sorted(t.median_ms for t in timings)
-        return Timing(medians[len(medians) // 2], min(t.min_ms for t in timings), max(t.max_ms for t in timings),
-                      sum(t.calls for t in timings))
+        return Timing(
+            medians[len(medians) // 2],
+            min(t.min_ms for t in timings),
+            max(t.max_ms for t in timings),
+            sum(t.calls for t in timings),
+        )
 
     return CpuComparison(merge(ort_samples), merge(torch_samples), threads)
 
 
 __all__ = [
-    "BACKENDS", "BackendChoice", "Capabilities", "CpuComparison", "DEFAULT_CPU_ORDER", "compare_cpu_backends",
-    "probe_capabilities", "select_backend",
+    "BACKENDS",
+    "DEFAULT_CPU_ORDER",
+    "BackendChoice",
+    "Capabilities",
+    "CpuComparison",
+    "compare_cpu_backends",
+    "probe_capabilities",
+    "select_backend",
 ]

@@ -22,7 +22,7 @@ re-registers buffers, which would invalidate captured addresses.
 from __future__ import annotations
 
 import contextlib
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -69,7 +69,7 @@ class StaticGraphRunner:
         self.calls = 0
 
     @classmethod
-    def from_spec(cls, spec: GraphSpec, device: str | torch.device, **kwargs) -> "StaticGraphRunner":
+    def from_spec(cls, spec: GraphSpec, device: str | torch.device, **kwargs) -> StaticGraphRunner:
         return cls(spec.module, spec.inputs, spec.outputs, device, **kwargs)
 
     # -- buffers -------------------------------------------------------------------------------

@@ -32,7 +32,10 @@ def _polygraphy(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "POLYGRAPHY_AUTOINSTALL_DEPS"}
     return subprocess.run(
         [sys.executable, "-c", _RUN_POLYGRAPHY, *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -66,8 +69,12 @@ def lint_graph(path: str | Path, timeout: float = 600.0) -> LintResult:
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
     summary = report.get("summary", {})
     return LintResult(
-        path, done.returncode, len(summary.get("passing", [])), list(summary.get("failing", [])),
-        list(report.get("lint_entries", [])), done.stdout + done.stderr,
+        path,
+        done.returncode,
+        len(summary.get("passing", [])),
+        list(summary.get("failing", [])),
+        list(report.get("lint_entries", [])),
+        done.stdout + done.stderr,
     )
 
 

@@ -25,17 +25,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..audio_encoder import SAMPLES_PER_FRAME
 from ..generator_step import BlockStep, FirstClipStep
 from ..model import AvatarForcingModel
 from ..sampler import FlowMatchingEulerSampler, GuidanceScales
-from ..audio_encoder import SAMPLES_PER_FRAME
 from ..streaming_audio import StreamingAudioConfig, StreamingWindowEncoder
 from .graph_modules import DecoderGraph, MotionEncoderGraph, feature_input_names, identity_feeds
 
@@ -54,7 +54,7 @@ class TensorSpec:
     dtype: str = "float32"
 
     @classmethod
-    def of(cls, name: str, tensor: Tensor) -> "TensorSpec":
+    def of(cls, name: str, tensor: Tensor) -> TensorSpec:
         return cls(name, tuple(int(s) for s in tensor.shape), str(tensor.dtype).removeprefix("torch."))
 
     @property
@@ -65,7 +65,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "TensorSpec":
+    def from_dict(cls, data: Mapping) -> TensorSpec:
         return cls(data["name"], tuple(int(s) for s in data["shape"]), data["dtype"])
 
 
@@ -113,16 +113,22 @@ class ExportSettings:
         return self.frames_per_call or cfg.block_frames
 
     def to_dict(self) -> dict:
-        return {"nfe": self.nfe, "batch": self.batch, "frames_per_call": self.frames_per_call,
-                "audio": dataclasses.asdict(self.audio)}
+        return {
+            "nfe": self.nfe,
+            "batch": self.batch,
+            "frames_per_call": self.frames_per_call,
+            "audio": dataclasses.asdict(self.audio),
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "ExportSettings":
+    def from_dict(cls, data: Mapping) -> ExportSettings:
         try:
             audio = StreamingAudioConfig(**data["audio"])
         except TypeError as error:  # fields renamed or removed since the export
             raise ValueError(f"export settings of another StreamingAudioConfig ({error}); re-export") from error
-        return cls(nfe=int(data["nfe"]), batch=int(data["batch"]), frames_per_call=data.get("frames_per_call"), audio=audio)
+        return cls(
+            nfe=int(data["nfe"]), batch=int(data["batch"]), frames_per_call=data.get("frames_per_call"), audio=audio
+        )
 
 
 def model_hash(model: nn.Module, config: Mapping | None = None, settings: ExportSettings | None = None) -> str:
@@ -150,7 +156,11 @@ def _finish(name: str, module: nn.Module, example: dict[str, Tensor], output_nam
         result = module(*example.values())
     result = (result,) if isinstance(result, Tensor) else tuple(result)
     return GraphSpec(
-        name, module, _specs(example, example.values()), _specs(output_names, result), example,
+        name,
+        module,
+        _specs(example, example.values()),
+        _specs(output_names, result),
+        example,
         dict(zip(output_names, result)),
     )
 
@@ -186,8 +196,12 @@ def build_graph_specs(
     if "first_clip" in names or "block_step" in names:
         first = FirstClipStep(model.flow_transformer, sampler).to(device)
         example = {
-            "noise": randn(b, k, width), "avatar_audio": randn(b, k, width), "user_audio": randn(b, k, width),
-            "user_motion": randn(b, k, width, scale=0.3), "r_s": r_s, "guidance": guidance,
+            "noise": randn(b, k, width),
+            "avatar_audio": randn(b, k, width),
+            "user_audio": randn(b, k, width),
+            "user_motion": randn(b, k, width, scale=0.3),
+            "r_s": r_s,
+            "guidance": guidance,
         }
         specs["first_clip"] = _finish("first_clip", first, example, STEP_OUTPUTS)
     if "block_step" in names:
@@ -195,9 +209,12 @@ def build_graph_specs(
         block = BlockStep(model.flow_transformer, sampler).to(device)
         n = c + m
         example = {
-            "noise": randn(b, m, width), "context": state["latents"][:, -c:].clone(),
-            "avatar_audio": randn(b, n, width), "user_audio": randn(b, n, width),
-            "user_motion": randn(b, n, width, scale=0.3), "r_s": r_s,
+            "noise": randn(b, m, width),
+            "context": state["latents"][:, -c:].clone(),
+            "avatar_audio": randn(b, n, width),
+            "user_audio": randn(b, n, width),
+            "user_motion": randn(b, n, width, scale=0.3),
+            "r_s": r_s,
             **{name: state[f"{name}_out"].clone() for name in CACHE_NAMES},
             "guidance": guidance,
         }
@@ -225,8 +242,11 @@ def build_graph_specs(
             context = silence.expand(1, audio.context_frames, silence.shape[-1]).contiguous()
             _, context, *state = window(randn(1, audio.new_samples), context, *zeros)
         example = {
-            "samples": randn(1, audio.new_samples), "context": context,
-            "gn_sum": state[0], "gn_sumsq": state[1], "gn_weight": state[2],
+            "samples": randn(1, audio.new_samples),
+            "context": context,
+            "gn_sum": state[0],
+            "gn_sumsq": state[1],
+            "gn_weight": state[2],
         }
         specs["audio_window"] = _finish("audio_window", window, example, AUDIO_OUTPUTS)
     return [specs[n] for n in names]
@@ -238,6 +258,15 @@ def numpy_feeds(feeds: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
 
 
 __all__ = [
-    "AUDIO_OUTPUTS", "CACHE_NAMES", "ExportSettings", "GRAPH_NAMES", "GraphSpec", "STEP_OUTPUTS", "TensorSpec",
-    "build_graph_specs", "feature_input_names", "model_hash", "numpy_feeds",
+    "AUDIO_OUTPUTS",
+    "CACHE_NAMES",
+    "GRAPH_NAMES",
+    "STEP_OUTPUTS",
+    "ExportSettings",
+    "GraphSpec",
+    "TensorSpec",
+    "build_graph_specs",
+    "feature_input_names",
+    "model_hash",
+    "numpy_feeds",
 ]

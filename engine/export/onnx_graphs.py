@@ -24,10 +24,10 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -40,8 +40,11 @@ TORCHSCRIPT_OPSET = 17
 DYNAMO_OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
 PREFERRED_EXPORTER = {
-    "first_clip": "torchscript", "block_step": "torchscript", "audio_window": "torchscript",
-    "decoder": "dynamo", "motion_encoder": "dynamo",
+    "first_clip": "torchscript",
+    "block_step": "torchscript",
+    "audio_window": "torchscript",
+    "decoder": "dynamo",
+    "motion_encoder": "dynamo",
 }
 _TWO_GB = 2**31 - 2**26  # protobuf's limit, with headroom for the graph itself
 
@@ -72,7 +75,7 @@ class GraphRecord:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "GraphRecord":
+    def from_dict(cls, data: Mapping) -> GraphRecord:
         values = dict(data)
         values["inputs"] = [TensorSpec.from_dict(s) for s in data["inputs"]]
         values["outputs"] = [TensorSpec.from_dict(s) for s in data["outputs"]]
@@ -104,22 +107,29 @@ class ExportManifest:
 
     def to_dict(self) -> dict:
         return {
-            "format": self.format, "model_hash": self.model_hash, "config": self.config,
-            "settings": self.settings.to_dict(), "torch_version": self.torch_version,
-            "onnx_version": self.onnx_version, "created": self.created,
+            "format": self.format,
+            "model_hash": self.model_hash,
+            "config": self.config,
+            "settings": self.settings.to_dict(),
+            "torch_version": self.torch_version,
+            "onnx_version": self.onnx_version,
+            "created": self.created,
             "graphs": [g.to_dict() for g in self.graphs],
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "ExportManifest":
+    def from_dict(cls, data: Mapping) -> ExportManifest:
         if data.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"unsupported manifest format {data.get('format')!r} (expected {MANIFEST_FORMAT})")
         return cls(
-            model_hash=data["model_hash"], config=dict(data["config"]),
+            model_hash=data["model_hash"],
+            config=dict(data["config"]),
             settings=ExportSettings.from_dict(data["settings"]),
             graphs=[GraphRecord.from_dict(g) for g in data["graphs"]],
-            torch_version=data["torch_version"], onnx_version=data["onnx_version"],
-            created=data["created"], format=data["format"],
+            torch_version=data["torch_version"],
+            onnx_version=data["onnx_version"],
+            created=data["created"],
+            format=data["format"],
         )
 
     def save(self, out_dir: str | Path) -> Path:
@@ -128,7 +138,7 @@ class ExportManifest:
         return path
 
     @classmethod
-    def load(cls, out_dir: str | Path) -> "ExportManifest":
+    def load(cls, out_dir: str | Path) -> ExportManifest:
         path = Path(out_dir)
         path = path / MANIFEST_NAME if path.is_dir() else path
         return cls.from_dict(json.loads(path.read_text()))
@@ -170,15 +180,27 @@ def export_graph(spec: GraphSpec, path: Path, exporter: str = "torchscript") -> 
             warnings.simplefilter("ignore")
             if exporter == "torchscript":
                 torch.onnx.export(
-                    spec.module, args, str(path), dynamo=False, opset_version=opset,
-                    input_names=list(spec.input_names), output_names=list(spec.output_names),
+                    spec.module,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=list(spec.input_names),
+                    output_names=list(spec.output_names),
                     do_constant_folding=True,
                 )
             else:
                 torch.onnx.export(
-                    spec.module, args, str(path), dynamo=True, opset_version=opset,
-                    input_names=list(spec.input_names), output_names=list(spec.output_names),
-                    external_data=_parameter_bytes(spec.module) > _TWO_GB, optimize=True, verbose=False,
+                    spec.module,
+                    args,
+                    str(path),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=list(spec.input_names),
+                    output_names=list(spec.output_names),
+                    external_data=_parameter_bytes(spec.module) > _TWO_GB,
+                    optimize=True,
+                    verbose=False,
                 )
     finally:
         quiet.setLevel(level)
@@ -218,19 +240,31 @@ def export_specs(
             try:
                 opset = export_graph(spec, path, candidate)
                 _check_onnx(path, spec)
-            except Exception as error:  # noqa: BLE001 - every exporter failure is retried, then reported
+            except Exception as error:
                 failures.append(f"{candidate}: {_first_line(error)}")
                 if log and candidate != order[-1]:
                     retry = order[order.index(candidate) + 1]
-                    log(f"export {spec.name}: {candidate} exporter failed ({_first_line(error)}); retrying with {retry}")
+                    log(
+                        f"export {spec.name}: {candidate} exporter failed ({_first_line(error)}); retrying with {retry}"
+                    )
                 continue
             seconds = time.perf_counter() - start
-            records.append(GraphRecord(
-                spec.name, path.name, candidate, opset, list(spec.inputs), list(spec.outputs),
-                file_sha256(path), round(seconds, 2),
-            ))
+            records.append(
+                GraphRecord(
+                    spec.name,
+                    path.name,
+                    candidate,
+                    opset,
+                    list(spec.inputs),
+                    list(spec.outputs),
+                    file_sha256(path),
+                    round(seconds, 2),
+                )
+            )
             if log:
-                log(f"export {spec.name}: {candidate} opset {opset}, {path.stat().st_size / 1e6:.1f} MB, {seconds:.1f} s")
+                log(
+                    f"export {spec.name}: {candidate} opset {opset}, {path.stat().st_size / 1e6:.1f} MB, {seconds:.1f} s"
+                )
             break
         else:
             raise ExportError(f"could not export {spec.name}: " + "; ".join(failures))
@@ -260,14 +294,27 @@ def export_all(
     records = export_specs(specs, out, exporter, log)
     manifest = ExportManifest(
         model_hash=model_hash(model, model.cfg.to_dict(), settings),
-        config=model.cfg.to_dict(), settings=settings, graphs=records,
-        onnx_version=onnx.__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        config=model.cfg.to_dict(),
+        settings=settings,
+        graphs=records,
+        onnx_version=onnx.__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     manifest.save(out)
     return manifest
 
 
 __all__ = [
-    "DYNAMO_OPSET", "EXPORTERS", "ExportError", "ExportManifest", "GraphRecord", "MANIFEST_NAME", "PREFERRED_EXPORTER",
-    "TORCHSCRIPT_OPSET", "export_all", "export_graph", "export_specs", "file_sha256",
+    "DYNAMO_OPSET",
+    "EXPORTERS",
+    "MANIFEST_NAME",
+    "PREFERRED_EXPORTER",
+    "TORCHSCRIPT_OPSET",
+    "ExportError",
+    "ExportManifest",
+    "GraphRecord",
+    "export_all",
+    "export_graph",
+    "export_specs",
+    "file_sha256",
 ]

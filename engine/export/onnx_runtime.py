@@ -14,9 +14,9 @@ compares the latents with `MotionStream` in PyTorch given the same noise.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -34,8 +34,12 @@ from .timing import Timing, time_calls
 # encoder and audio graphs agree to ~1e-6 in float32; the decoder's deep modulated-conv +
 # grid_sample chain differs from float64 by ~2e-4 relative in PyTorch float32 itself.
 DEFAULT_TOLERANCES = {
-    "first_clip": 1e-4, "block_step": 1e-4, "decoder": 1e-3, "motion_encoder": 1e-4,
-    "audio_window": 1e-4, "rollout": 1e-3,
+    "first_clip": 1e-4,
+    "block_step": 1e-4,
+    "decoder": 1e-3,
+    "motion_encoder": 1e-4,
+    "audio_window": 1e-4,
+    "rollout": 1e-3,
 }
 CONFIGS: dict[str, Callable[[], ModelConfig]] = {
     "fixture_small": ModelConfig.fixture_small,
@@ -98,11 +102,15 @@ class GraphCheck:
         return self.max_abs_diff <= self.limit or self.within_float32_rounding
 
     def line(self) -> str:
-        text = (f"{self.name:<15} max|ORT-PyTorch| {self.max_abs_diff:.2e}  (limit {self.limit:.1e})  "
-                f"{'ok' if self.passed else 'FAIL'}")
+        text = (
+            f"{self.name:<15} max|ORT-PyTorch| {self.max_abs_diff:.2e}  (limit {self.limit:.1e})  "
+            f"{'ok' if self.passed else 'FAIL'}"
+        )
         if self.ort_vs_float64 is not None:
-            text += (f"  [vs float64: ORT {self.ort_vs_float64:.2e}, PyTorch float32 {self.torch_vs_float64:.2e}"
-                     f"{': float32 rounding' if self.within_float32_rounding else ''}]")
+            text += (
+                f"  [vs float64: ORT {self.ort_vs_float64:.2e}, PyTorch float32 {self.torch_vs_float64:.2e}"
+                f"{': float32 rounding' if self.within_float32_rounding else ''}]"
+            )
         if self.ort_time and self.torch_time:
             text += f"  ORT {self.ort_time.median_ms:.1f} ms, PyTorch {self.torch_time.median_ms:.1f} ms (median)"
         return text
@@ -127,8 +135,10 @@ class RolloutCheck:
         return self.max_abs_diff <= self.limit and self.cache_max_abs_diff <= self.limit
 
     def line(self) -> str:
-        return (f"{'rollout':<15} {self.blocks} blocks after the first clip: latents max diff {self.max_abs_diff:.2e}, "
-                f"caches {self.cache_max_abs_diff:.2e}  (limit {self.limit:.1e})  {'ok' if self.passed else 'FAIL'}")
+        return (
+            f"{'rollout':<15} {self.blocks} blocks after the first clip: latents max diff {self.max_abs_diff:.2e}, "
+            f"caches {self.cache_max_abs_diff:.2e}  (limit {self.limit:.1e})  {'ok' if self.passed else 'FAIL'}"
+        )
 
 
 @dataclass
@@ -227,7 +237,9 @@ def check_exports(
     manifest = ExportManifest.load(out)
     expected = model_hash(model, model.cfg.to_dict(), manifest.settings)
     if expected != manifest.model_hash:
-        raise ValueError(f"{out} holds exports of model {manifest.model_hash[:12]}, not of this model ({expected[:12]})")
+        raise ValueError(
+            f"{out} holds exports of model {manifest.model_hash[:12]}, not of this model ({expected[:12]})"
+        )
     names = [g.name for g in manifest.graphs if graphs is None or g.name in graphs]
     specs = {s.name: s for s in build_graph_specs(model, manifest.settings, names, seed)}
     runners = {name: OrtRunner(out / manifest.graph(name).file, threads) for name in names}
@@ -241,8 +253,8 @@ def check_exports(
         if float64_fallback and check.max_abs_diff > check.limit:
             check.ort_vs_float64, check.torch_vs_float64 = float64_distances(spec, got)
         if timing_repeats:
-            check.ort_time = time_calls(lambda: runner(spec.example), timing_repeats)
-            check.torch_time = time_calls(lambda: spec.run_eager(spec.example), timing_repeats)
+            check.ort_time = time_calls(lambda: runner(spec.example), timing_repeats)  # noqa: B023 - called within this iteration
+            check.torch_time = time_calls(lambda: spec.run_eager(spec.example), timing_repeats)  # noqa: B023 - called within this iteration
         report.graphs.append(check)
     if rollout_blocks and {"first_clip", "block_step"} <= set(names):
         report.rollout = rollout_check(
@@ -293,6 +305,14 @@ def engine_export_main(
 
 
 __all__ = [
-    "CONFIGS", "DEFAULT_TOLERANCES", "ExportCheckReport", "GraphCheck", "OrtRunner", "RolloutCheck",
-    "check_exports", "engine_export_main", "float64_distances", "rollout_check",
+    "CONFIGS",
+    "DEFAULT_TOLERANCES",
+    "ExportCheckReport",
+    "GraphCheck",
+    "OrtRunner",
+    "RolloutCheck",
+    "check_exports",
+    "engine_export_main",
+    "float64_distances",
+    "rollout_check",
 ]

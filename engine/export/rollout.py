@@ -9,7 +9,8 @@ comparing its output with `stream.generate` checks a backend over many blocks.
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -47,12 +48,16 @@ class PositionalStep:
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         if len(inputs) != len(self.input_names):
-            raise TypeError(f"expected {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(inputs)}")
+            raise TypeError(
+                f"expected {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(inputs)}"
+            )
         out = self.runner(dict(zip(self.input_names, inputs)))
         return tuple(out[n] for n in self.output_names)
 
     def set_rope_origin(self, origin: int) -> None:
-        raise RuntimeError("exported generator graphs use window-local RoPE; create the MotionStream with rope_offset=None")
+        raise RuntimeError(
+            "exported generator graphs use window-local RoPE; create the MotionStream with rope_offset=None"
+        )
 
 
 def rollout_frames(cfg: ModelConfig, blocks: int) -> int:
@@ -96,7 +101,9 @@ def rollout_latents(
     context = out["latents"][:, -c:]
     for index, start in enumerate(range(k, total, m), start=1):
         windows = {n: x[:, start - c : start + m] for n, x in zip(names, conditions)}
-        out = block_step({"noise": noise[index], "context": context, **windows, "r_s": r_s, **caches, "guidance": guidance})
+        out = block_step(
+            {"noise": noise[index], "context": context, **windows, "r_s": r_s, **caches, "guidance": guidance}
+        )
         latents.append(out["latents"])
         caches = {n: out[f"{n}_out"] for n in CACHE_NAMES}
         context = out["latents"][:, -c:]

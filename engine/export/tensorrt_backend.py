@@ -37,9 +37,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -52,8 +52,14 @@ Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]  # (phase, steps done, steps total)
 
 _TORCH_DTYPES = {
-    "FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
-    "INT64": torch.int64, "INT8": torch.int8, "UINT8": torch.uint8, "BOOL": torch.bool,
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
@@ -68,8 +74,8 @@ class TensorRTBuildError(RuntimeError):
 def import_tensorrt():
     """The `tensorrt` module, or `TensorRTUnavailable` with the import error."""
     try:
-        import tensorrt as trt  # noqa: PLC0415 - optional dependency
-    except Exception as error:  # noqa: BLE001 - ImportError, OSError (missing libnvinfer), ...
+        import tensorrt as trt
+    except Exception as error:
         raise TensorRTUnavailable(f"tensorrt is not importable ({type(error).__name__}: {error})") from error
     return trt
 
@@ -96,7 +102,7 @@ class DeviceIdentity:
     compute_capability: tuple[int, int]
 
     @classmethod
-    def current(cls, device: int | str | torch.device = 0) -> "DeviceIdentity":
+    def current(cls, device: int | str | torch.device = 0) -> DeviceIdentity:
         if not torch.cuda.is_available():
             raise TensorRTUnavailable("no CUDA device (torch.cuda.is_available() is False)")
         return cls(torch.cuda.get_device_name(device), tuple(torch.cuda.get_device_capability(device)))
@@ -123,13 +129,21 @@ class EngineKey:
     @classmethod
     def for_graph(
         cls, manifest: ExportManifest, graph: str, precision: str, device: DeviceIdentity, tensorrt_version: str
-    ) -> "EngineKey":
+    ) -> EngineKey:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         record = manifest.graph(graph)
         shapes = tuple((s.name, tuple(s.shape), s.dtype) for s in [*record.inputs, *record.outputs])
-        return cls(graph, precision, manifest.model_hash, record.sha256, shapes, device.name,
-                   tuple(device.compute_capability), tensorrt_version)
+        return cls(
+            graph,
+            precision,
+            manifest.model_hash,
+            record.sha256,
+            shapes,
+            device.name,
+            tuple(device.compute_capability),
+            tensorrt_version,
+        )
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -138,7 +152,7 @@ class EngineKey:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "EngineKey":
+    def from_dict(cls, data: Mapping) -> EngineKey:
         values = dict(data)
         values["shapes"] = tuple((n, tuple(s), d) for n, s, d in data["shapes"])
         values["compute_capability"] = tuple(data["compute_capability"])
@@ -155,11 +169,16 @@ class EngineKey:
         version = re.sub(r"[^0-9A-Za-z.]+", "-", self.tensorrt_version)
         return f"{self.graph}.{self.precision}.{self.device.slug}.trt{version}.{self.digest()[:16]}.engine"
 
-    def differences(self, other: "EngineKey") -> list[str]:
+    def differences(self, other: EngineKey) -> list[str]:
         """Human-readable fields in which `other` (a cached engine) differs from this key."""
         labels = {
-            "gpu_name": "GPU", "compute_capability": "compute capability", "tensorrt_version": "TensorRT",
-            "model_hash": "model", "onnx_sha256": "ONNX file", "shapes": "shapes", "precision": "precision",
+            "gpu_name": "GPU",
+            "compute_capability": "compute capability",
+            "tensorrt_version": "TensorRT",
+            "model_hash": "model",
+            "onnx_sha256": "ONNX file",
+            "shapes": "shapes",
+            "precision": "precision",
             "graph": "graph",
         }
         out = []
@@ -171,7 +190,7 @@ class EngineKey:
                 elif name == "shapes":
                     mine, theirs = "this export", "another export"
                 elif name == "compute_capability":
-                    mine, theirs = "sm_%d%d" % mine, "sm_%d%d" % theirs
+                    mine, theirs = "sm_{}{}".format(*mine), "sm_{}{}".format(*theirs)
                 out.append(f"{label} {theirs} (here {mine})")
         return out
 
@@ -213,8 +232,10 @@ class EngineCache:
             others = [k for _, k in self.cached_keys(key.graph) if k != key]
             if others:
                 closest = min(others, key=lambda k: len(key.differences(k)))
-                log(f"engine cache: the cached {key.graph} engine was built for "
-                    f"{', '.join(key.differences(closest))}; not loadable here, rebuilding")
+                log(
+                    f"engine cache: the cached {key.graph} engine was built for "
+                    f"{', '.join(key.differences(closest))}; not loadable here, rebuilding"
+                )
         return None
 
     def store(self, key: EngineKey, engine: bytes) -> Path:
@@ -266,7 +287,7 @@ def _progress_monitor(trt, progress: Progress):
 def mixed_precision_onnx(onnx_path: Path, precision: str, out_path: Path) -> Path:
     """TensorRT 11: float32 ONNX -> mixed fp16/bf16 ONNX with ModelOpt AutoCast (float32 I/O)."""
     import onnx
-    from modelopt.onnx.autocast import convert_to_mixed_precision  # noqa: PLC0415 - optional
+    from modelopt.onnx.autocast import convert_to_mixed_precision
 
     converted = convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type=precision, keep_io_types=True)
     onnx.save(converted, str(out_path))
@@ -291,11 +312,15 @@ def build_engine(
     if options.precision != "fp32" and major >= 11:
         weak_precision = "fp32"
         try:
-            source = mixed_precision_onnx(onnx_path, options.precision, onnx_path.with_suffix(f".{options.precision}.onnx"))
+            source = mixed_precision_onnx(
+                onnx_path, options.precision, onnx_path.with_suffix(f".{options.precision}.onnx")
+            )
         except ImportError:
             if log:
-                log(f"TensorRT {trt.__version__} builds only strongly typed networks and ModelOpt "
-                    f"(nvidia-modelopt) is not installed: building {onnx_path.name} in fp32, not {options.precision}")
+                log(
+                    f"TensorRT {trt.__version__} builds only strongly typed networks and ModelOpt "
+                    f"(nvidia-modelopt) is not installed: building {onnx_path.name} in fp32, not {options.precision}"
+                )
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(source)):
@@ -341,7 +366,9 @@ class TensorRTRunner:
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(engine)
         if self.engine is None:
-            raise TensorRTBuildError("deserialize_cuda_engine returned None (engine from another GPU or TensorRT version?)")
+            raise TensorRTBuildError(
+                "deserialize_cuda_engine returned None (engine from another GPU or TensorRT version?)"
+            )
         self.context = self.engine.create_execution_context()
         self.inputs: dict[str, Tensor] = {}
         self.outputs: dict[str, Tensor] = {}
@@ -423,10 +450,17 @@ def ensure_engines(
         path = cache.lookup(key, log)
         if path is None:
             if log:
-                log(f"building TensorRT {options.precision} engine for {name} on {identity.name} "
-                    f"(TensorRT {trt.__version__})")
-            engine = build_engine(Path(onnx_dir) / manifest.graph(name).file, options,
-                                  cache.timing_cache_path(identity, trt.__version__), progress, log)
+                log(
+                    f"building TensorRT {options.precision} engine for {name} on {identity.name} "
+                    f"(TensorRT {trt.__version__})"
+                )
+            engine = build_engine(
+                Path(onnx_dir) / manifest.graph(name).file,
+                options,
+                cache.timing_cache_path(identity, trt.__version__),
+                progress,
+                log,
+            )
             path = cache.store(key, engine)
         paths[name] = path
     return paths
@@ -445,7 +479,9 @@ def load_or_build_engines(
     """Runners for the exported graphs (what a session calls once at start-up; cached engines
     load in seconds, missing ones are built first)."""
     paths = ensure_engines(onnx_dir, cache_dir, graphs, options, device, progress, log)
-    return {name: TensorRTRunner(path.read_bytes(), f"cuda:{device}", use_cuda_graph, log) for name, path in paths.items()}
+    return {
+        name: TensorRTRunner(path.read_bytes(), f"cuda:{device}", use_cuda_graph, log) for name, path in paths.items()
+    }
 
 
 def engine_build_main(
@@ -475,7 +511,19 @@ def engine_build_main(
 
 
 __all__ = [
-    "BuildOptions", "DeviceIdentity", "EngineCache", "EngineKey", "PRECISIONS", "TensorRTBuildError",
-    "TensorRTRunner", "TensorRTUnavailable", "build_engine", "engine_build_main", "ensure_engines", "import_tensorrt",
-    "load_or_build_engines", "mixed_precision_onnx", "tensorrt_missing",
+    "PRECISIONS",
+    "BuildOptions",
+    "DeviceIdentity",
+    "EngineCache",
+    "EngineKey",
+    "TensorRTBuildError",
+    "TensorRTRunner",
+    "TensorRTUnavailable",
+    "build_engine",
+    "engine_build_main",
+    "ensure_engines",
+    "import_tensorrt",
+    "load_or_build_engines",
+    "mixed_precision_onnx",
+    "tensorrt_missing",
 ]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,7 +74,9 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     """The parsed manifest of ROOT, checked for format and version."""
     path = Path(root) / MANIFEST
     if not path.is_file():
-        raise DatasetError(f"{path} not found: not a dataset directory (create one with create_dataset or `avatarforcing data prepare`)")
+        raise DatasetError(
+            f"{path} not found: not a dataset directory (create one with create_dataset or `avatarforcing data prepare`)"
+        )
     try:
         manifest = json.loads(path.read_text())
     except ValueError as error:
@@ -85,7 +88,9 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def create_dataset(root: str | os.PathLike, space: str, dim_a: int, dim_w: int, info: Mapping[str, Any] | None = None, fps: int = 25) -> Path:
+def create_dataset(
+    root: str | os.PathLike, space: str, dim_a: int, dim_w: int, info: Mapping[str, Any] | None = None, fps: int = 25
+) -> Path:
     """Create ROOT with an empty manifest (or check that an existing one has the same header)."""
     if space not in SPACES:
         raise DatasetError(f"space must be one of {SPACES}, got {space!r}")
@@ -96,12 +101,20 @@ def create_dataset(root: str | os.PathLike, space: str, dim_a: int, dim_w: int, 
         manifest = read_manifest(root)
         found = (manifest["space"], manifest["dim_a"], manifest["dim_w"], manifest["fps"])
         if found != (space, dim_a, dim_w, fps):
-            raise DatasetError(f"{root}: existing dataset has space/dim_a/dim_w/fps {found}, not {(space, dim_a, dim_w, fps)}")
+            raise DatasetError(
+                f"{root}: existing dataset has space/dim_a/dim_w/fps {found}, not {(space, dim_a, dim_w, fps)}"
+            )
         return root
     (root / "items").mkdir(parents=True, exist_ok=True)
     manifest = {
-        "format": FORMAT_NAME, "version": FORMAT_VERSION, "space": space, "fps": fps,
-        "dim_a": dim_a, "dim_w": dim_w, "items": [], "info": dict(info or {}),
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "space": space,
+        "fps": fps,
+        "dim_a": dim_a,
+        "dim_w": dim_w,
+        "items": [],
+        "info": dict(info or {}),
     }
     _write_json_atomic(root / MANIFEST, manifest)
     return root
@@ -111,13 +124,18 @@ def _check_tensors(tensors: Mapping[str, np.ndarray], dim_a: int, dim_w: int, it
     missing = [k for k in REQUIRED_KEYS if k not in tensors]
     unknown = [k for k in tensors if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
     if missing or unknown:
-        raise DatasetError(f"item {item_id}: missing {missing}, unknown {unknown} (expected {REQUIRED_KEYS} + optional {OPTIONAL_KEYS})")
+        raise DatasetError(
+            f"item {item_id}: missing {missing}, unknown {unknown} (expected {REQUIRED_KEYS} + optional {OPTIONAL_KEYS})"
+        )
     arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
     frames = arrays["avatar_audio"].shape[0] if arrays["avatar_audio"].ndim == 2 else -1
     expected = {
-        "avatar_audio": (frames, dim_a), "user_audio": (frames, dim_a),
-        "avatar_motion": (frames, dim_w), "user_motion": (frames, dim_w),
-        "reference": (dim_w,), "avatar_energy": (frames,),
+        "avatar_audio": (frames, dim_a),
+        "user_audio": (frames, dim_a),
+        "avatar_motion": (frames, dim_w),
+        "user_motion": (frames, dim_w),
+        "reference": (dim_w,),
+        "avatar_energy": (frames,),
     }
     wrong = [f"{k} {arrays[k].shape} (expected {expected[k]})" for k in arrays if arrays[k].shape != expected[k]]
     if frames < 1 or wrong:
@@ -128,7 +146,9 @@ def _check_tensors(tensors: Mapping[str, np.ndarray], dim_a: int, dim_w: int, it
     return arrays
 
 
-def write_item(root: str | os.PathLike, item_id: str, tensors: Mapping[str, np.ndarray], split: str, source: str = "") -> DatasetItem:
+def write_item(
+    root: str | os.PathLike, item_id: str, tensors: Mapping[str, np.ndarray], split: str, source: str = ""
+) -> DatasetItem:
     """Write `items/ID.safetensors` and add (or replace) its manifest entry atomically.
 
     tensors: the keys of the module docstring as arrays (cast to float32); split: "train" or
@@ -176,7 +196,9 @@ class ConversationDataset:
     def __init__(self, root: str | os.PathLike, split: str | None = "train") -> None:
         self.root = Path(root)
         manifest = read_manifest(self.root)
-        self.header = DatasetHeader(manifest["space"], manifest["fps"], manifest["dim_a"], manifest["dim_w"], manifest.get("info", {}))
+        self.header = DatasetHeader(
+            manifest["space"], manifest["fps"], manifest["dim_a"], manifest["dim_w"], manifest.get("info", {})
+        )
         items = [DatasetItem(**e) for e in manifest["items"]]
         self.items = [it for it in items if split is None or it.split == split]
         self._cache: dict[int, dict[str, Tensor]] = {}

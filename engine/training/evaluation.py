@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from ..flow_checkpoint import load_flow_transformer
 from ..sampler import GuidanceScales
 from .dataset import ConversationDataset
@@ -20,7 +18,7 @@ def evaluate_checkpoint(
     split: str = "heldout",
     drop_user: bool = False,
     nfe: int = 10,
-    guidance: GuidanceScales = GuidanceScales(),
+    guidance: GuidanceScales = GuidanceScales(),  # noqa: B008 - GuidanceScales is a frozen dataclass
     seed: int = 0,
     device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
@@ -32,14 +30,27 @@ def evaluate_checkpoint(
     model, _ = load_flow_transformer(checkpoint, device)
     h = dataset.header
     if (model.cfg.dim_a, model.cfg.dim_w) != (h.dim_a, h.dim_w):
-        raise ValueError(f"checkpoint dims (dim_a {model.cfg.dim_a}, dim_w {model.cfg.dim_w}) differ from the dataset's ({h.dim_a}, {h.dim_w})")
+        raise ValueError(
+            f"checkpoint dims (dim_a {model.cfg.dim_a}, dim_w {model.cfg.dim_w}) differ from the dataset's ({h.dim_a}, {h.dim_w})"
+        )
     conversations = []
     for index in range(len(dataset)):
         item = dataset[index]
         sample = make_loser if drop_user else sample_motion
-        generated = sample(model, item["avatar_audio"], item["user_audio"], item["user_motion"], item["reference"], nfe, guidance, seed + index)
+        generated = sample(
+            model,
+            item["avatar_audio"],
+            item["user_audio"],
+            item["user_motion"],
+            item["reference"],
+            nfe,
+            guidance,
+            seed + index,
+        )
         energy = item["avatar_energy"].numpy() if "avatar_energy" in item else None
-        conversations.append(ConversationMotion(generated.numpy(), item["avatar_motion"].numpy(), item["user_motion"].numpy(), energy))
+        conversations.append(
+            ConversationMotion(generated.numpy(), item["avatar_motion"].numpy(), item["user_motion"].numpy(), energy)
+        )
     table = evaluate(conversations, groups_for_space(h.space, h.dim_w))
     table["conversations"] = {"generated": float(len(conversations))}
     return table

@@ -30,7 +30,7 @@ def sample_motion(
     user_motion: Tensor,
     r_s: Tensor,
     nfe: int = 10,
-    guidance: GuidanceScales = GuidanceScales(),
+    guidance: GuidanceScales = GuidanceScales(),  # noqa: B008 - GuidanceScales is a frozen dataclass
     seed: int = 0,
 ) -> Tensor:
     """Streamed sample of one item: A, U [T, dim_a], R [T, dim_w], r_s [dim_w] -> motion [T, dim_w]."""
@@ -47,7 +47,7 @@ def make_loser(
     user_motion: Tensor,
     r_s: Tensor,
     nfe: int = 10,
-    guidance: GuidanceScales = GuidanceScales(),
+    guidance: GuidanceScales = GuidanceScales(),  # noqa: B008 - GuidanceScales is a frozen dataclass
     seed: int = 0,
 ) -> Tensor:
     """Loser motion [T, dim_w]: `sample_motion` with the user conditions replaced by the null condition."""

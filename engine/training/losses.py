@@ -33,7 +33,9 @@ def preference_margin(err_w_theta: Tensor, err_w_ref: Tensor, err_l_theta: Tenso
     return (err_l_theta - err_l_ref) - (err_w_theta - err_w_ref)
 
 
-def diffusion_dpo_loss(err_w_theta: Tensor, err_w_ref: Tensor, err_l_theta: Tensor, err_l_ref: Tensor, beta: float) -> Tensor:
+def diffusion_dpo_loss(
+    err_w_theta: Tensor, err_w_ref: Tensor, err_l_theta: Tensor, err_l_ref: Tensor, beta: float
+) -> Tensor:
     """Diffusion-DPO: -log sigmoid(-beta/2 * ((e_w,theta - e_w,ref) - (e_l,theta - e_l,ref))), batch mean.
 
     Equals -log sigmoid(beta/2 * preference_margin): log 2 at theta = ref, falling as the

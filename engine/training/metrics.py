@@ -24,7 +24,7 @@ class MotionGroups:
     jaw: int | None = None
 
     @classmethod
-    def all_dims(cls, dim_w: int) -> "MotionGroups":
+    def all_dims(cls, dim_w: int) -> MotionGroups:
         """A space without groups (the official latent): every metric over all dims."""
         dims = tuple(range(dim_w))
         return cls(dims, dims, None)
@@ -35,7 +35,9 @@ def groups_for_space(space: str, dim_w: int) -> MotionGroups:
     if space == "default":
         from ..default.motion_space import MOTION_SPACE
 
-        return MotionGroups(tuple(MOTION_SPACE.pose_indices), tuple(MOTION_SPACE.expression_indices), int(MOTION_SPACE.jaw_index))
+        return MotionGroups(
+            tuple(MOTION_SPACE.pose_indices), tuple(MOTION_SPACE.expression_indices), int(MOTION_SPACE.jaw_index)
+        )
     return MotionGroups.all_dims(dim_w)
 
 
@@ -79,7 +81,9 @@ def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> n
     centres = [points[rng.integers(len(points))]]
     for _ in range(1, k):
         d2 = ((points[:, None] - np.array(centres)[None]) ** 2).sum(-1).min(1)
-        centres.append(points[rng.choice(len(points), p=d2 / d2.sum())] if d2.sum() > 0 else points[rng.integers(len(points))])
+        centres.append(
+            points[rng.choice(len(points), p=d2 / d2.sum())] if d2.sum() > 0 else points[rng.integers(len(points))]
+        )
     centres = np.array(centres)
     for _ in range(iterations):
         labels = assign(points, centres)
@@ -113,7 +117,9 @@ class ConversationMotion:
     energy: np.ndarray | None = None
 
 
-def evaluate(conversations: list[ConversationMotion], groups: MotionGroups, clusters: int = 16) -> dict[str, dict[str, float]]:
+def evaluate(
+    conversations: list[ConversationMotion], groups: MotionGroups, clusters: int = 16
+) -> dict[str, dict[str, float]]:
     """Metric table: {metric: {"generated": x, "ground_truth": y}} (means over conversations;
     ground-truth columns give the reference level; rPCC has no ground-truth value)."""
     if not conversations:
@@ -127,14 +133,29 @@ def evaluate(conversations: list[ConversationMotion], groups: MotionGroups, clus
 
     for label, dims in (("expression", groups.expression), ("pose", groups.pose)):
         add(f"rPCC_{label}", [reactiveness(c.user, c.generated, c.truth, dims) for c in conversations], None)
-        add(f"variance_{label}", [variance(c.generated, dims) for c in conversations], [variance(c.truth, dims) for c in conversations])
+        add(
+            f"variance_{label}",
+            [variance(c.generated, dims) for c in conversations],
+            [variance(c.truth, dims) for c in conversations],
+        )
         centres = kmeans(np.concatenate([c.truth[:, list(dims)] for c in conversations]), clusters)
-        add(f"SID_{label}", [diversity(c.generated, centres, dims) for c in conversations], [diversity(c.truth, centres, dims) for c in conversations])
-        add(f"jitter_{label}", [jitter(c.generated, dims) for c in conversations], [jitter(c.truth, dims) for c in conversations])
+        add(
+            f"SID_{label}",
+            [diversity(c.generated, centres, dims) for c in conversations],
+            [diversity(c.truth, centres, dims) for c in conversations],
+        )
+        add(
+            f"jitter_{label}",
+            [jitter(c.generated, dims) for c in conversations],
+            [jitter(c.truth, dims) for c in conversations],
+        )
     with_energy = [c for c in conversations if c.energy is not None]
     if groups.jaw is not None and with_energy:
-        add("lip_sync_pcc", [lip_sync(c.generated, c.energy, groups.jaw) for c in with_energy],
-            [lip_sync(c.truth, c.energy, groups.jaw) for c in with_energy])
+        add(
+            "lip_sync_pcc",
+            [lip_sync(c.generated, c.energy, groups.jaw) for c in with_energy],
+            [lip_sync(c.truth, c.energy, groups.jaw) for c in with_energy],
+        )
     return table
 
 

@@ -60,7 +60,11 @@ def block_layout(cfg: ModelConfig, frames: int) -> BlockLayout:
 
 
 def sample_block_sigmas(
-    layout: BlockLayout, batch: int, generator: torch.Generator, clean_prob: float = 0.0, device: torch.device | str = "cpu"
+    layout: BlockLayout,
+    batch: int,
+    generator: torch.Generator,
+    clean_prob: float = 0.0,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
     """sigma [batch, num_blocks] float32: independent levels per block from the 1000-point grid;
     streaming blocks (not the first clip) are set to 0 with probability `clean_prob`."""

@@ -12,9 +12,10 @@ import copy
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..flow_checkpoint import load_flow_transformer, save_flow_transformer
 from ..flow_transformer import FlowTransformer
-from .dataset import ConversationDataset, SEQUENCE_KEYS
+from .dataset import SEQUENCE_KEYS, ConversationDataset
 from .losers import make_loser
 from .losses import diffusion_dpo_loss, flow_matching_loss, per_sample_error, preference_margin
 from .schedule import BlockLayout, add_noise, block_layout, frame_values, sample_block_sigmas, velocity_target
@@ -127,7 +128,9 @@ def collate(windows: list[dict[str, Tensor]], device: torch.device) -> dict[str,
     return out
 
 
-def apply_dropout(batch: dict[str, Tensor], p: ConditionDropout, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def apply_dropout(
+    batch: dict[str, Tensor], p: ConditionDropout, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(A, U, R, r_s) with per-sample null conditions drawn from `p`."""
     b = batch["avatar_audio"].shape[0]
     draw = torch.rand(b, 6, generator=generator)
@@ -142,8 +145,12 @@ def apply_dropout(batch: dict[str, Tensor], p: ConditionDropout, generator: torc
     def mask(x: Tensor, keep: Tensor) -> Tensor:
         return x * keep.to(dev, x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
-    return (mask(batch["avatar_audio"], keep_a), mask(batch["user_audio"], keep_u),
-            mask(batch["user_motion"], keep_r), mask(batch["reference"], keep_ref))
+    return (
+        mask(batch["avatar_audio"], keep_a),
+        mask(batch["user_audio"], keep_u),
+        mask(batch["user_motion"], keep_r),
+        mask(batch["reference"], keep_ref),
+    )
 
 
 @dataclass
@@ -156,7 +163,9 @@ class NoisedWindow:
     weight: Tensor  # [B, W] 1 where the frame carries noise
 
 
-def draw_noise(layout: BlockLayout, shape: tuple[int, int, int], generator: torch.Generator, clean_prob: float, device) -> NoisedWindow:
+def draw_noise(
+    layout: BlockLayout, shape: tuple[int, int, int], generator: torch.Generator, clean_prob: float, device
+) -> NoisedWindow:
     sigma_blocks = sample_block_sigmas(layout, shape[0], generator, clean_prob)
     sigma = frame_values(sigma_blocks, layout).to(device)
     noise = torch.randn(shape, generator=generator).to(device)
@@ -195,7 +204,9 @@ class Trainer:
         if start is not None:
             model, _ = load_flow_transformer(start, self.device)
             if model.cfg != cfg.model:
-                raise ValueError(f"{start}: its model config differs from the requested one; omit --model-config to use the checkpoint's")
+                raise ValueError(
+                    f"{start}: its model config differs from the requested one; omit --model-config to use the checkpoint's"
+                )
         else:
             model = FlowTransformer(cfg.model).to(self.device)
         model.train()
@@ -207,8 +218,14 @@ class Trainer:
     def _item_loser(self, dataset: ConversationDataset, index: int) -> Tensor:
         item = dataset[index]
         return make_loser(
-            self.reference, item["avatar_audio"], item["user_audio"], item["user_motion"], item["reference"],
-            nfe=self.config.loser_nfe, guidance=_avatar_guidance(self.config.loser_guidance), seed=self.config.seed + index,
+            self.reference,
+            item["avatar_audio"],
+            item["user_audio"],
+            item["user_motion"],
+            item["reference"],
+            nfe=self.config.loser_nfe,
+            guidance=_avatar_guidance(self.config.loser_guidance),
+            seed=self.config.seed + index,
         )
 
     def build_losers(self) -> None:
@@ -221,7 +238,9 @@ class Trainer:
         enabled = self.config.amp and self.device.type == "cuda"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _velocity(self, model: FlowTransformer, x: Tensor, t: Tensor, r_s: Tensor, a: Tensor, u: Tensor, r: Tensor) -> Tensor:
+    def _velocity(
+        self, model: FlowTransformer, x: Tensor, t: Tensor, r_s: Tensor, a: Tensor, u: Tensor, r: Tensor
+    ) -> Tensor:
         with self._autocast():
             return window_velocity(model, x, t, r_s, a, u, r, self.attention).float()
 
@@ -230,7 +249,10 @@ class Trainer:
         batch = collate(windows, self.device)
         if self.config.stage == 2:
             batch["loser"] = torch.stack(
-                [self.losers[int(i)][int(s) : int(s) + self.layout.frames] for i, s in zip(batch["item"], batch["start"])]
+                [
+                    self.losers[int(i)][int(s) : int(s) + self.layout.frames]
+                    for i, s in zip(batch["item"], batch["start"])
+                ]
             ).to(self.device)
         return batch
 
@@ -256,16 +278,28 @@ class Trainer:
             group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(1, cfg.warmup_steps))
         self.optimizer.step()
         self.step += 1
-        return {"loss": float(loss.detach()), **metrics, "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"]}
+        return {
+            "loss": float(loss.detach()),
+            **metrics,
+            "grad_norm": float(grad_norm),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
 
     def _dpo_errors(self, model: FlowTransformer, batch: dict[str, Tensor], nw: NoisedWindow) -> tuple[Tensor, Tensor]:
         """Per-sample velocity errors on winners and losers (same noise and t), full conditions."""
         x0_w, x0_l = batch["avatar_motion"], batch["loser"]
         x = torch.cat((add_noise(x0_w, nw.noise, nw.sigma), add_noise(x0_l, nw.noise, nw.sigma)))
         target = torch.cat((velocity_target(x0_w, nw.noise), velocity_target(x0_l, nw.noise)))
-        two = lambda v: torch.cat((v, v))  # noqa: E731
-        v = self._velocity(model, x, two(nw.t), two(batch["reference"]), two(batch["avatar_audio"]),
-                           two(batch["user_audio"]), two(batch["user_motion"]))
+        two = lambda v: torch.cat((v, v))
+        v = self._velocity(
+            model,
+            x,
+            two(nw.t),
+            two(batch["reference"]),
+            two(batch["avatar_audio"]),
+            two(batch["user_audio"]),
+            two(batch["user_motion"]),
+        )
         err = per_sample_error(v, target, two(nw.weight))
         return err.chunk(2)
 
@@ -310,12 +344,20 @@ class Trainer:
     # -- persistence -------------------------------------------------------------------------
     def save(self) -> None:
         cfg = self.config
-        info = {"stage": cfg.stage, "step": self.step, "space": self.train_set.header.space, "dataset": str(cfg.data),
-                "window": self.layout.frames, "seed": cfg.seed}
+        info = {
+            "stage": cfg.stage,
+            "step": self.step,
+            "space": self.train_set.header.space,
+            "dataset": str(cfg.data),
+            "window": self.layout.frames,
+            "seed": cfg.seed,
+        }
         save_flow_transformer(self.model, self.checkpoint_path, info)
         resume = cfg.out / "resume"
         resume.mkdir(exist_ok=True)
-        torch.save({"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}, resume / "optimizer.pt")
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}, resume / "optimizer.pt"
+        )
         state = {"step": self.step, "rng": self.rng.bit_generator.state, "stage": cfg.stage}
         (resume / "state.json").write_text(json.dumps(state))
 
@@ -334,7 +376,9 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]
         self.step = state["step"]
         if self.curves_path.is_file():  # drop curve lines logged after the saved step
-            lines = [ln for ln in self.curves_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            lines = [
+                ln for ln in self.curves_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step
+            ]
             self.curves_path.write_text("".join(ln + "\n" for ln in lines))
 
     # -- the loop ------------------------------------------------------------------------------
@@ -365,8 +409,17 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.save()
         self.save()
-        result = TrainResult(self.step, float(last if last is not None else "nan"), float(first if first is not None else "nan"),
-                             self.checkpoint_path, self.curves_path, margin_before, None, gap_before, None)
+        result = TrainResult(
+            self.step,
+            float(last if last is not None else "nan"),
+            float(first if first is not None else "nan"),
+            self.checkpoint_path,
+            self.curves_path,
+            margin_before,
+            None,
+            gap_before,
+            None,
+        )
         if cfg.stage == 2 and len(self.heldout_set):
             result.margin_after, result.loser_gap_after = self.heldout_margin()
         result.seconds = time.perf_counter() - began

@@ -50,7 +50,7 @@ class WindowAttention:
     rope: tuple[Tensor, Tensor]
 
     @classmethod
-    def build(cls, cfg: ModelConfig, layout: BlockLayout, device: torch.device | str = "cpu") -> "WindowAttention":
+    def build(cls, cfg: ModelConfig, layout: BlockLayout, device: torch.device | str = "cpu") -> WindowAttention:
         cos, sin = rope_tables(torch.arange(layout.frames), cfg.head_dim)
         return cls(
             layout,
@@ -60,13 +60,16 @@ class WindowAttention:
         )
 
 
-def fused_conditions(tf: FlowTransformer, avatar_audio: Tensor, user_audio: Tensor, user_motion: Tensor, layout: BlockLayout) -> Tensor:
+def fused_conditions(
+    tf: FlowTransformer, avatar_audio: Tensor, user_audio: Tensor, user_motion: Tensor, layout: BlockLayout
+) -> Tensor:
     """A, U [B, W, dim_a], R [B, W, dim_w] -> c [B, W, h], fused per streaming window."""
     cfg = tf.cfg
     k, m, ctx = cfg.clip_frames, cfg.block_frames, cfg.context_frames
     parts = [tf.c_embedder(avatar_audio[:, :k], user_audio[:, :k], user_motion[:, :k])]
     blocks = layout.num_blocks - 1
     if blocks:
+
         def windows(x: Tensor) -> Tensor:  # [B, W, D] -> [B * blocks, C + M, D]
             w = x[:, k - ctx :].unfold(1, ctx + m, m)  # [B, blocks, D, C + M]
             return w.permute(0, 1, 3, 2).reshape(-1, ctx + m, x.shape[-1])
@@ -91,8 +94,12 @@ def window_velocity(
     c = fused_conditions(tf, avatar_audio, user_audio, user_motion, attention.layout)
     cross_k, cross_v = tf.condition_keys_values(c)
     e = tf.t_embedder(t_frames)
-    mod = TokenModulation(*tf.adaLN_modulation(e).chunk(6, dim=-1), *tf.final_layer.adaLN_modulation(e).chunk(2, dim=-1))
-    ctx = AttentionContext(None, None, cross_k, cross_v, attention.self_mask, attention.cross_mask, attention.rope, attention.rope)
+    mod = TokenModulation(
+        *tf.adaLN_modulation(e).chunk(6, dim=-1), *tf.final_layer.adaLN_modulation(e).chunk(2, dim=-1)
+    )
+    ctx = AttentionContext(
+        None, None, cross_k, cross_v, attention.self_mask, attention.cross_mask, attention.rope, attention.rope
+    )
     hidden = tf.x_embedder(torch.cat((x, r_s[:, None, :].expand_as(x)), dim=-1))
     for layer, block in enumerate(tf.blocks):
         hidden, _, _ = block(hidden, mod, ctx, layer)

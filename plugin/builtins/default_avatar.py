@@ -105,8 +105,10 @@ class DefaultEngine:
             torch.set_num_threads(model_cfg.threads)
         self._model = load_model(self._weights, self._device)
         self._settings = StreamSettings(
-            nfe=self._nfe_option or model_cfg.nfe, avatar_scale=model_cfg.a_cfg_scale,
-            user_scale=model_cfg.u_cfg_scale, seed=model_cfg.seed,
+            nfe=self._nfe_option or model_cfg.nfe,
+            avatar_scale=model_cfg.a_cfg_scale,
+            user_scale=model_cfg.u_cfg_scale,
+            seed=model_cfg.seed,
         )
         self._avatar_mel, self._user_mel = StreamingLogMel(), StreamingLogMel()
         if self._face_tracking:
@@ -148,7 +150,9 @@ class DefaultEngine:
         for name in ("avatar_audio", "user_audio"):
             samples = getattr(tick, name)
             if np.asarray(samples).shape != (expected,):
-                raise ValueError(f"InputTick.{name} must have shape ({expected},) for {tick.num_frames} frames, got {np.shape(samples)}")
+                raise ValueError(
+                    f"InputTick.{name} must have shape ({expected},) for {tick.num_frames} frames, got {np.shape(samples)}"
+                )
         avatar = self._avatar_mel.push(np.asarray(tick.avatar_audio, np.float32))
         user = self._user_mel.push(np.asarray(tick.user_audio, np.float32))
         motion = np.zeros((tick.num_frames, MOTION_SPACE.dim), np.float32)
@@ -181,7 +185,8 @@ class DefaultEngine:
         with self._lock:
             start = time.perf_counter()
             self._stream.push(
-                torch.from_numpy(features.avatar_audio), torch.from_numpy(features.user_audio),
+                torch.from_numpy(features.avatar_audio),
+                torch.from_numpy(features.user_audio),
                 torch.from_numpy(features.user_motion),
             )
             return self._blocks_from(self._stream.pull(), start)
@@ -202,10 +207,15 @@ class DefaultEngine:
         out = []
         for block in raw:
             params = MOTION_SPACE.clip(MOTION_SPACE.denormalize(block.latents[0].cpu().numpy()))
-            out.append(MotionBlock(
-                index=self._blocks, first_frame=block.start, num_frames=params.shape[0], latents=params,
-                metadata={"engine": ENGINE_NAME, "compute_ms": elapsed_ms / max(1, len(raw))},
-            ))
+            out.append(
+                MotionBlock(
+                    index=self._blocks,
+                    first_frame=block.start,
+                    num_frames=params.shape[0],
+                    latents=params,
+                    metadata={"engine": ENGINE_NAME, "compute_ms": elapsed_ms / max(1, len(raw))},
+                )
+            )
             self._blocks += 1
         return out
 
@@ -218,9 +228,25 @@ def register_engines() -> list[EngineSpec]:
             description="embedded small avatar (13 face parameters, log-mel audio), real time on CPU",
             factory=DefaultEngine,
             options=(
-                OptionSpec("nfe", int, 5, "sampler steps (nfe - 2 network evaluations per 4-frame block); 0 = [model] nfe", minimum=0, maximum=50, check=_check_nfe),
-                OptionSpec("face_tracking", bool, True, "track the user's face (off: the user-motion condition is always null)"),
-                OptionSpec("weights", str, "", "folder with other weights (default: the ones shipped in the package)", check=_check_weights),
+                OptionSpec(
+                    "nfe",
+                    int,
+                    5,
+                    "sampler steps (nfe - 2 network evaluations per 4-frame block); 0 = [model] nfe",
+                    minimum=0,
+                    maximum=50,
+                    check=_check_nfe,
+                ),
+                OptionSpec(
+                    "face_tracking", bool, True, "track the user's face (off: the user-motion condition is always null)"
+                ),
+                OptionSpec(
+                    "weights",
+                    str,
+                    "",
+                    "folder with other weights (default: the ones shipped in the package)",
+                    check=_check_weights,
+                ),
             ),
             default_renderer="puppet",
         )

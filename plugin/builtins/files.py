@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -61,9 +61,7 @@ class _Clock:
 class AudioFileSource:
     """Mono float32 chunks of `chunk_ms` milliseconds at `sample_rate` from `path`."""
 
-    def __init__(
-        self, path: str, sample_rate: int, chunk_ms: int, realtime: bool, loop: bool
-    ) -> None:
+    def __init__(self, path: str, sample_rate: int, chunk_ms: int, realtime: bool, loop: bool) -> None:
         self.path = str(Path(path).expanduser())
         self.sample_rate = sample_rate
         self.chunk_samples = max(1, sample_rate * chunk_ms // 1000)
@@ -181,9 +179,7 @@ class VideoFileSource:
 
 
 # -- options -------------------------------------------------------------------------------------
-PATH = OptionSpec(
-    "path", str, "", "audio or video file to read", required=True, check=_existing_file
-)
+PATH = OptionSpec("path", str, "", "audio or video file to read", required=True, check=_existing_file)
 SAMPLE_RATE = OptionSpec("sample_rate", int, 16000, "output sample rate in Hz", minimum=8000, maximum=192000)
 CHUNK_MS = OptionSpec("chunk_ms", int, 40, "chunk length in milliseconds", minimum=1, maximum=1000)
 REALTIME = OptionSpec("realtime", bool, False, "pace the stream to the wall clock")

@@ -65,8 +65,9 @@ class VirtualCameraSink:
         from avatarforcing.integrations.virtual_camera import CameraSettings, VirtualCameraStream
 
         height, width = session.frame_size
-        settings = CameraSettings(self.width or width, self.height or height, float(session.fps),
-                                  self.fmt, self.backend, self.device)
+        settings = CameraSettings(
+            self.width or width, self.height or height, float(session.fps), self.fmt, self.backend, self.device
+        )
         self.stream = VirtualCameraStream(settings).start()
 
     def write_frame(self, frame: Frame) -> None:
@@ -109,8 +110,17 @@ class ObsSink:
     """Frames -> a local MJPEG stream that an OBS media source plays; OBS is set up and kept
     connected in the background (write_frame never waits for OBS)."""
 
-    def __init__(self, host: str, port: int, password: str, scene: str, source: str, mjpeg_port: int,
-                 mic_input: str, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        password: str,
+        scene: str,
+        source: str,
+        mjpeg_port: int,
+        mic_input: str,
+        connect_timeout: float,
+    ) -> None:
         self.host, self.port = host, port
         self._password = password
         self.scene, self.source, self.mjpeg_port = scene, source, mjpeg_port
@@ -124,23 +134,32 @@ class ObsSink:
     def open(self, session: SessionInfo) -> None:
         from avatarforcing.integrations.mjpeg_server import MjpegServer
         from avatarforcing.integrations.obs_control import (
-            ObsClient, ObsSupervisor, SourceSetup, ensure_media_source, local_address_towards)
+            ObsClient,
+            ObsSupervisor,
+            SourceSetup,
+            ensure_media_source,
+            local_address_towards,
+        )
 
         password = self._password or os.environ.get(OBS_PASSWORD_ENV, "")
         bind = local_address_towards(self.host)
         self.server = MjpegServer(bind, self.mjpeg_port, fps=float(session.fps)).start()
         setup = SourceSetup(self.scene, self.source, self.server.url)
         self.supervisor = ObsSupervisor(
-            make_client=lambda: ObsClient(self.host, self.port, password, self.connect_timeout,
-                                          request_timeout=self.connect_timeout),
+            make_client=lambda: ObsClient(
+                self.host, self.port, password, self.connect_timeout, request_timeout=self.connect_timeout
+            ),
             setup=lambda client: ensure_media_source(client, setup),
             mic_input=self.mic_input,
             latency_s=lambda: session_latency(session),
         ).start()
         session.plugin_state["obs"] = self.supervisor.status
         if not self.supervisor.connected.wait(min(self.connect_timeout, 2.0)):
-            log.warning("obs: not connected yet (%s); frames keep flowing to %s and the sink keeps trying",
-                        self.supervisor.status.last_error or "connecting", self.server.url)
+            log.warning(
+                "obs: not connected yet (%s); frames keep flowing to %s and the sink keeps trying",
+                self.supervisor.status.last_error or "connecting",
+                self.server.url,
+            )
 
     def write_frame(self, frame: Frame) -> None:
         self.server.publish(frame.image)
@@ -219,8 +238,9 @@ class RecorderSink:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._rate = int(session.sample_rate)
-        self._writer = VideoWriter(self.path, session.fps, audio_sample_rate=self._rate,
-                                   crf=self.crf, preset=self.preset)
+        self._writer = VideoWriter(
+            self.path, session.fps, audio_sample_rate=self._rate, crf=self.crf, preset=self.preset
+        )
         self._queue = DropOldestQueue(max(8, int(self.queue_seconds * session.fps * 2)))
         self._audio_samples = 0
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
@@ -271,8 +291,12 @@ class RecorderSink:
         self._thread.join()
         dropped = self._queue.dropped
         self._writer.close()
-        log.info("recorder: %d frames to %s%s", self.frames_written, self.path,
-                 f" ({dropped} items dropped: the encoder fell behind)" if dropped else "")
+        log.info(
+            "recorder: %d frames to %s%s",
+            self.frames_written,
+            self.path,
+            f" ({dropped} items dropped: the encoder fell behind)" if dropped else "",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,8 +312,9 @@ class MicDelaySink:
     def open(self, session: SessionInfo) -> None:
         from avatarforcing.integrations.audio_delay import MicDelay
 
-        self.delay = MicDelay(self.input, self.output, delay_s=lambda: session_latency(session),
-                              extra_s=self.extra_delay_ms / 1000.0).start()
+        self.delay = MicDelay(
+            self.input, self.output, delay_s=lambda: session_latency(session), extra_s=self.extra_delay_ms / 1000.0
+        ).start()
 
     def write_frame(self, frame: Frame) -> None:
         pass  # audio only: the delay follows session.plugin_state["latency_s"]
@@ -327,11 +352,17 @@ HOST_HELP = "address to serve on (127.0.0.1: this machine only; 0.0.0.0: the net
 PORT = OptionSpec("port", int, 8090, "TCP port (0 = any free port)", minimum=0, maximum=65535)
 
 VIRTUAL_CAMERA = SinkSpec(
-    "virtual-camera", "a virtual webcam for meeting apps (pyvirtualcam: v4l2loopback, OBS, Unity Capture)",
+    "virtual-camera",
+    "a virtual webcam for meeting apps (pyvirtualcam: v4l2loopback, OBS, Unity Capture)",
     VirtualCameraSink,
     options=(
-        OptionSpec("backend", str, "", "pyvirtualcam backend ('' = this OS's: v4l2loopback, obs; "
-                   "Windows also unitycapture)", check=_backend_name),
+        OptionSpec(
+            "backend",
+            str,
+            "",
+            "pyvirtualcam backend ('' = this OS's: v4l2loopback, obs; Windows also unitycapture)",
+            check=_backend_name,
+        ),
         OptionSpec("device", str, "", "device ('' = first free; e.g. /dev/video10, 'OBS Virtual Camera')"),
         OptionSpec("fmt", str, "rgb", "pixel format sent to the device", choices=("rgb", "bgr", "rgba")),
         OptionSpec("width", int, 0, "camera width (0 = frame width)", minimum=0, maximum=7680),
@@ -339,7 +370,8 @@ VIRTUAL_CAMERA = SinkSpec(
     ),
 )
 OBS = SinkSpec(
-    "obs", "OBS Studio: a scene with a media source playing the avatar (obs-websocket 5), mic sync offset",
+    "obs",
+    "OBS Studio: a scene with a media source playing the avatar (obs-websocket 5), mic sync offset",
     ObsSink,
     options=(
         OptionSpec("host", str, "127.0.0.1", "OBS websocket host"),
@@ -347,14 +379,16 @@ OBS = SinkSpec(
         OptionSpec("password", str, "", f"OBS websocket password ('' = ${OBS_PASSWORD_ENV}); never logged"),
         OptionSpec("scene", str, "AvatarForcing", "scene to create or use"),
         OptionSpec("source", str, "AvatarForcing avatar", "media source (input) to create or update"),
-        OptionSpec("mjpeg_port", int, 0, "port of the MJPEG stream OBS reads (0 = any free port)",
-                   minimum=0, maximum=65535),
+        OptionSpec(
+            "mjpeg_port", int, 0, "port of the MJPEG stream OBS reads (0 = any free port)", minimum=0, maximum=65535
+        ),
         OptionSpec("mic_input", str, "", "OBS audio input whose sync offset follows the avatar latency ('' = none)"),
         OptionSpec("connect_timeout", float, 3.0, "seconds to wait for OBS per attempt", minimum=0.1, maximum=60.0),
     ),
 )
 MJPEG = SinkSpec(
-    "mjpeg", "an HTTP MJPEG stream (/stream.mjpg, /snapshot.jpg) for OBS media sources and browsers",
+    "mjpeg",
+    "an HTTP MJPEG stream (/stream.mjpg, /snapshot.jpg) for OBS media sources and browsers",
     MjpegSink,
     options=(
         OptionSpec("host", str, "127.0.0.1", HOST_HELP),
@@ -363,28 +397,44 @@ MJPEG = SinkSpec(
     ),
 )
 PREVIEW = SinkSpec(
-    "preview", "a desktop window showing the avatar", PreviewSink,
+    "preview",
+    "a desktop window showing the avatar",
+    PreviewSink,
     options=(OptionSpec("title", str, "AvatarForcing", "window title"),),
 )
 RECORDER = SinkSpec(
-    "recorder", "an mp4 file (H.264 + AAC) with the avatar's video and audio", RecorderSink,
+    "recorder",
+    "an mp4 file (H.264 + AAC) with the avatar's video and audio",
+    RecorderSink,
     options=(
         OptionSpec("path", str, "", "output .mp4 file", required=True, check=_writable_file),
-        OptionSpec("preset", str, "veryfast", "x264 preset (faster = less CPU)",
-                   choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")),
+        OptionSpec(
+            "preset",
+            str,
+            "veryfast",
+            "x264 preset (faster = less CPU)",
+            choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
+        ),
         OptionSpec("crf", int, 20, "x264 quality (lower = better, bigger)", minimum=0, maximum=51),
-        OptionSpec("queue_seconds", float, 4.0, "frames buffered while the encoder catches up",
-                   minimum=0.5, maximum=60.0),
+        OptionSpec(
+            "queue_seconds", float, 4.0, "frames buffered while the encoder catches up", minimum=0.5, maximum=60.0
+        ),
     ),
     accepts_audio=True,
 )
 MIC_DELAY = SinkSpec(
-    "mic-delay", "the microphone delayed by the avatar latency, as a virtual microphone for meeting apps",
+    "mic-delay",
+    "the microphone delayed by the avatar latency, as a virtual microphone for meeting apps",
     MicDelaySink,
     options=(
         OptionSpec("input", str, "", "microphone: '' = default, a Pulse source name, or a sounddevice device"),
-        OptionSpec("output", str, "avatar_mic", "Linux: Pulse null sink to create/use (apps pick "
-                   "'AvatarForcing microphone'); elsewhere a playback device such as 'CABLE Input'"),
+        OptionSpec(
+            "output",
+            str,
+            "avatar_mic",
+            "Linux: Pulse null sink to create/use (apps pick "
+            "'AvatarForcing microphone'); elsewhere a playback device such as 'CABLE Input'",
+        ),
         OptionSpec("extra_delay_ms", float, 0.0, "added to the measured avatar latency", minimum=0.0, maximum=5000.0),
     ),
 )
@@ -404,23 +454,32 @@ def _check_virtual_camera(options: Any) -> CheckResult:
     try:
         import pyvirtualcam
     except ImportError:
-        return CheckResult("sink virtual-camera", "fail", "pyvirtualcam is not installed",
-                           "pip install 'avatarforcing[vcam]' (GPL-2.0)")
+        return CheckResult(
+            "sink virtual-camera",
+            "fail",
+            "pyvirtualcam is not installed",
+            "pip install 'avatarforcing[vcam]' (GPL-2.0)",
+        )
     try:
         backend = str(options.get("backend", "")) or default_backend()
     except VirtualCameraError as error:
         return CheckResult("sink virtual-camera", "fail", str(error), "use the mjpeg or obs sink instead")
     if backend not in pyvirtualcam.camera.BACKENDS:
-        return CheckResult("sink virtual-camera", "fail", f"backend {backend!r} is not available here",
-                           f"choose one of {', '.join(sorted(pyvirtualcam.camera.BACKENDS))}")
+        return CheckResult(
+            "sink virtual-camera",
+            "fail",
+            f"backend {backend!r} is not available here",
+            f"choose one of {', '.join(sorted(pyvirtualcam.camera.BACKENDS))}",
+        )
     if backend == "v4l2loopback":
         device = str(options.get("device", ""))
         base = Path("/sys/devices/virtual/video4linux")
         found = sorted(f"/dev/{p.name}" for p in base.iterdir()) if base.is_dir() else []
         if (device and device not in found) or not found:
             missing = f"device {device} is not a v4l2loopback device" if device else "no v4l2loopback device"
-            return CheckResult("sink virtual-camera", "fail", f"{missing} (found: {', '.join(found) or 'none'})",
-                               setup_hint(backend))
+            return CheckResult(
+                "sink virtual-camera", "fail", f"{missing} (found: {', '.join(found) or 'none'})", setup_hint(backend)
+            )
         return CheckResult("sink virtual-camera", "ok", f"v4l2loopback: {', '.join(found)}")
     return CheckResult("sink virtual-camera", "ok", f"backend {backend}; needs: {setup_hint(backend)}")
 
@@ -434,25 +493,41 @@ def _check_obs(options: Any) -> CheckResult:
     try:
         version = client.connect().request("GetVersion")
     except ObsError as error:
-        return CheckResult("sink obs", "warn", str(error),
-                           "start OBS 28+, enable Tools > WebSocket Server Settings, and set the password "
-                           f"with ${OBS_PASSWORD_ENV} or sinks.obs.password")
+        return CheckResult(
+            "sink obs",
+            "warn",
+            str(error),
+            "start OBS 28+, enable Tools > WebSocket Server Settings, and set the password "
+            f"with ${OBS_PASSWORD_ENV} or sinks.obs.password",
+        )
     finally:
         client.close()
-    return CheckResult("sink obs", "ok", f"OBS {version.get('obsVersion', '?')} at {host}:{port}, "
-                       f"obs-websocket {version.get('obsWebSocketVersion', '?')}, authenticated")
+    return CheckResult(
+        "sink obs",
+        "ok",
+        f"OBS {version.get('obsVersion', '?')} at {host}:{port}, "
+        f"obs-websocket {version.get('obsWebSocketVersion', '?')}, authenticated",
+    )
 
 
 def _check_mic_delay(options: Any) -> CheckResult:
     from avatarforcing.integrations.audio_delay import pulse_available
 
     if not sys.platform.startswith("linux"):
-        return CheckResult("sink mic-delay", "ok", f"plays into {options.get('output', 'avatar_mic')!r}; "
-                           "install a virtual audio cable (VB-Cable, BlackHole) and name its playback side")
+        return CheckResult(
+            "sink mic-delay",
+            "ok",
+            f"plays into {options.get('output', 'avatar_mic')!r}; "
+            "install a virtual audio cable (VB-Cable, BlackHole) and name its playback side",
+        )
     if pulse_available():
         return CheckResult("sink mic-delay", "ok", "PulseAudio/PipeWire reachable (pactl info)")
-    return CheckResult("sink mic-delay", "fail", "no PulseAudio/PipeWire server reachable with pactl",
-                       "sudo apt-get install pulseaudio-utils libasound2-plugins, and run the desktop's sound server")
+    return CheckResult(
+        "sink mic-delay",
+        "fail",
+        "no PulseAudio/PipeWire server reachable with pactl",
+        "sudo apt-get install pulseaudio-utils libasound2-plugins, and run the desktop's sound server",
+    )
 
 
 def _check_port_free(name: str, host: str, port: int) -> CheckResult:
@@ -462,8 +537,12 @@ def _check_port_free(name: str, host: str, port: int) -> CheckResult:
         try:
             probe.bind((host, port))
         except OSError as error:
-            return CheckResult(f"sink {name}", "fail", f"cannot listen on {host}:{port} ({error.strerror})",
-                               f"choose another port: --set sinks.{name}.port=N")
+            return CheckResult(
+                f"sink {name}",
+                "fail",
+                f"cannot listen on {host}:{port} ({error.strerror})",
+                f"choose another port: --set sinks.{name}.port=N",
+            )
     return CheckResult(f"sink {name}", "ok", f"{host}:{port} is free")
 
 
@@ -478,12 +557,16 @@ def doctor_checks(config) -> list[CheckResult]:
         elif name == "obs":
             results.append(_check_obs(options))
         elif name == "mjpeg":
-            results.append(_check_port_free("mjpeg", str(options.get("host", "127.0.0.1")),
-                                            int(options.get("port", 8090))))
+            results.append(
+                _check_port_free("mjpeg", str(options.get("host", "127.0.0.1")), int(options.get("port", 8090)))
+            )
         elif name == "preview":
             problem = display_problem()
-            results.append(CheckResult("sink preview", "fail", problem, "use the mjpeg sink and a browser")
-                           if problem else CheckResult("sink preview", "ok", "a display is available"))
+            results.append(
+                CheckResult("sink preview", "fail", problem, "use the mjpeg sink and a browser")
+                if problem
+                else CheckResult("sink preview", "ok", "a display is available")
+            )
         elif name == "mic-delay":
             results.append(_check_mic_delay(options))
         elif name == "recorder":
@@ -491,7 +574,12 @@ def doctor_checks(config) -> list[CheckResult]:
             while not folder.exists() and folder != folder.parent:
                 folder = folder.parent
             ok = os.access(folder, os.W_OK)
-            results.append(CheckResult("sink recorder", "ok" if ok else "fail", f"{folder} is "
-                                       + ("writable" if ok else "not writable"),
-                                       "" if ok else "choose another path: --set sinks.recorder.path=FILE.mp4"))
+            results.append(
+                CheckResult(
+                    "sink recorder",
+                    "ok" if ok else "fail",
+                    f"{folder} is " + ("writable" if ok else "not writable"),
+                    "" if ok else "choose another path: --set sinks.recorder.path=FILE.mp4",
+                )
+            )
     return results

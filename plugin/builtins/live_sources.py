@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 from avatarforcing.plugin.errors import ConfigError
 from avatarforcing.plugin.markers import hookimpl
@@ -69,8 +69,9 @@ def _audio_factory(kind: str, loopback: bool):
             # a missing server is an outage (the source waits for it), not a config mistake
             if not _sound_system_down():
                 raise ConfigError(f"sources.{kind}.device", str(error)) from None
-        settings = CaptureSettings(device=device, loopback=loopback, sample_rate=sample_rate,
-                                   channels=channels, block_ms=block_ms)
+        settings = CaptureSettings(
+            device=device, loopback=loopback, sample_rate=sample_rate, channels=channels, block_ms=block_ms
+        )
         return LiveAudioSource(settings)
 
     return create
@@ -79,26 +80,43 @@ def _audio_factory(kind: str, loopback: bool):
 def _audio_options(device_help: str) -> tuple[OptionSpec, ...]:
     return (
         OptionSpec("device", str, "", device_help),
-        OptionSpec("sample_rate", int, 48000, "capture rate in Hz (the session resamples to 16 kHz)", minimum=8000, maximum=192000),
+        OptionSpec(
+            "sample_rate",
+            int,
+            48000,
+            "capture rate in Hz (the session resamples to 16 kHz)",
+            minimum=8000,
+            maximum=192000,
+        ),
         OptionSpec("channels", int, 1, "channels to capture (1 = mono chunks)", minimum=1, maximum=32),
         OptionSpec("block_ms", int, 20, "capture block length in milliseconds", minimum=5, maximum=500),
     )
 
 
-MIC_DEVICE_HELP = ("input device: name, part of its name or description, or PortAudio index "
-                   "('' = default input; see avatarforcing devices)")
-LOOPBACK_DEVICE_HELP = ("loopback input: e.g. 'meeting_out.monitor', 'BlackHole', '[Loopback]' "
-                        "('' = monitor of the default output; see avatarforcing devices)")
+MIC_DEVICE_HELP = (
+    "input device: name, part of its name or description, or PortAudio index "
+    "('' = default input; see avatarforcing devices)"
+)
+LOOPBACK_DEVICE_HELP = (
+    "loopback input: e.g. 'meeting_out.monitor', 'BlackHole', '[Loopback]' "
+    "('' = monitor of the default output; see avatarforcing devices)"
+)
 
 
 def _microphone(kind: str) -> SourceSpec:
-    return SourceSpec("microphone", "a live audio input (microphone or any input device)",
-                      _audio_factory(kind, loopback=False), _audio_options(MIC_DEVICE_HELP))
+    return SourceSpec(
+        "microphone",
+        "a live audio input (microphone or any input device)",
+        _audio_factory(kind, loopback=False),
+        _audio_options(MIC_DEVICE_HELP),
+    )
 
 
 LOOPBACK = SourceSpec(
-    "loopback", "what the speakers play (the remote participant's voice): monitor / WASAPI loopback / BlackHole",
-    _audio_factory("user_audio", loopback=True), _audio_options(LOOPBACK_DEVICE_HELP),
+    "loopback",
+    "what the speakers play (the remote participant's voice): monitor / WASAPI loopback / BlackHole",
+    _audio_factory("user_audio", loopback=True),
+    _audio_options(LOOPBACK_DEVICE_HELP),
 )
 
 
@@ -136,8 +154,10 @@ def _screen(window: str, region: str, monitor: int, fps: float) -> LiveVideoSour
     if not window and not region:
         monitors = list_monitors()
         if monitors and monitor >= len(monitors):
-            raise ConfigError("sources.user_video.monitor",
-                              f"monitor {monitor} does not exist (1..{len(monitors) - 1}, 0 = all monitors)")
+            raise ConfigError(
+                "sources.user_video.monitor",
+                f"monitor {monitor} does not exist (1..{len(monitors) - 1}, 0 = all monitors)",
+            )
     return LiveVideoSource(ScreenCapture(ScreenSettings(window_title=window, region=region, monitor=monitor, fps=fps)))
 
 
@@ -152,17 +172,24 @@ def _webcam(index: int, width: int, height: int, fps: float) -> LiveVideoSource:
 
 
 SCREEN = SourceSpec(
-    "screen", "the screen: a window found by title (kept looking for when it closes), a region, or a monitor",
+    "screen",
+    "the screen: a window found by title (kept looking for when it closes), a region, or a monitor",
     _screen,
     (
-        OptionSpec("window", str, "", "capture the window whose title contains this (case-insensitive); wins over region"),
+        OptionSpec(
+            "window", str, "", "capture the window whose title contains this (case-insensitive); wins over region"
+        ),
         OptionSpec("region", str, "", "capture this rectangle: 'x,y,width,height' in pixels", check=_region_check),
-        OptionSpec("monitor", int, 1, "monitor to capture when no window/region is given (1 = first, 0 = all)", minimum=0),
+        OptionSpec(
+            "monitor", int, 1, "monitor to capture when no window/region is given (1 = first, 0 = all)", minimum=0
+        ),
         OptionSpec("fps", float, 25.0, "frames per second", minimum=1.0, maximum=120.0),
     ),
 )
 WEBCAM = SourceSpec(
-    "webcam", "a camera (OpenCV)", _webcam,
+    "webcam",
+    "a camera (OpenCV)",
+    _webcam,
     (
         OptionSpec("index", int, 0, "camera index (0 = first)", minimum=0),
         OptionSpec("width", int, 0, "requested width in pixels (0 = camera default)", minimum=0),
@@ -192,7 +219,9 @@ def register_user_video_sources() -> list[SourceSpec]:
 def doctor_checks(config) -> list[CheckResult]:
     """Can the configured live sources open? (PortAudio, the loopback, the display/window.)"""
     checks = []
-    audio_kinds = [k for k in ("avatar_audio", "user_audio") if config.sources.slot(k).use in ("microphone", "loopback")]
+    audio_kinds = [
+        k for k in ("avatar_audio", "user_audio") if config.sources.slot(k).use in ("microphone", "loopback")
+    ]
     if audio_kinds:
         checks.extend(_audio_checks(config, audio_kinds))
     if config.sources.user_video.use == "screen":
@@ -201,7 +230,12 @@ def doctor_checks(config) -> list[CheckResult]:
 
 
 def _audio_checks(config, kinds: list[str]) -> list[CheckResult]:
-    from avatarforcing.integrations.audio_devices import AudioDeviceError, how_to_get_loopback, import_sounddevice, plan_input
+    from avatarforcing.integrations.audio_devices import (
+        AudioDeviceError,
+        how_to_get_loopback,
+        import_sounddevice,
+        plan_input,
+    )
 
     try:
         sd = import_sounddevice()
@@ -230,15 +264,30 @@ def _screen_check(options: dict) -> CheckResult:
     name = "source user_video (screen)"
     monitors = list_monitors()
     if not monitors:
-        fix = ("run inside an X11 session (DISPLAY set); pure Wayland is not supported by mss"
-               if sys.platform.startswith("linux") else "allow screen recording for this terminal")
+        fix = (
+            "run inside an X11 session (DISPLAY set); pure Wayland is not supported by mss"
+            if sys.platform.startswith("linux")
+            else "allow screen recording for this terminal"
+        )
         return CheckResult(name, "fail", "cannot open the display for screen capture", fix)
     title = str(options.get("window", ""))
     if title:
         windows = find_windows(title)
         if not windows:
-            tool = " (install xdotool and x11-utils)" if sys.platform.startswith("linux") and not shutil.which("xwininfo") else ""
-            return CheckResult(name, "warn", f"no window titled like {title!r} right now; the source waits for one",
-                               f"open the meeting window, or fix the title{tool}; avatarforcing devices lists windows")
-        return CheckResult(name, "ok", f"window {windows[0].title!r} {windows[0].region.width}x{windows[0].region.height}")
-    return CheckResult(name, "ok", f"{len(monitors) - 1} monitor(s), virtual screen {monitors[0].width}x{monitors[0].height}")
+            tool = (
+                " (install xdotool and x11-utils)"
+                if sys.platform.startswith("linux") and not shutil.which("xwininfo")
+                else ""
+            )
+            return CheckResult(
+                name,
+                "warn",
+                f"no window titled like {title!r} right now; the source waits for one",
+                f"open the meeting window, or fix the title{tool}; avatarforcing devices lists windows",
+            )
+        return CheckResult(
+            name, "ok", f"window {windows[0].title!r} {windows[0].region.width}x{windows[0].region.height}"
+        )
+    return CheckResult(
+        name, "ok", f"{len(monitors) - 1} monitor(s), virtual screen {monitors[0].width}x{monitors[0].height}"
+    )

@@ -54,7 +54,7 @@ class OfficialEngine:
         self._tracker: Any = None
         self._lock = threading.Lock()  # guards _frame_map
         self._frame_map: deque[int] = deque()  # session frame index of each pushed engine frame
-        self._mapped_from = 0                  # engine frame index of _frame_map[0]
+        self._mapped_from = 0  # engine frame index of _frame_map[0]
         self._blocks = 0
 
     def open(self, session: SessionInfo) -> None:
@@ -74,7 +74,11 @@ class OfficialEngine:
         choice = select_backend()
         runs = "torch_cpu" if device == "cpu" else "cuda_eager"
         self.backend = runs
-        note = "" if choice.backend == runs else f"; the live engine runs {runs} on {device} (the {choice.backend} graphs are not wired into live sessions yet)"
+        note = (
+            ""
+            if choice.backend == runs
+            else f"; the live engine runs {runs} on {device} (the {choice.backend} graphs are not wired into live sessions yet)"
+        )
         log.info("engine official: %s; %s%s", source.description, choice.log_line(), note)
         self._portrait = self._crop_portrait(session.portrait, cfg.input_size)
         self._new_pipeline()
@@ -189,7 +193,7 @@ OFFICIAL = EngineSpec(
     description="the Avatar Forcing model (official weights, or formula weights for demos)",
     factory=OfficialEngine,
     options=(
-        OptionSpec("model", str, "", "model spec: a weights directory or formula:PRESET (\"\" = the weights directory)"),
+        OptionSpec("model", str, "", 'model spec: a weights directory or formula:PRESET ("" = the weights directory)'),
         OptionSpec("face_tracking", bool, True, "track the user's face in the video (off: null user motion)"),
     ),
     default_renderer="motion-autoencoder",

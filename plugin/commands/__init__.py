@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Iterable
+from collections.abc import Iterable
 
 from avatarforcing.plugin.manager import PluginHost
 from avatarforcing.plugin.types import CommandSpec
@@ -49,9 +49,7 @@ def plugin_commands(host: PluginHost, reserved: Iterable[str]) -> tuple[list[Com
     refused: list[str] = []
     for entry in host.provided("commands"):
         if entry.spec.name in taken:
-            refused.append(
-                f"plugin {entry.plugin!r}: command {entry.spec.name!r} is already taken; ignored"
-            )
+            refused.append(f"plugin {entry.plugin!r}: command {entry.spec.name!r} is already taken; ignored")
             continue
         taken.add(entry.spec.name)
         accepted.append(entry.spec)

@@ -22,8 +22,9 @@ import argparse
 import dataclasses
 import inspect
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -35,8 +36,9 @@ from avatarforcing.plugin.types import CommandSpec
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                        help="print one JSON object, or write it to FILE")
+    parser.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="FILE", help="print one JSON object, or write it to FILE"
+    )
     parser.add_argument(
         "--config",
         dest="model_config",
@@ -46,17 +48,40 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--blocks", metavar="N", default=8, help="blocks to time (default 8)")
     parser.add_argument("--threads", metavar="N", default=None, help="CPU threads (default: [model] threads)")
-    parser.add_argument("--backend", default=None, metavar="NAME",
-                        help="eager, cuda-graphs, tensorrt, onnxruntime, auto (the one a session picks) or all: "
-                             "time the exported graphs per backend")
-    parser.add_argument("--onnx-dir", type=Path, default=None, metavar="DIR",
-                        help="`avatarforcing engine export --out DIR` output (onnxruntime and tensorrt need it)")
-    parser.add_argument("--engine-cache", type=Path, default=None, metavar="DIR",
-                        help="TensorRT engine cache (default: the per-user cache)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
-                        help="tensorrt (default fp16) and cuda-graphs (default fp32) precision")
-    parser.add_argument("--engine", dest="engine_name", default=None, metavar="NAME",
-                        help="time a registered motion engine and its renderer (e.g. default)")
+    parser.add_argument(
+        "--backend",
+        default=None,
+        metavar="NAME",
+        help="eager, cuda-graphs, tensorrt, onnxruntime, auto (the one a session picks) or all: "
+        "time the exported graphs per backend",
+    )
+    parser.add_argument(
+        "--onnx-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="`avatarforcing engine export --out DIR` output (onnxruntime and tensorrt need it)",
+    )
+    parser.add_argument(
+        "--engine-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="TensorRT engine cache (default: the per-user cache)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="tensorrt (default fp16) and cuda-graphs (default fp32) precision",
+    )
+    parser.add_argument(
+        "--engine",
+        dest="engine_name",
+        default=None,
+        metavar="NAME",
+        help="time a registered motion engine and its renderer (e.g. default)",
+    )
 
 
 def _run(args: argparse.Namespace, context) -> int:
@@ -118,8 +143,15 @@ def _run_backends(args: argparse.Namespace, context, config, blocks: int, thread
         raise CommandError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {args.backend!r}")
     cache = args.engine_cache or user_cache_dir() / "avatarforcing" / "engines"
     results = run_backend_benchmark(
-        args.backend, config.model.preset, blocks, threads, nfe=config.model.nfe, onnx_dir=args.onnx_dir,
-        engine_cache=cache, precision=args.precision, log=lambda line: context.console.print(escape(line)),
+        args.backend,
+        config.model.preset,
+        blocks,
+        threads,
+        nfe=config.model.nfe,
+        onnx_dir=args.onnx_dir,
+        engine_cache=cache,
+        precision=args.precision,
+        log=lambda line: context.console.print(escape(line)),
     )
     payload = {"backends": [as_dict(r) for r in results]}
     if not _emit_json(args, context, payload):

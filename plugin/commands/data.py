@@ -28,17 +28,38 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "(two faces side by side, or one file per party) into a training dataset. See docs/training.md.",
         allow_abbrev=False,
     )
-    prepare.add_argument("videos", metavar="VIDEO", nargs="+", type=Path,
-                         help="side-by-side: one file per conversation; two-tracks: files in pairs (party A, party B)")
-    prepare.add_argument("--out", metavar="DIR", type=Path, required=True, help="dataset directory (created or extended)")
-    prepare.add_argument("--layout", choices=("side-by-side", "two-tracks"), default="side-by-side",
-                         help="side-by-side: left/right halves, stereo (left channel = left party) or mono audio; "
-                              "two-tracks: one video with its own audio per party (default side-by-side)")
-    prepare.add_argument("--space", choices=("official", "default"), default="default",
-                         help="official: wav2vec2 features and motion-autoencoder latents; default: log-mel features and "
-                              "the 13 interpretable face parameters (default)")
-    prepare.add_argument("--heldout-fraction", metavar="F", type=float, default=0.1, help="held-out conversations (default 0.1)")
-    prepare.add_argument("--model", metavar="SPEC", help="official space: weights (a directory or formula:PRESET; default: the configured weights)")
+    prepare.add_argument(
+        "videos",
+        metavar="VIDEO",
+        nargs="+",
+        type=Path,
+        help="side-by-side: one file per conversation; two-tracks: files in pairs (party A, party B)",
+    )
+    prepare.add_argument(
+        "--out", metavar="DIR", type=Path, required=True, help="dataset directory (created or extended)"
+    )
+    prepare.add_argument(
+        "--layout",
+        choices=("side-by-side", "two-tracks"),
+        default="side-by-side",
+        help="side-by-side: left/right halves, stereo (left channel = left party) or mono audio; "
+        "two-tracks: one video with its own audio per party (default side-by-side)",
+    )
+    prepare.add_argument(
+        "--space",
+        choices=("official", "default"),
+        default="default",
+        help="official: wav2vec2 features and motion-autoencoder latents; default: log-mel features and "
+        "the 13 interpretable face parameters (default)",
+    )
+    prepare.add_argument(
+        "--heldout-fraction", metavar="F", type=float, default=0.1, help="held-out conversations (default 0.1)"
+    )
+    prepare.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="official space: weights (a directory or formula:PRESET; default: the configured weights)",
+    )
 
 
 def _space(args: argparse.Namespace, context):
@@ -73,14 +94,29 @@ def _run(args: argparse.Namespace, context) -> int:
             raise DataPrepareError(f"--out: {args.out} exists and is not a directory")
         space = _space(args, context)
         with torch.inference_mode():
-            report = prepare_dataset(args.out, conversations, space, args.heldout_fraction,
-                                     lambda done, total, name: console.print(escape(f"{done}/{total} {name}")))
+            report = prepare_dataset(
+                args.out,
+                conversations,
+                space,
+                args.heldout_fraction,
+                lambda done, total, name: console.print(escape(f"{done}/{total} {name}")),
+            )
     except (DataPrepareError, DatasetError, MediaError, FaceParamsUnavailable, FaceDetectorUnavailable) as error:
         raise CommandError(str(error), exit_code=2) from None
     for conv_id, notes in report.conversations.items():
-        console.print(escape(f"{conv_id}: {notes['split']}, {notes['frames']} frames, faces {notes['face_frames']}, audio {notes['audio']}"))
-    context.console.print(escape(f"wrote {len(report.items['train'])} train and {len(report.items['heldout'])} held-out items to {args.out}"))
+        console.print(
+            escape(
+                f"{conv_id}: {notes['split']}, {notes['frames']} frames, faces {notes['face_frames']}, audio {notes['audio']}"
+            )
+        )
+    context.console.print(
+        escape(
+            f"wrote {len(report.items['train'])} train and {len(report.items['heldout'])} held-out items to {args.out}"
+        )
+    )
     return 0
 
 
-COMMAND = CommandSpec(name="data", help="prepare training data (data prepare VIDEO... --out DIR)", configure=_configure, run=_run)
+COMMAND = CommandSpec(
+    name="data", help="prepare training data (data prepare VIDEO... --out DIR)", configure=_configure, run=_run
+)

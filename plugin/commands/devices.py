@@ -17,7 +17,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 def collect() -> dict:
     """Everything the command shows, JSON-serialisable."""
-    from avatarforcing.integrations.audio_devices import AudioDeviceError, how_to_get_loopback, import_sounddevice, list_audio_devices
+    from avatarforcing.integrations.audio_devices import (
+        AudioDeviceError,
+        how_to_get_loopback,
+        import_sounddevice,
+        list_audio_devices,
+    )
     from avatarforcing.integrations.screen_capture import find_windows, list_monitors
     from avatarforcing.integrations.webcam import list_cameras
 
@@ -33,8 +38,10 @@ def collect() -> dict:
     return {
         "audio_inputs": [d.to_dict() for d in audio if d.kind == "input"],
         "audio_outputs": [d.to_dict() for d in audio if d.kind == "output"],
-        "monitors": [{"index": i, "left": m.left, "top": m.top, "width": m.width, "height": m.height}
-                     for i, m in enumerate(monitors)],
+        "monitors": [
+            {"index": i, "left": m.left, "top": m.top, "width": m.width, "height": m.height}
+            for i, m in enumerate(monitors)
+        ],
         "windows": [w.to_dict() for w in find_windows("")] if monitors else [],
         "cameras": list_cameras(),
         "problems": problems,
@@ -47,15 +54,28 @@ def _run(args: argparse.Namespace, context) -> int:
         context.print_json(found)
         return 0
     console = context.console
-    for key, title in (("audio_inputs", "audio inputs (sources: microphone, loopback)"),
-                       ("audio_outputs", "audio outputs")):
+    for key, title in (
+        ("audio_inputs", "audio inputs (sources: microphone, loopback)"),
+        ("audio_outputs", "audio outputs"),
+    ):
         table = Table(title=title, header_style="bold")
         for column in ("device", "description", "api", "channels", "rate", "default", "loopback"):
             table.add_column(column, overflow="fold")
         for d in found[key]:
-            loop = f"yes (of {d['monitor_of']})" if d["is_loopback"] and d["monitor_of"] else ("yes" if d["is_loopback"] else "")
-            table.add_row(escape(d["name"]), escape(d["description"]), escape(d["api"]), str(d["channels"]),
-                          f"{d['sample_rate']:.0f}" if d["sample_rate"] else "", "*" if d["is_default"] else "", loop)
+            loop = (
+                f"yes (of {d['monitor_of']})"
+                if d["is_loopback"] and d["monitor_of"]
+                else ("yes" if d["is_loopback"] else "")
+            )
+            table.add_row(
+                escape(d["name"]),
+                escape(d["description"]),
+                escape(d["api"]),
+                str(d["channels"]),
+                f"{d['sample_rate']:.0f}" if d["sample_rate"] else "",
+                "*" if d["is_default"] else "",
+                loop,
+            )
         console.print(table if found[key] else f"{title}: none")
     table = Table(title="screen (source: screen; monitor 0 = all)", header_style="bold")
     for column in ("monitor / window", "geometry"):

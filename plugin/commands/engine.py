@@ -20,8 +20,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     export = actions.add_parser("export", help="export the per-block graphs to ONNX", allow_abbrev=False)
     export.add_argument("--out", type=Path, required=True, metavar="DIR")
     export.add_argument("--check", action="store_true", help="compare every graph with PyTorch in ONNX Runtime")
-    export.add_argument("--config", dest="model_config", default="fixture_small", metavar="NAME",
-                        help="model size with formula weights: fixture_small or official (default fixture_small)")
+    export.add_argument(
+        "--config",
+        dest="model_config",
+        default="fixture_small",
+        metavar="NAME",
+        help="model size with formula weights: fixture_small or official (default fixture_small)",
+    )
     export.add_argument("--tolerance", type=float, default=None, help="max abs difference allowed (default per graph)")
     build = actions.add_parser("build", help="build TensorRT engines from an export directory", allow_abbrev=False)
     build.add_argument("onnx_dir", type=Path, metavar="EXPORT_DIR")
@@ -48,4 +53,6 @@ def _run(args: argparse.Namespace, context) -> int:
         return engine_build_main(args.onnx_dir, cache, args.precision, progress=progress, log=context.console.print)
 
 
-COMMAND = CommandSpec(name="engine", help="export ONNX graphs and build TensorRT engines", configure=_configure, run=_run)
+COMMAND = CommandSpec(
+    name="engine", help="export ONNX graphs and build TensorRT engines", configure=_configure, run=_run
+)

@@ -18,11 +18,15 @@ from avatarforcing.plugin.types import CommandSpec
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DIR", type=Path, required=True, help="dataset directory")
-    parser.add_argument("--checkpoint", metavar="CKPT", type=Path, required=True, help="flow-transformer checkpoint folder")
+    parser.add_argument(
+        "--checkpoint", metavar="CKPT", type=Path, required=True, help="flow-transformer checkpoint folder"
+    )
     parser.add_argument("--split", choices=("heldout", "train"), default="heldout")
     parser.add_argument("--out", metavar="TABLE.md", type=Path, help="write the markdown table here")
     parser.add_argument("--json", dest="json_file", metavar="FILE", type=Path, help="write the metrics as JSON here")
-    parser.add_argument("--drop-user", action="store_true", help="sample with the user's conditions null (no listening)")
+    parser.add_argument(
+        "--drop-user", action="store_true", help="sample with the user's conditions null (no listening)"
+    )
     parser.add_argument("--nfe", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
 
@@ -46,4 +50,6 @@ def _run(args: argparse.Namespace, context) -> int:
     return 0
 
 
-COMMAND = CommandSpec(name="eval", help="evaluate a trained flow transformer on held-out conversations", configure=_configure, run=_run)
+COMMAND = CommandSpec(
+    name="eval", help="evaluate a trained flow transformer on held-out conversations", configure=_configure, run=_run
+)

@@ -48,9 +48,7 @@ def _run(args: argparse.Namespace, context) -> int:
     table.add_column("provides", overflow="fold")
     for info in infos:
         package = f"{info.distribution} {info.version}".strip() or info.module
-        provides = "\n".join(
-            f"{_LABELS[kind]}: {', '.join(names)}" for kind, names in info.provides.items()
-        )
+        provides = "\n".join(f"{_LABELS[kind]}: {', '.join(names)}" for kind, names in info.provides.items())
         table.add_row(escape(info.name), escape(package), "\n".join(info.hooks), escape(provides) or "-")
     if infos:
         console.print(table)

@@ -39,9 +39,16 @@ _OVERRIDES = (
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--portrait", metavar="IMG", help="identity image (default: [session] portrait)")
-    parser.add_argument("--avatar-audio", metavar="WAV", type=Path, required=True, help="the avatar's voice (any audio file)")
+    parser.add_argument(
+        "--avatar-audio", metavar="WAV", type=Path, required=True, help="the avatar's voice (any audio file)"
+    )
     parser.add_argument("--user-video", metavar="VIDEO", type=Path, required=True, help="the other participant's video")
-    parser.add_argument("--user-audio", metavar="WAV", type=Path, help="the other participant's voice (default: the video's audio track)")
+    parser.add_argument(
+        "--user-audio",
+        metavar="WAV",
+        type=Path,
+        help="the other participant's voice (default: the video's audio track)",
+    )
     parser.add_argument("--out", metavar="MP4", type=Path, required=True, help="output video (H.264 + AAC, 25 fps)")
     parser.add_argument(
         "--model",
@@ -49,7 +56,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="formula:fixture_small | formula:official | a directory with the official files or "
         "model.safetensors + config.json (default: the weights directory, see `weights path`)",
     )
-    parser.add_argument("--renderer", metavar="NAME", help="renderer plugin (default: [render] use, motion-autoencoder)")
+    parser.add_argument(
+        "--renderer", metavar="NAME", help="renderer plugin (default: [render] use, motion-autoencoder)"
+    )
     parser.add_argument("--nfe", metavar="N", help="sampler steps (default: [model] nfe)")
     parser.add_argument("--a-cfg", metavar="X", help="avatar-audio guidance (default: [model] a_cfg_scale)")
     parser.add_argument("--u-cfg", metavar="X", help="user guidance (default: [model] u_cfg_scale)")
@@ -64,7 +73,14 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _progress(context, total_blocks: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = context.err_console
     progress = Progress(
@@ -109,9 +125,7 @@ def _run(args: argparse.Namespace, context) -> int:
     import torch
 
     from avatarforcing.engine.pipeline import PipelineConfig
-    from avatarforcing.engine.sampler import GuidanceScales
-
-    from avatarforcing.engine.sampler import FlowMatchingEulerSampler
+    from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 
     try:  # the engine's own limits, checked before any heavy work
         FlowMatchingEulerSampler(config.model.nfe)

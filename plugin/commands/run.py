@@ -13,7 +13,6 @@ File flags select the built-in ``audio-file``/``video-file`` sources paced to th
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 from pathlib import Path
 
@@ -26,7 +25,9 @@ PRESET_SINKS = {"meeting": ("virtual-camera",), "stream": ("obs", "mjpeg")}
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESETS, help="meeting (virtual camera), stream (OBS), demo (files)")
-    parser.add_argument("--avatar-audio", metavar="FILE", help="the avatar's voice from a file (instead of the microphone)")
+    parser.add_argument(
+        "--avatar-audio", metavar="FILE", help="the avatar's voice from a file (instead of the microphone)"
+    )
     parser.add_argument("--user-audio", metavar="FILE", help="the other party's voice from a file")
     parser.add_argument("--user-video", metavar="FILE", help="the other party's video from a file")
     parser.add_argument("--loop", action="store_true", help="loop the file sources")
@@ -34,7 +35,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", metavar="NAME", help="motion engine ([model] engine)")
     parser.add_argument("--sink", metavar="NAME", action="append", default=[], help="an output (repeatable)")
     parser.add_argument("--record", metavar="FILE.mp4", help="also record the output (the recorder sink)")
-    parser.add_argument("--duration", metavar="SECONDS", type=float, default=0.0, help="stop after this long (0 = until Ctrl-C or the end of the inputs)")
+    parser.add_argument(
+        "--duration",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="stop after this long (0 = until Ctrl-C or the end of the inputs)",
+    )
     parser.add_argument("--stats", metavar="FILE", help="write the session stats as JSON (periodically and at the end)")
 
 
@@ -52,16 +59,23 @@ def preset_overrides(args: argparse.Namespace, environ) -> list[tuple[str, objec
     if preset in ("meeting", "stream"):
         out += [(f"sources.{kind}.use", name) for kind, name in LIVE_SOURCES.items()]
     elif preset == "demo":
-        out += [("sources.avatar_audio.use", "silence"), ("sources.user_audio.use", "silence"),
-                ("sources.user_video.use", "")]
+        out += [
+            ("sources.avatar_audio.use", "silence"),
+            ("sources.user_audio.use", "silence"),
+            ("sources.user_video.use", ""),
+        ]
     for kind, path in files.items():
         if path is None:
             continue
         if not Path(path).expanduser().is_file():
             raise CommandError(f"--{kind.replace('_', '-')}: file not found: {path}", exit_code=2)
         name = "video-file" if kind == "user_video" else "audio-file"
-        out += [(f"sources.{kind}.use", name), (f"sources.{kind}.path", str(Path(path).expanduser())),
-                (f"sources.{kind}.realtime", True), (f"sources.{kind}.loop", bool(args.loop))]
+        out += [
+            (f"sources.{kind}.use", name),
+            (f"sources.{kind}.path", str(Path(path).expanduser())),
+            (f"sources.{kind}.realtime", True),
+            (f"sources.{kind}.loop", bool(args.loop)),
+        ]
     sinks: list[str] = []
     if preset in PRESET_SINKS:
         sinks += PRESET_SINKS[preset]
@@ -93,15 +107,23 @@ def _run(args: argparse.Namespace, context) -> int:
 
     given = {parse_override(o)[0] if isinstance(o, str) else o[0] for o in context.overrides}
     # --set wins over what a preset chooses; explicit flags win over both
-    overrides = [(key, value) for key, value in preset_overrides(args, context.environ) if key not in given
-                 or not key.startswith(("sources.", "sinks.use"))]
+    overrides = [
+        (key, value)
+        for key, value in preset_overrides(args, context.environ)
+        if key not in given or not key.startswith(("sources.", "sinks.use"))
+    ]
     config = context.load_config(overrides)
     context.host.lookup("engines", config.model.engine)  # an unknown name fails before any work
     for name in config.sinks.use:
         context.host.lookup("sinks", name)
     console = context.err_console
-    session = LiveSession(context.host, config, duration=args.duration, stats_path=args.stats,
-                          console_log=lambda line: console.print(escape(line)))
+    session = LiveSession(
+        context.host,
+        config,
+        duration=args.duration,
+        stats_path=args.stats,
+        console_log=lambda line: console.print(escape(line)),
+    )
     previous = {}
     if threading_is_main():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -115,11 +137,13 @@ def _run(args: argparse.Namespace, context) -> int:
         console.print(f"[red]session failed:[/] {escape(stats['error'])}")
         return 1
     fps = stats["fps"] or 0.0
-    context.console.print(escape(
-        f"session ended: {stats['frames']} frames in {stats['live_s']:.1f} s ({fps:.2f} fps), "
-        f"{stats['held']} held, {stats['dropped']} dropped, {stats['blocks']} blocks"
-        + (f"; stats in {args.stats}" if args.stats else "")
-    ))
+    context.console.print(
+        escape(
+            f"session ended: {stats['frames']} frames in {stats['live_s']:.1f} s ({fps:.2f} fps), "
+            f"{stats['held']} held, {stats['dropped']} dropped, {stats['blocks']} blocks"
+            + (f"; stats in {args.stats}" if args.stats else "")
+        )
+    )
     return 0
 
 

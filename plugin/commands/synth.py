@@ -20,17 +20,25 @@ from avatarforcing.plugin.types import CommandSpec
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="dataset directory (created)")
     parser.add_argument("--conversations", metavar="N", type=int, default=100, help="conversations (default 100)")
-    parser.add_argument("--seconds", metavar="S", type=float, default=40.0, help="length of each conversation (default 40)")
+    parser.add_argument(
+        "--seconds", metavar="S", type=float, default=40.0, help="length of each conversation (default 40)"
+    )
     parser.add_argument("--seed", metavar="N", type=int, default=0, help="seed (default 0)")
-    parser.add_argument("--heldout-fraction", metavar="F", type=float, default=0.1, help="held-out conversations (default 0.1)")
-    parser.add_argument("--no-espeak", action="store_true", help="use the built-in formant synthesiser even if espeak-ng is installed")
+    parser.add_argument(
+        "--heldout-fraction", metavar="F", type=float, default=0.1, help="held-out conversations (default 0.1)"
+    )
+    parser.add_argument(
+        "--no-espeak", action="store_true", help="use the built-in formant synthesiser even if espeak-ng is installed"
+    )
 
 
 def _run(args: argparse.Namespace, context) -> int:
     from avatarforcing.engine.default.synthetic_dataset import SynthSettings, write_synthetic_dataset
 
     try:
-        settings = SynthSettings(args.conversations, args.seconds, args.seed, args.heldout_fraction, False if args.no_espeak else None)
+        settings = SynthSettings(
+            args.conversations, args.seconds, args.seed, args.heldout_fraction, False if args.no_espeak else None
+        )
     except ValueError as error:
         raise CommandError(str(error), exit_code=2) from None
     if args.out.exists() and any(args.out.iterdir()):
@@ -46,4 +54,6 @@ def _run(args: argparse.Namespace, context) -> int:
     return 0
 
 
-COMMAND = CommandSpec(name="synth", help="write a synthetic conversation dataset for the default avatar", configure=_configure, run=_run)
+COMMAND = CommandSpec(
+    name="synth", help="write a synthetic conversation dataset for the default avatar", configure=_configure, run=_run
+)

@@ -25,16 +25,26 @@ PRESETS = ("official", "small", "tiny")
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DIR", type=Path, required=True, help="dataset directory (manifest.json)")
     parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
-    parser.add_argument("--model-config", metavar="JSON|PRESET", default=None,
-                        help=f"model shape: a preset ({', '.join(PRESETS)}; widths from the dataset), a JSON object or a JSON file "
-                             "(default: the --reference checkpoint's, else 'tiny' on CPU and 'official' on GPU)")
-    parser.add_argument("--stage", type=int, choices=(1, 2), default=1, help="1 flow matching, 2 preference optimisation")
-    parser.add_argument("--reference", metavar="CKPT", type=Path, help="stage-1 checkpoint folder (required for stage 2)")
+    parser.add_argument(
+        "--model-config",
+        metavar="JSON|PRESET",
+        default=None,
+        help=f"model shape: a preset ({', '.join(PRESETS)}; widths from the dataset), a JSON object or a JSON file "
+        "(default: the --reference checkpoint's, else 'tiny' on CPU and 'official' on GPU)",
+    )
+    parser.add_argument(
+        "--stage", type=int, choices=(1, 2), default=1, help="1 flow matching, 2 preference optimisation"
+    )
+    parser.add_argument(
+        "--reference", metavar="CKPT", type=Path, help="stage-1 checkpoint folder (required for stage 2)"
+    )
     parser.add_argument("--init", metavar="CKPT", type=Path, help="start stage 1 from this checkpoint (fine-tuning)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--window", metavar="FRAMES", type=int, help="training window (first clip + whole blocks; default K + 2M)")
+    parser.add_argument(
+        "--window", metavar="FRAMES", type=int, help="training window (first clip + whole blocks; default K + 2M)"
+    )
     parser.add_argument("--dpo-weight", type=float, default=0.1, help="lambda of the DPO term (default 0.1)")
     parser.add_argument("--dpo-beta", type=float, default=1000.0, help="beta of Diffusion-DPO (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -60,7 +70,10 @@ def model_config_from_argument(value: str | None, dim_a: int, dim_w: int, gpu: b
     try:
         mapping = json.loads(text)
     except ValueError:
-        raise CommandError(f"--model-config: {value!r} is neither a preset ({', '.join(PRESETS)}), a JSON object nor a JSON file", exit_code=2) from None
+        raise CommandError(
+            f"--model-config: {value!r} is neither a preset ({', '.join(PRESETS)}), a JSON object nor a JSON file",
+            exit_code=2,
+        ) from None
     return ModelConfig.from_dict({"dim_a": dim_a, "dim_w": dim_w, **mapping})
 
 
@@ -70,7 +83,7 @@ def _run(args: argparse.Namespace, context) -> int:
 
     from avatarforcing.engine.flow_checkpoint import read_flow_config
     from avatarforcing.engine.training.dataset import DatasetError, read_manifest
-    from avatarforcing.engine.training.trainer import Trainer, TrainConfig, resolve_device
+    from avatarforcing.engine.training.trainer import TrainConfig, Trainer, resolve_device
 
     try:
         manifest = read_manifest(args.data)
@@ -79,21 +92,46 @@ def _run(args: argparse.Namespace, context) -> int:
         if args.model_config is None and start is not None:
             model_cfg, _ = read_flow_config(start)
         else:
-            model_cfg = model_config_from_argument(args.model_config, manifest["dim_a"], manifest["dim_w"], device.type == "cuda")
+            model_cfg = model_config_from_argument(
+                args.model_config, manifest["dim_a"], manifest["dim_w"], device.type == "cuda"
+            )
         config = TrainConfig(
-            data=args.data, out=args.out, model=model_cfg, stage=args.stage, reference=args.reference, init=args.init,
-            steps=args.steps, batch=args.batch, lr=args.lr, window=args.window, dpo_weight=args.dpo_weight,
-            dpo_beta=args.dpo_beta, seed=args.seed, device=str(device), resume=args.resume, checkpoint_every=args.checkpoint_every,
+            data=args.data,
+            out=args.out,
+            model=model_cfg,
+            stage=args.stage,
+            reference=args.reference,
+            init=args.init,
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            window=args.window,
+            dpo_weight=args.dpo_weight,
+            dpo_beta=args.dpo_beta,
+            seed=args.seed,
+            device=str(device),
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
         )
         trainer = Trainer(config)
     except (DatasetError, ValueError, OSError) as error:
         raise CommandError(str(error), exit_code=2) from None
     torch.set_num_threads(max(1, torch.get_num_threads()))
     console = context.err_console
-    console.print(escape(f"stage {args.stage} on {device}: {sum(p.numel() for p in trainer.model.parameters())} parameters, "
-                         f"window {trainer.layout.frames} frames, {len(trainer.train_set)} train items"))
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
+    console.print(
+        escape(
+            f"stage {args.stage} on {device}: {sum(p.numel() for p in trainer.model.parameters())} parameters, "
+            f"window {trainer.layout.frames} frames, {len(trainer.train_set)} train items"
+        )
+    )
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("training", total=args.steps, completed=0)
 
         def on_log(step: int, metrics: dict) -> None:
@@ -104,11 +142,21 @@ def _run(args: argparse.Namespace, context) -> int:
             result = trainer.run(on_log)
         except ValueError as error:
             raise CommandError(str(error), exit_code=2) from None
-    context.console.print(escape(f"loss {result.first_loss:.4f} -> {result.final_loss:.4f} in {result.steps} steps; checkpoint {result.checkpoint}"))
+    context.console.print(
+        escape(
+            f"loss {result.first_loss:.4f} -> {result.final_loss:.4f} in {result.steps} steps; checkpoint {result.checkpoint}"
+        )
+    )
     if result.margin_after is not None:
-        context.console.print(escape(f"held-out likelihood margin {result.margin_before:.5f} -> {result.margin_after:.5f}"))
+        context.console.print(
+            escape(f"held-out likelihood margin {result.margin_before:.5f} -> {result.margin_after:.5f}")
+        )
     return 0
 
 
-COMMAND = CommandSpec(name="train", help="train or fine-tune the flow transformer (stage 1 flow matching, stage 2 preference optimisation)",
-                      configure=_configure, run=_run)
+COMMAND = CommandSpec(
+    name="train",
+    help="train or fine-tune the flow transformer (stage 1 flow matching, stage 2 preference optimisation)",
+    configure=_configure,
+    run=_run,
+)

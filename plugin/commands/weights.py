@@ -42,12 +42,28 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "wav2vec2-base-960h into the weights directory, checking sizes and hashes.",
         allow_abbrev=False,
     )
-    fetch.add_argument("--from", dest="base", metavar="URL_OR_DIR", help="fetch every file from URL_OR_DIR/PATH instead of the manifest URLs (a mirror, or a directory)")
-    fetch.add_argument("--dest", metavar="DIR", type=Path, help="where to put the files (default: the weights directory in use, see `weights path`)")
-    fetch.add_argument("--manifest", metavar="FILE", help="JSON manifest replacing the built-in one (paths, URLs, sizes, sha256)")
-    fetch.add_argument("--accept-license", action="store_true", help="accept the CC BY-NC 4.0 licence of the official checkpoints")
+    fetch.add_argument(
+        "--from",
+        dest="base",
+        metavar="URL_OR_DIR",
+        help="fetch every file from URL_OR_DIR/PATH instead of the manifest URLs (a mirror, or a directory)",
+    )
+    fetch.add_argument(
+        "--dest",
+        metavar="DIR",
+        type=Path,
+        help="where to put the files (default: the weights directory in use, see `weights path`)",
+    )
+    fetch.add_argument(
+        "--manifest", metavar="FILE", help="JSON manifest replacing the built-in one (paths, URLs, sizes, sha256)"
+    )
+    fetch.add_argument(
+        "--accept-license", action="store_true", help="accept the CC BY-NC 4.0 licence of the official checkpoints"
+    )
     fetch.add_argument("--force", action="store_true", help="download again even if a file is present and checks out")
-    fetch.add_argument("--timeout", metavar="SECONDS", type=float, default=60.0, help="network timeout per request (default 60)")
+    fetch.add_argument(
+        "--timeout", metavar="SECONDS", type=float, default=60.0, help="network timeout per request (default 60)"
+    )
 
     path = actions.add_parser(
         "path",
@@ -67,9 +83,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "known); with --load, also load them strictly into the model.",
         allow_abbrev=False,
     )
-    verify.add_argument("--dir", dest="directory", metavar="DIR", type=Path, help="directory to check (default: the one in use)")
+    verify.add_argument(
+        "--dir", dest="directory", metavar="DIR", type=Path, help="directory to check (default: the one in use)"
+    )
     verify.add_argument("--manifest", metavar="FILE", help="JSON manifest replacing the built-in one")
-    verify.add_argument("--load", action="store_true", help="also load the checkpoints strictly (needs memory for the full model)")
+    verify.add_argument(
+        "--load", action="store_true", help="also load the checkpoints strictly (needs memory for the full model)"
+    )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -222,7 +242,9 @@ def _verify(args: argparse.Namespace, context) -> int:
 
     config = context.load_config()
     manifest = load_manifest(args.manifest)
-    directory = (args.directory.expanduser() if args.directory else active_weights_dir(config.model, context.environ).path)
+    directory = (
+        args.directory.expanduser() if args.directory else active_weights_dir(config.model, context.environ).path
+    )
     statuses = verify_weights(manifest, directory)
     failed = [s for s in statuses if not s.usable]
     load_error = ""

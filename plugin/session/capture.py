@@ -8,7 +8,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -117,9 +118,17 @@ class CaptureThread(threading.Thread):
     ``stats.source_faults[name]``, and retried after `retry_initial_s`, doubling up to
     `retry_max_s`; meanwhile the inbox gets nothing (silence / no video)."""
 
-    def __init__(self, name: str, kind: str, open_source: Callable[[], Any], inbox: AudioInbox | VideoInbox,
-                 stats: SessionStats, stop: threading.Event, retry_initial_s: float = 0.5,
-                 retry_max_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        open_source: Callable[[], Any],
+        inbox: AudioInbox | VideoInbox,
+        stats: SessionStats,
+        stop: threading.Event,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 5.0,
+    ) -> None:
         super().__init__(name=f"capture-{kind}", daemon=True)
         self.source_name, self.kind = name, kind
         self.open_source, self.inbox, self.stats, self.stop = open_source, inbox, stats, stop
@@ -169,8 +178,14 @@ class CaptureThread(threading.Thread):
                 count = self.stats.fault("source_faults", f"{self.kind}:{self.source_name}")
                 if not failing:
                     what = "silence" if isinstance(self.inbox, AudioInbox) else "no face"
-                    log.warning("%s source %r failed (%s: %s); using %s and retrying",
-                                self.kind, self.source_name, type(error).__name__, error, what)
+                    log.warning(
+                        "%s source %r failed (%s: %s); using %s and retrying",
+                        self.kind,
+                        self.source_name,
+                        type(error).__name__,
+                        error,
+                        what,
+                    )
                 else:
                     log.debug("%s source %r failed again (%d): %s", self.kind, self.source_name, count, error)
                 failing = True

@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -51,9 +51,18 @@ class FramePacer(threading.Thread):
     `plugin_state`) receives ``"latency_s"``: the smoothed end-to-end latency in seconds, which
     sinks such as OBS (audio sync offset) and mic-delay read."""
 
-    def __init__(self, clock: SessionClock, queue: StageQueue, sinks: Sequence[SinkWorker], stats: SessionStats,
-                 stop: threading.Event, initial: np.ndarray | None = None, sample_rate: int = 16000,
-                 hold_log_interval_s: float = 5.0, shared_state: dict | None = None) -> None:
+    def __init__(
+        self,
+        clock: SessionClock,
+        queue: StageQueue,
+        sinks: Sequence[SinkWorker],
+        stats: SessionStats,
+        stop: threading.Event,
+        initial: np.ndarray | None = None,
+        sample_rate: int = 16000,
+        hold_log_interval_s: float = 5.0,
+        shared_state: dict | None = None,
+    ) -> None:
         super().__init__(name="pacer", daemon=True)
         self.clock, self.queue, self.sinks, self.stats, self.stop = clock, queue, sinks, stats, stop
         self.image = initial
@@ -93,11 +102,14 @@ class FramePacer(threading.Thread):
             chosen = head
 
     def _send(self, tick: int, image: np.ndarray, audio: np.ndarray | None, held: bool, source: int | None) -> None:
-        frame = Frame(image=image, index=tick, timestamp=tick / self.clock.fps,
-                      metadata={"held": held, "rendered_index": source})
+        frame = Frame(
+            image=image, index=tick, timestamp=tick / self.clock.fps, metadata={"held": held, "rendered_index": source}
+        )
         chunk = AudioChunk(
             audio if audio is not None else np.zeros(self.samples_per_frame, np.float32),
-            self.sample_rate, tick / self.clock.fps, tick,
+            self.sample_rate,
+            tick / self.clock.fps,
+            tick,
         )
         for worker in self.sinks:
             worker.offer(frame, chunk)
@@ -131,8 +143,9 @@ class FramePacer(threading.Thread):
     def _log_hold(self, now: float) -> None:
         self._holds_since_log += 1
         if now - self._last_hold_log >= self.hold_log_interval_s:
-            log.info("the next block is late: holding the last frame (%d held since the last note)",
-                     self._holds_since_log)
+            log.info(
+                "the next block is late: holding the last frame (%d held since the last note)", self._holds_since_log
+            )
             self._last_hold_log, self._holds_since_log = now, 0
 
     def run(self) -> None:

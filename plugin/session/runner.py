@@ -8,9 +8,10 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -70,14 +71,21 @@ class LiveSession:
     (``stats["error"]`` is None on success). `stats_path`: JSON written every stats interval
     and at the end."""
 
-    def __init__(self, host: Any, config: AppConfig, *, duration: float = 0.0,
-                 stats_path: str | Path | None = None, console_log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        host: Any,
+        config: AppConfig,
+        *,
+        duration: float = 0.0,
+        stats_path: str | Path | None = None,
+        console_log: Callable[[str], None] | None = None,
+    ) -> None:
         self.host, self.config = host, config
         self.duration = duration
         self.stats_path = Path(stats_path) if stats_path else None
         self.say = console_log or log.info
         self.stats = SessionStats()
-        self.stop = threading.Event()          # abort: every stage returns now
+        self.stop = threading.Event()  # abort: every stage returns now
         self.capture_stop = threading.Event()  # capture threads return
         self.clock = SessionClock(FPS)
         self.events = SessionEvents(host.pm)
@@ -141,21 +149,34 @@ class LiveSession:
             portrait = load_image_rgb(path)
         sources = {kind: config.sources.slot(kind).use for kind in SOURCE_KINDS}
         self.session = SessionInfo(
-            session_id=uuid.uuid4().hex, config=config, fps=FPS, sample_rate=SAMPLE_RATE,
-            portrait_path=config.session.portrait, portrait=portrait, sources=sources,
-            renderer=renderer, sinks=tuple(config.sinks.use), engine=self.engine,
+            session_id=uuid.uuid4().hex,
+            config=config,
+            fps=FPS,
+            sample_rate=SAMPLE_RATE,
+            portrait_path=config.session.portrait,
+            portrait=portrait,
+            sources=sources,
+            renderer=renderer,
+            sinks=tuple(config.sinks.use),
+            engine=self.engine,
         )
         self.stats.engine, self.stats.renderer = engine_spec.name, renderer
         for kind in SOURCE_KINDS:
             slot = config.sources.slot(kind)
             if not slot.use:
                 continue
-            make = (lambda k=kind, s=slot: self.host.create(k, s.use, s.options, f"sources.{k}"))
+            make = lambda k=kind, s=slot: self.host.create(k, s.use, s.options, f"sources.{k}")
             inbox = VideoInbox() if kind == "user_video" else AudioInbox()
             self._inboxes[kind] = inbox
             capture = CaptureThread(
-                slot.use, kind, _FirstThenFactory(make(), make), inbox, self.stats, self.capture_stop,
-                config.session.retry_initial_s, config.session.retry_max_s,
+                slot.use,
+                kind,
+                _FirstThenFactory(make(), make),
+                inbox,
+                self.stats,
+                self.capture_stop,
+                config.session.retry_initial_s,
+                config.session.retry_max_s,
             )
             self._captures.append(capture)
         self._sink_specs = sink_specs
@@ -166,8 +187,9 @@ class LiveSession:
         self.stats.backend = str(getattr(self.engine, "backend", "") or "")
         self.renderer.open(session)
         for spec in self._sink_specs:
-            make = (lambda s=spec: self.host.create("sinks", s.name, self.config.sinks.options_for(s.name),
-                                                    f"sinks.{s.name}"))
+            make = lambda s=spec: self.host.create(
+                "sinks", s.name, self.config.sinks.options_for(s.name), f"sinks.{s.name}"
+            )
             sink = make()
             try:
                 sink.open(session)
@@ -175,10 +197,18 @@ class LiveSession:
                 raise
             except Exception as error:  # a device/driver/service the user must set up first
                 raise PluginError(f"sink {spec.name!r} cannot start: {error}") from error
-            self._sink_workers.append(SinkWorker(
-                spec.name, make, spec.accepts_audio, session, self.stats,
-                self.config.session.retry_initial_s, self.config.session.retry_max_s, sink=sink,
-            ))
+            self._sink_workers.append(
+                SinkWorker(
+                    spec.name,
+                    make,
+                    spec.accepts_audio,
+                    session,
+                    self.stats,
+                    self.config.session.retry_initial_s,
+                    self.config.session.retry_max_s,
+                    sink=sink,
+                )
+            )
 
     def _warm_up(self) -> np.ndarray | None:
         """engine.warm_up() and one render; returns the image to hold until the first frame."""
@@ -222,11 +252,20 @@ class LiveSession:
             self.stats.observe("capture_to_features", max(0.0, now - captured_at))
             image = video.latest(now) if video is not None else None
             voice = self.vad.update(tracks["avatar_audio"])
-            tick = InputTick(k, n, tracks["avatar_audio"], tracks["user_audio"], [image] * n,
-                             avatar_voice=voice, captured_at=captured_at)
+            tick = InputTick(
+                k,
+                n,
+                tracks["avatar_audio"],
+                tracks["user_audio"],
+                [image] * n,
+                avatar_voice=voice,
+                captured_at=captured_at,
+            )
             with self._records_lock:
                 for i in range(n):
-                    self._records[k + i] = TickRecord(captured_at, tracks["avatar_audio"][i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES])
+                    self._records[k + i] = TickRecord(
+                        captured_at, tracks["avatar_audio"][i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+                    )
                 for old in [i for i in self._records if i < k - 2000]:
                     del self._records[old]
             t = time.perf_counter()
@@ -274,8 +313,13 @@ class LiveSession:
                 self._records.pop(index, None)
         self.stats.count("dropped", skipped)
         log.info("first clip: showing its newest %d frames, skipping %d stale ones", keep, skipped)
-        return MotionBlock(block.index, block.first_frame + skipped, keep, block.latents[skipped:],
-                           dict(block.metadata, skipped_stale_frames=skipped))
+        return MotionBlock(
+            block.index,
+            block.first_frame + skipped,
+            keep,
+            block.latents[skipped:],
+            dict(block.metadata, skipped_stale_frames=skipped),
+        )
 
     def _render(self) -> None:
         while True:
@@ -288,16 +332,22 @@ class LiveSession:
             frames = list(self.renderer.render(block))
             self.stats.observe("render", time.perf_counter() - t)
             if len(frames) != block.num_frames:
-                raise PluginError(f"renderer {self.session.renderer!r} returned {len(frames)} frames for block "
-                                  f"{block.index} of {block.num_frames}")
+                raise PluginError(
+                    f"renderer {self.session.renderer!r} returned {len(frames)} frames for block "
+                    f"{block.index} of {block.num_frames}"
+                )
             for frame in frames:
                 frame = self.events.frame(self.session, frame)
                 with self._records_lock:
                     record = self._records.pop(frame.index, None)
-                self.frames_queue.put(RenderedFrame(
-                    frame, time.monotonic(), record.captured_at if record else 0.0,
-                    record.audio if record else None,
-                ))
+                self.frames_queue.put(
+                    RenderedFrame(
+                        frame,
+                        time.monotonic(),
+                        record.captured_at if record else 0.0,
+                        record.audio if record else None,
+                    )
+                )
                 depth = len(self.frames_queue)
                 if depth > self.stats.max_frame_queue:
                     self.stats.max_frame_queue = depth
@@ -326,11 +376,21 @@ class LiveSession:
             self.frames_queue = StageQueue(self.config.session.queue_frames or block_frames)
             self.events.started(self.session)
             started_hooks = True
-            pacer = FramePacer(self.clock, self.frames_queue, self._sink_workers, self.stats, self.stop, initial,
-                               shared_state=self.session.plugin_state)
+            pacer = FramePacer(
+                self.clock,
+                self.frames_queue,
+                self._sink_workers,
+                self.stats,
+                self.stop,
+                initial,
+                shared_state=self.session.plugin_state,
+            )
             self._threads.append(pacer)
-            stages = [self._stage("features", self._features), self._stage("generator", self._generator),
-                      self._stage("renderer", self._render)]
+            stages = [
+                self._stage("features", self._features),
+                self._stage("generator", self._generator),
+                self._stage("renderer", self._render),
+            ]
             for worker in self._sink_workers:
                 worker.start()
             live_start = self.clock.start()
@@ -338,8 +398,10 @@ class LiveSession:
                 inbox.go_live()
             for thread in (*stages, pacer):
                 thread.start()
-            self.say(f"live: engine {self.stats.engine}, renderer {self.stats.renderer}, "
-                     f"sinks {', '.join(self.session.sinks) or 'none'}")
+            self.say(
+                f"live: engine {self.stats.engine}, renderer {self.stats.renderer}, "
+                f"sinks {', '.join(self.session.sinks) or 'none'}"
+            )
             interval = self.config.session.stats_interval
             next_report = time.monotonic() + (interval or 5.0)
             while pacer.is_alive() and not self.stop.is_set():
@@ -379,8 +441,10 @@ class LiveSession:
                 worker.finish()
             elif worker.sink is not None:
                 worker.sink.close()
-        for name, close in (("renderer", getattr(self.renderer, "close", None)),
-                            ("engine", getattr(self.engine, "close", None))):
+        for name, close in (
+            ("renderer", getattr(self.renderer, "close", None)),
+            ("engine", getattr(self.engine, "close", None)),
+        ):
             if close is None:
                 continue
             try:

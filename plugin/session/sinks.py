@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from avatarforcing.plugin.session.stats import SessionStats
 from avatarforcing.plugin.types import AudioChunk, Frame, SessionInfo
@@ -19,9 +20,17 @@ class SinkWorker(threading.Thread):
     skips frames, counted in ``stats.sink_skipped``); `finish()` writes what is pending, closes
     the sink and ends the thread."""
 
-    def __init__(self, name: str, make_sink: Callable[[], Any], accepts_audio: bool, session: SessionInfo,
-                 stats: SessionStats, retry_initial_s: float = 0.5, retry_max_s: float = 5.0,
-                 sink: Any = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        make_sink: Callable[[], Any],
+        accepts_audio: bool,
+        session: SessionInfo,
+        stats: SessionStats,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 5.0,
+        sink: Any = None,
+    ) -> None:
         super().__init__(name=f"sink-{name}", daemon=True)
         self.sink_name, self.make_sink, self.accepts_audio = name, make_sink, accepts_audio
         self.session, self.stats = session, stats
@@ -55,8 +64,13 @@ class SinkWorker(threading.Thread):
 
         self.stats.fault("sink_faults", self.sink_name)
         if not self.failing:
-            log.warning("sink %r failed while %s (%s: %s); the others continue, reopening it",
-                        self.sink_name, when, type(error).__name__, error)
+            log.warning(
+                "sink %r failed while %s (%s: %s); the others continue, reopening it",
+                self.sink_name,
+                when,
+                type(error).__name__,
+                error,
+            )
         self.failing = True
         self._close_quietly()
         self._retry_at = time.monotonic() + self._delay

@@ -46,13 +46,13 @@ class SessionStats:
     renderer: str = ""
     backend: str = ""
     latency: dict[str, LatencyTracker] = field(default_factory=lambda: {s: LatencyTracker() for s in STAGES})
-    frames: int = 0            # frames written to the sinks (rendered or held)
-    rendered: int = 0          # rendered frames written
-    held: int = 0              # ticks that repeated the previous frame
-    dropped: int = 0           # rendered frames dropped as too late
-    dropped_ticks: int = 0     # input ticks skipped because the generator fell behind
+    frames: int = 0  # frames written to the sinks (rendered or held)
+    rendered: int = 0  # rendered frames written
+    held: int = 0  # ticks that repeated the previous frame
+    dropped: int = 0  # rendered frames dropped as too late
+    dropped_ticks: int = 0  # input ticks skipped because the generator fell behind
     blocks: int = 0
-    max_frame_queue: int = 0   # deepest renderer -> pacer queue seen
+    max_frame_queue: int = 0  # deepest renderer -> pacer queue seen
     source_faults: dict[str, int] = field(default_factory=dict)
     sink_faults: dict[str, int] = field(default_factory=dict)
     sink_skipped: dict[str, int] = field(default_factory=dict)

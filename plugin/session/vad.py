@@ -43,12 +43,13 @@ class SpeakListenPolicy:
             raise ValueError("attack_ms and release_ms must be >= 0")
 
     @classmethod
-    def from_config(cls, config) -> "SpeakListenPolicy":
+    def from_config(cls, config) -> SpeakListenPolicy:
         """From ``[session]`` (guidance, vad_*, speak_*/listen_*) and ``[model]`` (fixed mode)."""
         s, m = config.session, config.model
         speak = (s.speak_a_cfg, s.speak_u_cfg) if s.guidance == "voice" else (m.a_cfg_scale, m.u_cfg_scale)
-        return cls(s.guidance, s.vad_threshold_db, s.vad_attack_ms, s.vad_release_ms, speak,
-                   (s.listen_a_cfg, s.listen_u_cfg))
+        return cls(
+            s.guidance, s.vad_threshold_db, s.vad_attack_ms, s.vad_release_ms, speak, (s.listen_a_cfg, s.listen_u_cfg)
+        )
 
     def scales(self, speaking: bool) -> tuple[float, float]:
         """``(avatar_scale, user_scale)`` for the next block."""

@@ -20,9 +20,13 @@ import soundfile
 import torch
 import transformers
 
-from avatarforcing.engine.audio_encoder import AudioEncoder, normalize_utterance, pad_to_frames
-from avatarforcing.engine.fixture_init import apply_fixture_init
-from avatarforcing.engine.streaming_audio import StreamingAudioConfig, StreamingAudioFeatures, StreamingWindowEncoder
+from avatarforcing.engine.official.audio_encoder import AudioEncoder, normalize_utterance, pad_to_frames
+from avatarforcing.engine.official.formula_weights import apply_fixture_init
+from avatarforcing.engine.official.streaming_audio import (
+    StreamingAudioConfig,
+    StreamingAudioFeatures,
+    StreamingWindowEncoder,
+)
 
 SR = 16000
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rope import apply_rope
+from avatarforcing.engine.rope import apply_rope
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:

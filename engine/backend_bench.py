@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from .bench import CONFIGS, StageTiming, machine_description, summarize
-from .export.backend_select import Capabilities, probe_capabilities, select_backend
-from .export.graph_specs import ExportSettings, GraphSpec, build_graph_specs, model_hash
-from .model import AvatarForcingModel
+from avatarforcing.engine.bench import CONFIGS, StageTiming, machine_description, summarize
+from avatarforcing.engine.export.backend_select import Capabilities, probe_capabilities, select_backend
+from avatarforcing.engine.export.graph_specs import ExportSettings, GraphSpec, build_graph_specs, model_hash
+from avatarforcing.engine.official.model import AvatarForcingModel
 
 BENCH_BACKENDS = ("tensorrt", "cuda-graphs", "eager", "onnxruntime")
 BACKEND_CHOICES = BENCH_BACKENDS + ("auto", "all")
@@ -110,7 +110,7 @@ def _build_runners(
     """{graph: runner}, {graph: spec with example feeds on the runner's device}, device."""
     cuda = torch.device("cuda")
     if backend == "onnxruntime":
-        from .export.onnx_runtime import OrtRunner
+        from avatarforcing.engine.export.onnx_runtime import OrtRunner
 
         specs = _specs_on(model, torch.device("cpu"), settings)
         runners = {name: OrtRunner(caps.onnx_exports / f"{name}.onnx", threads) for name in specs}
@@ -121,14 +121,14 @@ def _build_runners(
         return {name: _eager_runner(spec) for name, spec in specs.items()}, specs, device
     specs = _specs_on(model, cuda, settings)
     if backend == "cuda-graphs":
-        from .export.cuda_graphs import StaticGraphRunner
+        from avatarforcing.engine.export.cuda_graphs import StaticGraphRunner
 
         return (
             {name: StaticGraphRunner.from_spec(spec, cuda, precision=precision) for name, spec in specs.items()},
             specs,
             cuda,
         )
-    from .export.tensorrt_backend import BuildOptions, load_or_build_engines
+    from avatarforcing.engine.export.tensorrt_backend import BuildOptions, load_or_build_engines
 
     if engine_cache is None:
         raise ValueError("the tensorrt backend needs an engine cache directory")

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .model import AvatarForcingModel
-from .sampler import FlowMatchingEulerSampler, GuidanceScales
-from .stream import MotionStream
-from .streaming_audio import StreamingAudioFeatures
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.official.model import AvatarForcingModel
+from avatarforcing.engine.official.streaming_audio import StreamingAudioFeatures
+from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
+from avatarforcing.engine.stream import MotionStream
 
 CONFIGS: dict[str, Callable[[], ModelConfig]] = {
     "fixture_small": ModelConfig.fixture_small,

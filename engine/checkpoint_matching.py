@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .checkpoint_io import CheckpointError, TensorFile
+from avatarforcing.engine.checkpoint_io import CheckpointError, TensorFile
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 WEIGHT_NORM_ALIASES = (

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from .checkpoint_io import CheckpointError, read_tensor_file
-from .checkpoint_matching import SourceSpec, load_sources
-from .config import ModelConfig
-from .flow_transformer import FlowTransformer
+from avatarforcing.engine.checkpoint_io import CheckpointError, read_tensor_file
+from avatarforcing.engine.checkpoint_matching import SourceSpec, load_sources
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.flow_transformer import FlowTransformer
 
 FLOW_FORMAT_NAME = "avatarforcing-flow-transformer"
 FLOW_FORMAT_VERSION = 1

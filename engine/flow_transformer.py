@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import CrossAttention, PackedMultiheadAttention, SelfAttention
-from .config import ModelConfig
+from avatarforcing.engine.attention import CrossAttention, PackedMultiheadAttention, SelfAttention
+from avatarforcing.engine.config import ModelConfig
 
 CFG_BRANCHES = 3
 

@@ -16,10 +16,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .attention import block_cross_mask, block_self_mask, first_clip_cross_mask, first_clip_self_mask
-from .flow_transformer import AttentionContext, FlowTransformer
-from .rope import rope_tables
-from .sampler import FlowMatchingEulerSampler, combine_guidance
+from avatarforcing.engine.attention import (
+    block_cross_mask,
+    block_self_mask,
+    first_clip_cross_mask,
+    first_clip_self_mask,
+)
+from avatarforcing.engine.flow_transformer import AttentionContext, FlowTransformer
+from avatarforcing.engine.rope import rope_tables
+from avatarforcing.engine.sampler import FlowMatchingEulerSampler, combine_guidance
 
 
 class _StepBase(nn.Module):

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .flow_transformer import FlowTransformer
-from .generator_step import BlockStep, FirstClipStep
-from .sampler import FlowMatchingEulerSampler, GuidanceScales
+from avatarforcing.engine.flow_transformer import FlowTransformer
+from avatarforcing.engine.generator_step import BlockStep, FirstClipStep
+from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 
 STREAMS = ("avatar_audio", "user_audio", "user_motion")
 

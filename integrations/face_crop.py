@@ -30,8 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .face_detection import FaceBox, FaceDetector, NoFaceError, _check_rgb
-from .media import iter_video_frames
+from avatarforcing.integrations.face_detection import FaceBox, FaceDetector, NoFaceError, _check_rgb
+from avatarforcing.integrations.media import iter_video_frames
 
 DETECTION_HEIGHT = 360  # the official detector's working height; sets the interpolation rule
 

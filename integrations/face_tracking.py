@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .face_crop import CropSquare, FaceGeometry, apply_crop, crop_square, resize_interpolation
-from .face_detection import FaceBox, FaceDetector, _check_rgb
+from avatarforcing.integrations.face_crop import CropSquare, FaceGeometry, apply_crop, crop_square, resize_interpolation
+from avatarforcing.integrations.face_detection import FaceBox, FaceDetector, _check_rgb
 
 
 @dataclass(frozen=True)

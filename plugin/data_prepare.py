@@ -21,7 +21,7 @@ Spaces (`DefaultSpace`, `OfficialSpace`):
   normalized units [T, 13] (no face -> zeros = neutral); reference = mean motion over the
   frames with a face.
 - ``official``: audio = the engine's offline wav2vec2 features (`AudioEncoder`, whole-utterance
-  normalisation, run in chunks of at most `AUDIO_CHUNK_FRAMES` frames) [T, 512]; motion =
+  normalisation, run in chunks of at most `UTTERANCE_CHUNK_FRAMES` frames) [T, 512]; motion =
   `encode_motion` of the tracked face crop (`FaceTracker`) [T, 512] (no face -> zeros);
   reference = motion of the first face crop (= the r_s the model computes for that crop as a
   portrait).
@@ -45,7 +45,6 @@ FPS = 25
 FRAME_SAMPLES = SAMPLE_RATE // FPS  # 640
 LAYOUTS = ("side-by-side", "two-tracks")
 MOUTH_WINDOW = 9  # frames (0.36 s) of jaw-opening history for the mouth activity
-AUDIO_CHUNK_FRAMES = 500  # 20 s: wav2vec2 attention over longer audio needs too much memory
 MOTION_BATCH = 32  # face crops per encode_motion call
 
 
@@ -223,7 +222,7 @@ class DefaultSideReader:
         self._rows.append(self._extractor.extract(np.ascontiguousarray(rgb)))
 
     def finish(self) -> SideMotion:
-        from avatarforcing.engine.default.motion_space import MOTION_SPACE
+        from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 
         self._extractor.close()
         found = np.array([r is not None for r in self._rows], bool)
@@ -266,7 +265,7 @@ class OfficialSideReader:
     def _encode(self) -> None:
         import torch
 
-        from avatarforcing.engine.pipeline import images_to_model
+        from avatarforcing.engine.official.pipeline import images_to_model
 
         if not self._pending:
             return
@@ -297,13 +296,13 @@ class DefaultSpace:
 
     @property
     def dims(self) -> tuple[int, int]:
-        from avatarforcing.engine.default.audio_features import LOG_MEL_DIM
-        from avatarforcing.engine.default.motion_space import MOTION_SPACE
+        from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
+        from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 
         return LOG_MEL_DIM, MOTION_SPACE.dim
 
     def audio_features(self, samples: np.ndarray, frames: int) -> np.ndarray:
-        from avatarforcing.engine.default.audio_features import log_mel_features
+        from avatarforcing.engine.embedded.audio_features import log_mel_features
 
         return log_mel_features(np.asarray(samples, np.float32)[: frames * FRAME_SAMPLES])
 
@@ -312,8 +311,8 @@ class DefaultSpace:
 
     def info(self) -> dict[str, Any]:
         return {
-            "motion_units": "normalized (avatarforcing.engine.default.motion_space)",
-            "audio_features": "log-mel 80 (avatarforcing.engine.default.audio_features)",
+            "motion_units": "normalized (avatarforcing.engine.embedded.motion_space)",
+            "audio_features": "log-mel 80 (avatarforcing.engine.embedded.audio_features)",
         }
 
 
@@ -330,21 +329,9 @@ class OfficialSpace:
         return self.model.cfg.dim_a, self.model.cfg.dim_w
 
     def audio_features(self, samples: np.ndarray, frames: int) -> np.ndarray:
-        import torch
+        from avatarforcing.engine.official.audio_encoder import utterance_features
 
-        from avatarforcing.engine.audio_encoder import normalize_utterance
-
-        audio = normalize_utterance(np.asarray(samples, np.float32)[: frames * FRAME_SAMPLES])
-        device = next(self.model.parameters()).device
-        pieces = np.array_split(np.arange(frames), math.ceil(frames / AUDIO_CHUNK_FRAMES))
-        rows = []
-        with torch.no_grad():
-            for piece in pieces:
-                chunk = torch.from_numpy(audio[piece[0] * FRAME_SAMPLES : (piece[-1] + 1) * FRAME_SAMPLES])[None].to(
-                    device
-                )
-                rows.append(self.model.audio_encoder(chunk, len(piece))[0].float().cpu().numpy())
-        return np.concatenate(rows)
+        return utterance_features(self.model.audio_encoder, samples, frames)
 
     def side_reader(self, with_mouth: bool) -> OfficialSideReader:
         return OfficialSideReader(self.model, with_mouth)

@@ -421,7 +421,7 @@ def check_display(ctx: DoctorContext) -> CheckResult:
 
 def default_avatar_weights() -> tuple[Path, list[Path]]:
     """The embedded default avatar's package folder and the weight files shipped in it."""
-    import avatarforcing.engine.default as package
+    import avatarforcing.engine.embedded as package
 
     folder = Path(package.__file__).resolve().parent
     return folder, sorted(folder.glob("*.safetensors"))

@@ -10,7 +10,7 @@ A model spec is one of:
   ``flow_transformer.pth`` must carry the wav2vec2 weights). The model size is
   ``[model] preset`` (``official`` unless set otherwise).
 - a directory in our own format — ``model.safetensors`` + ``config.json`` (written by
-  `avatarforcing.engine.checkpoint.save_model`); the size comes from ``config.json``.
+  `avatarforcing.engine.official.checkpoint.save_model`); the size comes from ``config.json``.
 - empty/``None``: the configured weights — ``[model] flow_transformer``/``motion_autoencoder``/
   ``wav2vec2`` when set, else the weights directory (`avatarforcing.plugin.weights.
   active_weights_dir`: ``[model] checkpoint_dir``, ``$AVATARFORCING_WEIGHTS``, the copy recorded
@@ -39,7 +39,7 @@ from avatarforcing.plugin.paths import (
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from avatarforcing.engine.config import ModelConfig
-    from avatarforcing.engine.model import AvatarForcingModel
+    from avatarforcing.engine.official.model import AvatarForcingModel
 
 FORMULA_PREFIX = "formula:"
 FORMULA_PRESETS = ("fixture_small", "official")
@@ -250,9 +250,9 @@ def load_model(source: ModelSource, device: str = "cpu") -> AvatarForcingModel:
     Raises `CommandError` (exit 1) with one line when a weight file is unreadable, unsafe (a
     pickle with code) or does not match the model.
     """
-    from avatarforcing.engine.checkpoint import CheckpointError, load_official_checkpoints
-    from avatarforcing.engine.checkpoint import load_model as load_our_model
-    from avatarforcing.engine.model import AvatarForcingModel
+    from avatarforcing.engine.official.checkpoint import CheckpointError, load_official_checkpoints
+    from avatarforcing.engine.official.checkpoint import load_model as load_our_model
+    from avatarforcing.engine.official.model import AvatarForcingModel
 
     try:
         if source.kind == "formula":

@@ -43,8 +43,8 @@ from avatarforcing.plugin.events import SessionEvents
 from avatarforcing.plugin.types import Frame, MotionBlock, SessionInfo
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
-    from avatarforcing.engine.model import AvatarForcingModel
-    from avatarforcing.engine.pipeline import AvatarPipeline, PipelineConfig
+    from avatarforcing.engine.official.model import AvatarForcingModel
+    from avatarforcing.engine.official.pipeline import AvatarPipeline, PipelineConfig
     from avatarforcing.plugin.config import AppConfig
     from avatarforcing.plugin.manager import PluginHost
 
@@ -287,7 +287,7 @@ def stream_motion(
     push."""
     import torch
 
-    from avatarforcing.engine.pipeline import images_to_model
+    from avatarforcing.engine.official.pipeline import images_to_model
 
     length = total_frames * SAMPLES_PER_FRAME
     avatar = pad_audio(np.asarray(avatar_audio, np.float32), length)[:length]
@@ -358,7 +358,7 @@ def render_video(
     Returns the `RenderResult`; `session_stopped` sees ``stats`` with ``frames``, ``blocks``,
     ``error`` (``None`` or one line), ``output``, ``wall_s``. On failure the partial file is
     removed and the error propagates."""
-    from avatarforcing.engine.pipeline import AvatarPipeline, images_to_model
+    from avatarforcing.engine.official.pipeline import AvatarPipeline, images_to_model
     from avatarforcing.integrations.media import VideoWriter
 
     output = Path(output)

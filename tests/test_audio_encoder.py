@@ -12,13 +12,18 @@ import torch
 import transformers
 from torch.nn import functional as F
 
-from avatarforcing.engine.audio_encoder import (
+from avatarforcing.engine.official.audio_encoder import (
     AudioEncoder,
     decimate_conv_frames,
     normalize_utterance,
     pad_to_frames,
 )
-from avatarforcing.engine.fixture_init import apply_fixture_init, fixture_values, init_rule, iter_canonical_parameters
+from avatarforcing.engine.official.formula_weights import (
+    apply_fixture_init,
+    fixture_values,
+    init_rule,
+    iter_canonical_parameters,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURE = SHARED / "reference" / "fixture_small"

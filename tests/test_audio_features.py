@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarforcing.engine.default.audio_features import (
+from avatarforcing.engine.embedded.audio_features import (
     FRAME_SAMPLES,
     LOG_MEL_DIM,
     MEL_BANDS,

@@ -24,7 +24,7 @@ from avatarforcing.engine.export.cuda_graphs import CACHE_CARRY, StaticGraphRunn
 from avatarforcing.engine.export.graph_specs import ExportSettings, build_graph_specs, model_hash
 from avatarforcing.engine.export.onnx_graphs import export_all
 from avatarforcing.engine.export.rollout import EagerRunner, rollout_latents, rollout_noise
-from avatarforcing.engine.model import AvatarForcingModel
+from avatarforcing.engine.official.model import AvatarForcingModel
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 from avatarforcing.engine.stream import MotionStream, StoredNoise, generate
 

@@ -72,7 +72,7 @@ def fixture_small_exports(tmp_path_factory) -> Path:
     from avatarforcing.engine.config import ModelConfig
     from avatarforcing.engine.export.graph_specs import ExportSettings
     from avatarforcing.engine.export.onnx_graphs import export_all
-    from avatarforcing.engine.model import AvatarForcingModel
+    from avatarforcing.engine.official.model import AvatarForcingModel
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("onnx")

@@ -18,16 +18,16 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from avatarforcing.engine.checkpoint import (
+from avatarforcing.engine.checkpoint_matching import stripped_forms, weight_norm_alias
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.official.checkpoint import (
     CheckpointError,
     load_model,
     load_official_checkpoints,
     load_wav2vec2_folder,
     save_model,
 )
-from avatarforcing.engine.checkpoint_matching import stripped_forms, weight_norm_alias
-from avatarforcing.engine.config import ModelConfig
-from avatarforcing.engine.model import AvatarForcingModel
+from avatarforcing.engine.official.model import AvatarForcingModel
 
 TINY_WAV2VEC2 = dict(
     hidden_size=32,

@@ -258,7 +258,7 @@ def test_reference_command_checks_its_arguments(capsys, tmp_path):
     assert status == 2 and "inputs.npz" in err and "not found" in err
     status, _, err = run(capsys, "reference", "run", str(tmp_path / "fixture"), "--out", str(tmp_path / "no" / "o.npz"))
     assert status == 2
-    run_reference = _engine_function("avatarforcing.engine.reference", "run_reference")
+    run_reference = _engine_function("avatarforcing.engine.official.fixture_runner", "run_reference")
     assert run_reference is None or callable(run_reference)
 
 

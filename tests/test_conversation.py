@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from avatarforcing.engine.default.conversation import FPS, generate_conversation
-from avatarforcing.engine.default.motion_space import MOTION_SPACE
-from avatarforcing.engine.default.speech import Speaker, espeak_available, laugh, resample
+from avatarforcing.engine.embedded.conversation import FPS, generate_conversation
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.speech import Speaker, espeak_available, laugh, resample
 
 JAW, SMILE, PITCH, BLINK = 5, 6, 1, 8
 

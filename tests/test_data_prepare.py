@@ -13,8 +13,8 @@ import pytest
 import soundfile
 from safetensors.numpy import load_file
 
-from avatarforcing.engine.default.audio_features import log_mel_features
-from avatarforcing.engine.default.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.audio_features import log_mel_features
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.engine.training.dataset import ConversationDataset, read_manifest
 from avatarforcing.plugin.cli import main
 from avatarforcing.plugin.data_prepare import attribute_mono_speech, frame_rms, heldout_ids, mouth_activity
@@ -294,7 +294,7 @@ def test_bad_inputs_get_one_clear_error(media, tmp_path: Path, capsys) -> None:
 def test_official_space_uses_the_engine_encoders(media, tmp_path: Path) -> None:
     import torch
 
-    from avatarforcing.engine.audio_encoder import normalize_utterance
+    from avatarforcing.engine.official.audio_encoder import normalize_utterance
     from avatarforcing.plugin.model_loading import load_model_from_spec
 
     out = tmp_path / "official"

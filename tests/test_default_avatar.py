@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from avatarforcing.engine.default.audio_features import LOG_MEL_DIM
-from avatarforcing.engine.default.model import (
+from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
+from avatarforcing.engine.embedded.model import (
     DEFAULT_MODEL_CONFIG,
     DefaultAvatarModel,
     load_default,
     packaged_files,
 )
-from avatarforcing.engine.default.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.plugin.builtins.default_avatar import DefaultEngine
 from avatarforcing.plugin.config import config_from_dict
 from avatarforcing.plugin.errors import ConfigError

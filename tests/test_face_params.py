@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarforcing.engine.default.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.integrations.face_params import (
     FaceParamsExtractor,
     OneEuroConfig,

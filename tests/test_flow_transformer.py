@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from avatarforcing.engine.config import ModelConfig
-from avatarforcing.engine.fixture_init import apply_fixture_init
 from avatarforcing.engine.flow_transformer import FlowTransformer
-from avatarforcing.engine.reference import stored_noise
+from avatarforcing.engine.official.fixture_runner import stored_noise
+from avatarforcing.engine.official.formula_weights import apply_fixture_init
 from avatarforcing.engine.rope import apply_rope, rope_tables
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 from avatarforcing.engine.stream import MotionStream

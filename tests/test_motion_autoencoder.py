@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from avatarforcing.engine.config import ModelConfig
-from avatarforcing.engine.fixture_init import apply_fixture_init
-from avatarforcing.engine.motion_autoencoder import MotionAutoencoder, ReferenceIdentity
-from avatarforcing.engine.stylegan_layers import upfirdn2d
+from avatarforcing.engine.official.formula_weights import apply_fixture_init
+from avatarforcing.engine.official.motion_autoencoder import MotionAutoencoder, ReferenceIdentity
+from avatarforcing.engine.official.stylegan_layers import upfirdn2d
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarforcing.engine.default.drawing import LOOKS, FaceLook, composite, draw_face, get_look
-from avatarforcing.engine.default.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.drawing import LOOKS, FaceLook, composite, draw_face, get_look
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 
 SIZE = (256, 256)
 

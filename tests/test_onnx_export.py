@@ -32,7 +32,7 @@ from avatarforcing.engine.export.graph_specs import (
 from avatarforcing.engine.export.onnx_graphs import ExportManifest, export_all, export_specs
 from avatarforcing.engine.export.onnx_runtime import OrtRunner, check_exports, engine_export_main
 from avatarforcing.engine.export.rollout import PositionalStep
-from avatarforcing.engine.model import AvatarForcingModel
+from avatarforcing.engine.official.model import AvatarForcingModel
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 from avatarforcing.engine.stream import MotionStream, generate
 

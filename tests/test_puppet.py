@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_vmc import Receiver  # a real python-osc server
 
-from avatarforcing.engine.default.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.plugin.builtins import puppet
 from avatarforcing.plugin.config import AppConfig, load_config
 from avatarforcing.plugin.errors import ConfigError, PluginError

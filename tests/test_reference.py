@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from avatarforcing.engine.reference import run_reference
+from avatarforcing.engine.official.fixture_runner import run_reference
 from avatarforcing.plugin.cli import main
 
 ATOL = 1e-4  # fixture README: features and latents

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from avatarforcing.engine.config import ModelConfig
-from avatarforcing.engine.model import AvatarForcingModel
-from avatarforcing.engine.pipeline import PipelineConfig
+from avatarforcing.engine.official.model import AvatarForcingModel
+from avatarforcing.engine.official.pipeline import PipelineConfig
+from avatarforcing.engine.official.streaming_audio import StreamingAudioConfig
 from avatarforcing.engine.sampler import GuidanceScales
-from avatarforcing.engine.streaming_audio import StreamingAudioConfig
 from avatarforcing.integrations.media import (
     VideoWriter,
     ffprobe,
@@ -338,7 +338,7 @@ def test_a_failing_renderer_stops_the_session_and_leaves_no_file(clips, formula_
 def test_motion_autoencoder_renderer_decodes_with_the_engine(clips, formula_model):
     """The built-in renderer (registered through its entry point) returns the engine's own
     decoder output mapped per frame to uint8."""
-    from avatarforcing.engine.pipeline import AvatarPipeline, images_to_model
+    from avatarforcing.engine.official.pipeline import AvatarPipeline, images_to_model
     from avatarforcing.engine.stream import MotionBlock as EngineBlock
     from avatarforcing.integrations.media import to_uint8_frame
     from avatarforcing.plugin import MotionBlock, SessionInfo
@@ -513,7 +513,7 @@ def _same_parameters(a: AvatarForcingModel, b: AvatarForcingModel) -> bool:
 
 
 def test_model_specs_formula_official_directory_and_our_format(formula_model, tmp_path):
-    from avatarforcing.engine.checkpoint import save_model
+    from avatarforcing.engine.official.checkpoint import save_model
     from avatarforcing.plugin.config import ModelSettings
 
     source = resolve_model_source("formula:fixture_small:0")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from avatarforcing.engine.config import ModelConfig
-from avatarforcing.engine.fixture_init import apply_fixture_init
 from avatarforcing.engine.flow_transformer import FlowTransformer
+from avatarforcing.engine.official.formula_weights import apply_fixture_init
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 from avatarforcing.engine.stream import MotionStream, StreamState, generate
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import transformers
 
-from avatarforcing.engine.audio_encoder import AudioEncoder, normalize_utterance
-from avatarforcing.engine.fixture_init import apply_fixture_init
-from avatarforcing.engine.streaming_audio import (
+from avatarforcing.engine.official.audio_encoder import AudioEncoder, normalize_utterance
+from avatarforcing.engine.official.formula_weights import apply_fixture_init
+from avatarforcing.engine.official.streaming_audio import (
     StreamingAudioConfig,
     StreamingAudioFeatures,
     StreamingWindowEncoder,

@@ -151,7 +151,7 @@ def test_build_cache_and_run_block_step_engine(tmp_path):
     from avatarforcing.engine.export.graph_specs import build_graph_specs
     from avatarforcing.engine.export.onnx_graphs import export_all
     from avatarforcing.engine.export.tensorrt_backend import BuildOptions, load_or_build_engines
-    from avatarforcing.engine.model import AvatarForcingModel
+    from avatarforcing.engine.official.model import AvatarForcingModel
 
     w2v = transformers.Wav2Vec2Config(
         hidden_size=32,

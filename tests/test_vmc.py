@@ -11,7 +11,7 @@ import pytest
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import ThreadingOSCUDPServer
 
-from avatarforcing.engine.default.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.integrations.vmc import VmcSender, blendshapes, head_rotation
 
 

@@ -5,13 +5,20 @@ Submodules import their optional dependencies (onnx, onnxruntime, onnxscript, te
 polygraphy) lazily, so `import avatarforcing.engine.export` works with PyTorch alone.
 """
 
-from .backend_select import BackendChoice, Capabilities, probe_capabilities, select_backend
-from .cuda_graphs import StaticGraphRunner
-from .graph_specs import GRAPH_NAMES, ExportSettings, GraphSpec, TensorSpec, build_graph_specs, model_hash
-from .onnx_graphs import ExportManifest, export_all
-from .onnx_runtime import ExportCheckReport, OrtRunner, check_exports, engine_export_main
-from .rollout import EagerRunner, PositionalStep, rollout_latents
-from .tensorrt_backend import engine_build_main, load_or_build_engines
+from avatarforcing.engine.export.backend_select import BackendChoice, Capabilities, probe_capabilities, select_backend
+from avatarforcing.engine.export.cuda_graphs import StaticGraphRunner
+from avatarforcing.engine.export.graph_specs import (
+    GRAPH_NAMES,
+    ExportSettings,
+    GraphSpec,
+    TensorSpec,
+    build_graph_specs,
+    model_hash,
+)
+from avatarforcing.engine.export.onnx_graphs import ExportManifest, export_all
+from avatarforcing.engine.export.onnx_runtime import ExportCheckReport, OrtRunner, check_exports, engine_export_main
+from avatarforcing.engine.export.rollout import EagerRunner, PositionalStep, rollout_latents
+from avatarforcing.engine.export.tensorrt_backend import engine_build_main, load_or_build_engines
 
 __all__ = [
     "GRAPH_NAMES",

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .graph_specs import GraphSpec
-from .timing import Timing, time_calls
+from avatarforcing.engine.export.graph_specs import GraphSpec
+from avatarforcing.engine.export.timing import Timing, time_calls
 
 BACKENDS = ("tensorrt", "cuda_graphs", "cuda_eager", "onnxruntime_cpu", "torch_cpu")
 DEFAULT_CPU_ORDER = ("onnxruntime_cpu", "torch_cpu")
@@ -65,7 +65,7 @@ def _probe_onnx_exports(onnx_dir: str | Path | None, model_hash: str | None) -> 
     """(export directory, None) when usable exports of `model_hash` are there, else (None, why)."""
     if onnx_dir is None:
         return None, NO_EXPORT_DIR
-    from .onnx_graphs import MANIFEST_NAME, ExportManifest
+    from avatarforcing.engine.export.onnx_graphs import MANIFEST_NAME, ExportManifest
 
     path = Path(onnx_dir)
     if not (path / MANIFEST_NAME).exists():
@@ -87,7 +87,7 @@ def _probe_onnx_exports(onnx_dir: str | Path | None, model_hash: str | None) -> 
 
 def probe_capabilities(onnx_dir: str | Path | None = None, model_hash: str | None = None) -> Capabilities:
     """Look at this machine: CUDA (and its GPU), CUDA graphs, TensorRT, ONNX Runtime, exports."""
-    from .tensorrt_backend import tensorrt_missing
+    from avatarforcing.engine.export.tensorrt_backend import tensorrt_missing
 
     gpu = capability = None
     if torch.cuda.is_available():
@@ -196,7 +196,7 @@ def compare_cpu_backends(
 ) -> CpuComparison:
     """Time ONNX Runtime and PyTorch on `spec.example` in alternating rounds (the machine is
     shared: medians over all rounds)."""
-    from .onnx_runtime import OrtRunner
+    from avatarforcing.engine.export.onnx_runtime import OrtRunner
 
     torch.set_num_threads(threads)
     runner = OrtRunner(onnx_path, threads)

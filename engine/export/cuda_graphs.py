@@ -27,8 +27,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..model import AvatarForcingModel
-from .graph_specs import CACHE_NAMES, ExportSettings, GraphSpec, TensorSpec, build_graph_specs
+from avatarforcing.engine.export.graph_specs import (
+    CACHE_NAMES,
+    ExportSettings,
+    GraphSpec,
+    TensorSpec,
+    build_graph_specs,
+)
+from avatarforcing.engine.official.model import AvatarForcingModel
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

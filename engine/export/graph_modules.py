@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..motion_autoencoder import MotionAutoencoder, ReferenceIdentity
+from avatarforcing.engine.official.motion_autoencoder import MotionAutoencoder, ReferenceIdentity
 
 
 def feature_input_names(size: int) -> tuple[str, ...]:

@@ -32,12 +32,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..audio_encoder import SAMPLES_PER_FRAME
-from ..generator_step import BlockStep, FirstClipStep
-from ..model import AvatarForcingModel
-from ..sampler import FlowMatchingEulerSampler, GuidanceScales
-from ..streaming_audio import StreamingAudioConfig, StreamingWindowEncoder
-from .graph_modules import DecoderGraph, MotionEncoderGraph, feature_input_names, identity_feeds
+from avatarforcing.engine.export.graph_modules import (
+    DecoderGraph,
+    MotionEncoderGraph,
+    feature_input_names,
+    identity_feeds,
+)
+from avatarforcing.engine.generator_step import BlockStep, FirstClipStep
+from avatarforcing.engine.official.audio_encoder import SAMPLES_PER_FRAME
+from avatarforcing.engine.official.model import AvatarForcingModel
+from avatarforcing.engine.official.streaming_audio import StreamingAudioConfig, StreamingWindowEncoder
+from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 
 GRAPH_NAMES = ("first_clip", "block_step", "decoder", "motion_encoder", "audio_window")
 STEP_OUTPUTS = ("latents", "self_k_out", "self_v_out", "cross_k_out", "cross_v_out")

@@ -31,8 +31,15 @@ from pathlib import Path
 
 import torch
 
-from ..model import AvatarForcingModel
-from .graph_specs import GRAPH_NAMES, ExportSettings, GraphSpec, TensorSpec, build_graph_specs, model_hash
+from avatarforcing.engine.export.graph_specs import (
+    GRAPH_NAMES,
+    ExportSettings,
+    GraphSpec,
+    TensorSpec,
+    build_graph_specs,
+    model_hash,
+)
+from avatarforcing.engine.official.model import AvatarForcingModel
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1

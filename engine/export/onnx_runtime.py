@@ -21,14 +21,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
-from ..model import AvatarForcingModel
-from ..sampler import FlowMatchingEulerSampler, GuidanceScales
-from ..stream import MotionStream, StoredNoise, generate
-from .graph_specs import CACHE_NAMES, GRAPH_NAMES, ExportSettings, build_graph_specs, model_hash, numpy_feeds
-from .onnx_graphs import ExportError, ExportManifest, export_all
-from .rollout import rollout_frames, rollout_latents, rollout_noise
-from .timing import Timing, time_calls
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.export.graph_specs import (
+    CACHE_NAMES,
+    GRAPH_NAMES,
+    ExportSettings,
+    build_graph_specs,
+    model_hash,
+    numpy_feeds,
+)
+from avatarforcing.engine.export.onnx_graphs import ExportError, ExportManifest, export_all
+from avatarforcing.engine.export.rollout import rollout_frames, rollout_latents, rollout_noise
+from avatarforcing.engine.export.timing import Timing, time_calls
+from avatarforcing.engine.official.model import AvatarForcingModel
+from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
+from avatarforcing.engine.stream import MotionStream, StoredNoise, generate
 
 # Parity tolerances, relative to max(1, max |PyTorch output|) of each graph. The generator,
 # encoder and audio graphs agree to ~1e-6 in float32; the decoder's deep modulated-conv +

@@ -15,8 +15,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
-from .graph_specs import CACHE_NAMES, GraphSpec
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.export.graph_specs import CACHE_NAMES, GraphSpec
 
 
 class GraphRunner(Protocol):

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .onnx_graphs import ExportManifest
+from avatarforcing.engine.export.onnx_graphs import ExportManifest
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_WORKSPACE_BYTES = 4 << 30

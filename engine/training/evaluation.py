@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 
-from ..flow_checkpoint import load_flow_transformer
-from ..sampler import GuidanceScales
-from .dataset import ConversationDataset
-from .losers import make_loser, sample_motion
-from .metrics import ConversationMotion, evaluate, groups_for_space
+from avatarforcing.engine.flow_checkpoint import load_flow_transformer
+from avatarforcing.engine.sampler import GuidanceScales
+from avatarforcing.engine.training.dataset import ConversationDataset
+from avatarforcing.engine.training.losers import make_loser, sample_motion
+from avatarforcing.engine.training.metrics import ConversationMotion, evaluate, groups_for_space
 
 
 def evaluate_checkpoint(

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..flow_transformer import FlowTransformer
-from ..sampler import FlowMatchingEulerSampler, GuidanceScales
-from ..stream import MotionStream, generate
+from avatarforcing.engine.flow_transformer import FlowTransformer
+from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
+from avatarforcing.engine.stream import MotionStream, generate
 
 
 def null_user_conditions(user_audio: Tensor, user_motion: Tensor) -> tuple[Tensor, Tensor]:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
-from ..sampler import sigma_grid
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.sampler import sigma_grid
 
 
 @dataclass(frozen=True)

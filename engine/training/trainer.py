@@ -21,14 +21,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
-from ..flow_checkpoint import load_flow_transformer, save_flow_transformer
-from ..flow_transformer import FlowTransformer
-from .dataset import SEQUENCE_KEYS, ConversationDataset
-from .losers import make_loser
-from .losses import diffusion_dpo_loss, flow_matching_loss, per_sample_error, preference_margin
-from .schedule import BlockLayout, add_noise, block_layout, frame_values, sample_block_sigmas, velocity_target
-from .window_model import WindowAttention, window_velocity
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.flow_checkpoint import load_flow_transformer, save_flow_transformer
+from avatarforcing.engine.flow_transformer import FlowTransformer
+from avatarforcing.engine.training.dataset import SEQUENCE_KEYS, ConversationDataset
+from avatarforcing.engine.training.losers import make_loser
+from avatarforcing.engine.training.losses import (
+    diffusion_dpo_loss,
+    flow_matching_loss,
+    per_sample_error,
+    preference_margin,
+)
+from avatarforcing.engine.training.schedule import (
+    BlockLayout,
+    add_noise,
+    block_layout,
+    frame_values,
+    sample_block_sigmas,
+    velocity_target,
+)
+from avatarforcing.engine.training.window_model import WindowAttention, window_velocity
 
 
 @dataclass(frozen=True)
@@ -429,7 +441,7 @@ class Trainer:
 
 
 def _avatar_guidance(scale: float):
-    from ..sampler import GuidanceScales
+    from avatarforcing.engine.sampler import GuidanceScales
 
     return GuidanceScales(avatar=scale, user=1.0)
 

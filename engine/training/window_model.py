@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
-from ..flow_transformer import AttentionContext, FlowTransformer, TokenModulation
-from ..rope import rope_tables
-from .schedule import BlockLayout
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.flow_transformer import AttentionContext, FlowTransformer, TokenModulation
+from avatarforcing.engine.rope import rope_tables
+from avatarforcing.engine.training.schedule import BlockLayout
 
 
 def training_self_mask(cfg: ModelConfig, layout: BlockLayout) -> Tensor:

@@ -7,7 +7,7 @@ Works with the default avatar, whose motion blocks carry ``latents`` of shape
 import cv2
 import numpy as np
 
-from avatarforcing.engine.default.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.plugin import Frame, OptionSpec, RendererSpec, hookimpl
 
 

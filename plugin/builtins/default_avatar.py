@@ -55,7 +55,7 @@ def _check_weights(value: str) -> str | None:
 def load_model(weights: str = "", device: str = "cpu"):
     """The packaged default avatar, or the one in folder `weights` (shipped layout
     default_avatar.safetensors/.json, or a trainer checkpoint folder)."""
-    from avatarforcing.engine.default.model import CONFIG_FILE, WEIGHTS_FILE, DefaultAvatarModel, load_default
+    from avatarforcing.engine.embedded.model import CONFIG_FILE, WEIGHTS_FILE, DefaultAvatarModel, load_default
 
     if not weights:
         return load_default(device)
@@ -96,8 +96,8 @@ class DefaultEngine:
     def open(self, session: SessionInfo) -> None:
         import torch
 
-        from avatarforcing.engine.default.audio_features import StreamingLogMel
-        from avatarforcing.engine.default.model import StreamSettings
+        from avatarforcing.engine.embedded.audio_features import StreamingLogMel
+        from avatarforcing.engine.embedded.model import StreamSettings
 
         model_cfg = session.config.model
         self._device = "cpu" if model_cfg.device == "auto" else model_cfg.device
@@ -127,7 +127,7 @@ class DefaultEngine:
 
     def warm_up(self) -> None:
         """Run the first clip and one block on silence, then start a fresh stream."""
-        from avatarforcing.engine.default.audio_features import log_mel_features
+        from avatarforcing.engine.embedded.audio_features import log_mel_features
 
         frames = self.first_block_frames + self.block_frames
         rows = log_mel_features(np.zeros(frames * FRAME_SAMPLES, np.float32))
@@ -144,7 +144,7 @@ class DefaultEngine:
 
     # -- features thread -----------------------------------------------------------------------
     def extract(self, tick: InputTick) -> DefaultFeatures:
-        from avatarforcing.engine.default.motion_space import MOTION_SPACE
+        from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 
         expected = tick.num_frames * FRAME_SAMPLES
         for name in ("avatar_audio", "user_audio"):
@@ -201,7 +201,7 @@ class DefaultEngine:
             return self._blocks_from(self._stream.pull(), start)
 
     def _blocks_from(self, raw: list[Any], start: float) -> list[MotionBlock]:
-        from avatarforcing.engine.default.motion_space import MOTION_SPACE
+        from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         out = []

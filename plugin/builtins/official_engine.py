@@ -1,6 +1,6 @@
 """Built-in plugin ``official_engine``: the Avatar Forcing model as a live `MotionEngine`.
 
-`OfficialEngine` wraps `avatarforcing.engine.pipeline.AvatarPipeline`: `extract` (features
+`OfficialEngine` wraps `avatarforcing.engine.official.pipeline.AvatarPipeline`: `extract` (features
 thread) crops the user's face with `FaceTracker` and computes the streaming audio features and
 the user-motion latents (no face: the null condition); `generate` (generator thread) pushes
 them into the motion stream and pulls every computable block. Blocks carry latents
@@ -100,7 +100,7 @@ class OfficialEngine:
             return centre_square(image, size)
 
     def _new_pipeline(self) -> None:
-        from avatarforcing.engine.pipeline import AvatarPipeline, PipelineConfig, images_to_model
+        from avatarforcing.engine.official.pipeline import AvatarPipeline, PipelineConfig, images_to_model
         from avatarforcing.engine.sampler import GuidanceScales
 
         s = self._settings
@@ -123,7 +123,7 @@ class OfficialEngine:
         return blocks
 
     def _crops(self, frames: list) -> tuple[Any, int]:
-        from avatarforcing.engine.pipeline import images_to_model
+        from avatarforcing.engine.official.pipeline import images_to_model
 
         if self._tracker is None or all(f is None for f in frames):
             return None, 0

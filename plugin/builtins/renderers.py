@@ -6,7 +6,7 @@ encoded when the session's engine was built), then the flow-warping synthesis ne
 §5.3, §9.1). Frames map from [-1, 1] to ``uint8`` with the fixed per-frame mapping
 (`avatarforcing.integrations.media.to_uint8_frame`), never the official per-clip min-max.
 
-It needs ``session.engine``: an `avatarforcing.engine.pipeline.AvatarPipeline` (anything with
+It needs ``session.engine``: an `avatarforcing.engine.official.pipeline.AvatarPipeline` (anything with
 its ``decode(block)``), which live sessions and offline renders put there. Blocks are decoded
 ``batch_frames`` frames at a time to bound memory at 512².
 """

@@ -1,6 +1,6 @@
 """``avatarforcing reference run FIXTURE_DIR --out OUT.npz``: reproduce a reference fixture.
 
-Calls `avatarforcing.engine.reference.run_reference(fixture_dir, out_path) -> dict` and prints
+Calls `avatarforcing.engine.official.fixture_runner.run_reference(fixture_dir, out_path) -> dict` and prints
 the summary it returns.
 """
 
@@ -59,7 +59,9 @@ def _run(args: argparse.Namespace, context) -> int:
             raise CommandError(f"{str(fixture_dir / name)!r} not found (a fixture needs {name})", exit_code=2)
     if args.out.parent and not args.out.parent.exists():
         raise CommandError(f"output directory {str(args.out.parent)!r} does not exist", exit_code=2)
-    run_reference = load_engine_function("avatarforcing.engine.reference", "run_reference", "the reference runner")
+    run_reference = load_engine_function(
+        "avatarforcing.engine.official.fixture_runner", "run_reference", "the reference runner"
+    )
     summary = dict(run_reference(fixture_dir, args.out) or {})
     if args.json:
         context.print_json({key: describe(value) for key, value in summary.items()})

@@ -124,7 +124,7 @@ def _run(args: argparse.Namespace, context) -> int:
 
     import torch
 
-    from avatarforcing.engine.pipeline import PipelineConfig
+    from avatarforcing.engine.official.pipeline import PipelineConfig
     from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 
     try:  # the engine's own limits, checked before any heavy work

@@ -1,7 +1,7 @@
 """``avatarforcing synth --out DIR --conversations N --seconds S --seed N [--heldout-fraction F]``.
 
 Writes a training dataset of synthetic two-party conversations for the default avatar
-(`avatarforcing.engine.default.synthetic_dataset`): both sides of every conversation as items,
+(`avatarforcing.engine.embedded.synthetic_dataset`): both sides of every conversation as items,
 the last conversations held out. Deterministic given the arguments. Exit status 0 written,
 2 bad arguments.
 """
@@ -33,7 +33,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace, context) -> int:
-    from avatarforcing.engine.default.synthetic_dataset import SynthSettings, write_synthetic_dataset
+    from avatarforcing.engine.embedded.synthetic_dataset import SynthSettings, write_synthetic_dataset
 
     try:
         settings = SynthSettings(

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .audio_encoder import AudioEncoder
-from .config import ModelConfig
-from .fixture_init import apply_fixture_init
-from .flow_transformer import FlowTransformer
-from .motion_autoencoder import MotionAutoencoder
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.flow_transformer import FlowTransformer
+from avatarforcing.engine.official.audio_encoder import AudioEncoder
+from avatarforcing.engine.official.formula_weights import apply_fixture_init
+from avatarforcing.engine.official.motion_autoencoder import MotionAutoencoder
 
 
 class AvatarForcingModel(nn.Module):

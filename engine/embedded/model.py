@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig
-from ..flow_transformer import FlowTransformer
-from ..sampler import FlowMatchingEulerSampler, GuidanceScales
-from ..stream import MotionStream
-from .audio_features import LOG_MEL_DIM
-from .motion_space import MOTION_SPACE
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+from avatarforcing.engine.flow_transformer import FlowTransformer
+from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
+from avatarforcing.engine.stream import MotionStream
 
 WEIGHTS_FILE = "default_avatar.safetensors"
 CONFIG_FILE = "default_avatar.json"
@@ -144,8 +144,8 @@ class DefaultAvatarModel:
 
 
 def packaged_files() -> tuple[Path, Path]:
-    """Paths of the weights and config shipped in `avatarforcing.engine.default`."""
-    root = resources.files("avatarforcing.engine.default")
+    """Paths of the weights and config shipped in `avatarforcing.engine.embedded`."""
+    root = resources.files("avatarforcing.engine.embedded")
     return Path(str(root / WEIGHTS_FILE)), Path(str(root / CONFIG_FILE))
 
 

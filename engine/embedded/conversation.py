@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .motion_space import MOTION_SPACE
-from .speech import BACKCHANNELS, SAMPLE_RATE, Speaker, espeak_available, random_sentence
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.speech import BACKCHANNELS, SAMPLE_RATE, Speaker, espeak_available, random_sentence
 
 FPS = 25
 FRAME_SAMPLES = SAMPLE_RATE // FPS

@@ -125,3 +125,24 @@ class AudioEncoder(nn.Module):
     def forward(self, audio: Tensor, num_frames: int) -> Tensor:
         """Normalised audio `[B, L]` (L <= T*640) -> audio features `wa [B, T, 512]`."""
         return self.audio_projection(self.hidden_states(audio, num_frames))
+
+
+UTTERANCE_CHUNK_FRAMES = 500  # 20 s: wav2vec2 attention over longer audio needs too much memory
+
+
+@torch.no_grad()
+def utterance_features(encoder: AudioEncoder, samples: np.ndarray, frames: int) -> np.ndarray:
+    """Offline audio features of a whole recording, as the official model was trained on them.
+
+    `samples`: float 16 kHz mono, at least ``frames * 640`` long; normalised over the whole
+    utterance, then encoded in chunks of at most `UTTERANCE_CHUNK_FRAMES` frames.
+    Returns float32 ``[frames, dim_a]`` (one row per 25 fps video frame).
+    """
+    audio = normalize_utterance(np.asarray(samples, np.float32)[: frames * SAMPLES_PER_FRAME])
+    device = next(encoder.parameters()).device
+    pieces = np.array_split(np.arange(frames), max(1, -(-frames // UTTERANCE_CHUNK_FRAMES)))
+    rows = []
+    for piece in pieces:
+        chunk = audio[piece[0] * SAMPLES_PER_FRAME : (piece[-1] + 1) * SAMPLES_PER_FRAME]
+        rows.append(encoder(torch.from_numpy(chunk)[None].to(device), len(piece))[0].float().cpu().numpy())
+    return np.concatenate(rows)

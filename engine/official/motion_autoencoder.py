@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .stylegan_layers import (
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.official.stylegan_layers import (
     ConstantInput,
     ConvLayer,
     EqualConv2d,

@@ -30,8 +30,8 @@ from typing import Any
 import transformers
 from torch import nn
 
-from .checkpoint_io import CheckpointError, HFFolder, TensorFile, read_hf_folder, read_tensor_file
-from .checkpoint_matching import (
+from avatarforcing.engine.checkpoint_io import CheckpointError, HFFolder, TensorFile, read_hf_folder, read_tensor_file
+from avatarforcing.engine.checkpoint_matching import (
     WRAPPER_PREFIXES,
     LoadReport,
     ShapeMismatch,
@@ -39,8 +39,8 @@ from .checkpoint_matching import (
     SourceSpec,
     load_sources,
 )
-from .config import ModelConfig
-from .model import AvatarForcingModel
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.official.model import AvatarForcingModel
 
 __all__ = [
     "FORMAT_NAME",

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .model import AvatarForcingModel
-from .motion_autoencoder import ReferenceIdentity
-from .sampler import FlowMatchingEulerSampler, GuidanceScales
-from .stream import MotionBlock, MotionStream
-from .streaming_audio import StreamingAudioConfig, StreamingAudioFeatures
+from avatarforcing.engine.official.model import AvatarForcingModel
+from avatarforcing.engine.official.motion_autoencoder import ReferenceIdentity
+from avatarforcing.engine.official.streaming_audio import StreamingAudioConfig, StreamingAudioFeatures
+from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
+from avatarforcing.engine.stream import MotionBlock, MotionStream
 
 
 @dataclass(frozen=True)

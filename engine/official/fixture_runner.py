@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .model import AvatarForcingModel
-from .pipeline import images_to_model
-from .sampler import FlowMatchingEulerSampler, GuidanceScales
-from .stream import MotionStream, StoredNoise, generate
+from avatarforcing.engine.config import ModelConfig
+from avatarforcing.engine.official.model import AvatarForcingModel
+from avatarforcing.engine.official.pipeline import images_to_model
+from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
+from avatarforcing.engine.stream import MotionStream, StoredNoise, generate
 
 
 @dataclass(frozen=True)

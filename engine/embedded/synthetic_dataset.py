@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio_features import LOG_MEL_DIM, log_mel_features
-from .conversation import Conversation, generate_conversation
-from .motion_space import MOTION_SPACE
-from .speech import espeak_available
+from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM, log_mel_features
+from avatarforcing.engine.embedded.conversation import Conversation, generate_conversation
+from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.speech import espeak_available
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,14 @@ def write_synthetic_dataset(
 
     use_espeak = espeak_available() if settings.use_espeak is None else settings.use_espeak
     info = {
-        "generator": "avatarforcing.engine.default.conversation",
+        "generator": "avatarforcing.engine.embedded.conversation",
         "seed": settings.seed,
         "conversations": settings.conversations,
         "seconds": settings.seconds,
         "heldout_fraction": settings.heldout_fraction,
         "speech": "espeak-ng" if use_espeak else "formant",
         "motion_units": "normalized",
-        "audio_features": "log-mel 80 (avatarforcing.engine.default.audio_features)",
+        "audio_features": "log-mel 80 (avatarforcing.engine.embedded.audio_features)",
     }
     create_dataset(root, "default", LOG_MEL_DIM, MOTION_SPACE.dim, info)
     for index in range(settings.conversations):

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SAMPLES_PER_SECOND = 16000
+from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class ModelConfig:
     num_heads: int = 8
     transformer_depth: int = 8
     mlp_ratio: float = 4.0
-    fps: int = 25
-    sampling_rate: int = SAMPLES_PER_SECOND
+    fps: int = FRAME_RATE
+    sampling_rate: int = SAMPLE_RATE
     sec: int = 2  # first clip = sec * fps frames
     num_frames_per_block: int = 10
     attention_window: int = 2

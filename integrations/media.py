@@ -22,7 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-DEFAULT_SAMPLE_RATE = 16000
+from avatarforcing.schemas.media_rates import SAMPLE_RATE
 
 
 class MediaError(RuntimeError):
@@ -42,7 +42,7 @@ def _open_input(path: str | Path) -> av.container.InputContainer:
         raise MediaError(f"cannot open media file {path}: {exc}") from exc
 
 
-def load_audio(path: str | Path, sample_rate: int = DEFAULT_SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream of ``path`` (WAV, mp4, mkv, ...) to float32 mono.
 
     Returns a 1-D float32 array at ``sample_rate`` Hz. Channels are down-mixed and the rate is
@@ -179,7 +179,7 @@ class VideoWriter:
         fps: float | int | Fraction = 25,
         *,
         size: tuple[int, int] | None = None,
-        audio_sample_rate: int | None = DEFAULT_SAMPLE_RATE,
+        audio_sample_rate: int | None = SAMPLE_RATE,
         crf: int = 18,
         preset: str = "medium",
         audio_bit_rate: int = 96_000,

@@ -31,7 +31,7 @@ from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.udp_client import SimpleUDPClient
 
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 DEFAULT_PORT = 39539  # the VMC protocol's usual receiver port (VSeeFace, Warudo, VNyan)
 NECK_SHARE = 0.4

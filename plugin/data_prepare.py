@@ -40,9 +40,8 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-FPS = 25
-FRAME_SAMPLES = SAMPLE_RATE // FPS  # 640
+from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
+
 LAYOUTS = ("side-by-side", "two-tracks")
 MOUTH_WINDOW = 9  # frames (0.36 s) of jaw-opening history for the mouth activity
 MOTION_BATCH = 32  # face crops per encode_motion call
@@ -154,7 +153,7 @@ def load_audio_channels(path: Path) -> np.ndarray:
 
 def frame_rms(samples: np.ndarray, frames: int) -> np.ndarray:
     """RMS of each 640-sample (40 ms) frame of 16 kHz audio: float32 [frames]."""
-    blocks = np.asarray(samples, np.float64)[: frames * FRAME_SAMPLES].reshape(frames, FRAME_SAMPLES)
+    blocks = np.asarray(samples, np.float64)[: frames * SAMPLES_PER_FRAME].reshape(frames, SAMPLES_PER_FRAME)
     return np.sqrt((blocks**2).mean(axis=1)).astype(np.float32)
 
 
@@ -181,8 +180,8 @@ def attribute_mono_speech(
     share = np.where(total > eps, activity_left / np.maximum(total, eps), 0.5)
     kernel = np.ones(MOUTH_WINDOW) / MOUTH_WINDOW
     share = np.convolve(np.pad(share, MOUTH_WINDOW // 2, mode="edge"), kernel, mode="valid")[:frames]
-    audio = np.asarray(samples, np.float32)[: frames * FRAME_SAMPLES]
-    centres = (np.arange(frames) + 0.5) * FRAME_SAMPLES
+    audio = np.asarray(samples, np.float32)[: frames * SAMPLES_PER_FRAME]
+    centres = (np.arange(frames) + 0.5) * SAMPLES_PER_FRAME
     gain = np.interp(np.arange(len(audio)), centres, share).astype(np.float32)
     return audio * gain, audio * (1.0 - gain), share.astype(np.float32)
 
@@ -195,7 +194,7 @@ def video_frames_25fps(path: Path) -> Iterator[np.ndarray]:
     from avatarforcing.integrations.media import iter_video_frames
     from avatarforcing.plugin.render import frames_at_rate
 
-    return frames_at_rate(((pts, rgb) for _, pts, rgb in iter_video_frames(path)), FPS)
+    return frames_at_rate(((pts, rgb) for _, pts, rgb in iter_video_frames(path)), FRAME_RATE)
 
 
 @dataclass
@@ -215,14 +214,14 @@ class DefaultSideReader:
     def __init__(self) -> None:
         from avatarforcing.integrations.face_params import FaceParamsExtractor
 
-        self._extractor = FaceParamsExtractor(fps=FPS)
+        self._extractor = FaceParamsExtractor(fps=FRAME_RATE)
         self._rows: list[np.ndarray | None] = []
 
     def push(self, rgb: np.ndarray) -> None:
         self._rows.append(self._extractor.extract(np.ascontiguousarray(rgb)))
 
     def finish(self) -> SideMotion:
-        from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+        from avatarforcing.schemas.motion_space import MOTION_SPACE
 
         self._extractor.close()
         found = np.array([r is not None for r in self._rows], bool)
@@ -297,21 +296,21 @@ class DefaultSpace:
     @property
     def dims(self) -> tuple[int, int]:
         from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
-        from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+        from avatarforcing.schemas.motion_space import MOTION_SPACE
 
         return LOG_MEL_DIM, MOTION_SPACE.dim
 
     def audio_features(self, samples: np.ndarray, frames: int) -> np.ndarray:
         from avatarforcing.engine.embedded.audio_features import log_mel_features
 
-        return log_mel_features(np.asarray(samples, np.float32)[: frames * FRAME_SAMPLES])
+        return log_mel_features(np.asarray(samples, np.float32)[: frames * SAMPLES_PER_FRAME])
 
     def side_reader(self, with_mouth: bool) -> DefaultSideReader:
         return DefaultSideReader()
 
     def info(self) -> dict[str, Any]:
         return {
-            "motion_units": "normalized (avatarforcing.engine.embedded.motion_space)",
+            "motion_units": "normalized (avatarforcing.schemas.motion_space)",
             "audio_features": "log-mel 80 (avatarforcing.engine.embedded.audio_features)",
         }
 
@@ -385,7 +384,7 @@ def read_conversation(conv: Conversation, space) -> tuple[list[PartySide], dict[
         video_frames = _read_sides(video_frames_25fps(path), readers, split=True)
         motions = [r.finish() for r in readers]
         labels = [f"left half of {path}", f"right half of {path}"]
-        audio_frames = channels.shape[1] // FRAME_SAMPLES
+        audio_frames = channels.shape[1] // SAMPLES_PER_FRAME
         frames = min(video_frames, audio_frames)
         _check_frames(frames, conv)
         motions = [_cut(m, frames) for m in motions]
@@ -408,7 +407,7 @@ def read_conversation(conv: Conversation, space) -> tuple[list[PartySide], dict[
             motions.append(reader.finish())
             audios.append(samples)
             labels.append(str(path))
-            counts.extend([video_frames, len(samples) // FRAME_SAMPLES])
+            counts.extend([video_frames, len(samples) // SAMPLES_PER_FRAME])
         frames = min(counts)
         _check_frames(frames, conv)
         motions = [_cut(m, frames) for m in motions]
@@ -417,7 +416,7 @@ def read_conversation(conv: Conversation, space) -> tuple[list[PartySide], dict[
     notes["frames"] = frames
     notes["face_frames"] = [int(m.found.sum()) for m in motions]
     parties = [
-        PartySide(np.asarray(a, np.float32)[: frames * FRAME_SAMPLES], m, lab)
+        PartySide(np.asarray(a, np.float32)[: frames * SAMPLES_PER_FRAME], m, lab)
         for a, m, lab in zip(audios, motions, labels)
     ]
     return parties, notes
@@ -487,7 +486,7 @@ def prepare_dataset(
         **space.info(),
     }
     try:
-        create_dataset(out, space.name, dim_a, dim_w, info, fps=FPS)
+        create_dataset(out, space.name, dim_a, dim_w, info, fps=FRAME_RATE)
     except DatasetError as error:
         raise DataPrepareError(str(error)) from error
     report = PrepareReport()

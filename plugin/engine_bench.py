@@ -20,8 +20,7 @@ import numpy as np
 
 from avatarforcing.plugin.errors import AvatarForcingError
 from avatarforcing.plugin.types import InputTick, SessionInfo
-
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+from avatarforcing.schemas.media_rates import SAMPLES_PER_FRAME
 
 
 @dataclass

@@ -41,6 +41,7 @@ import numpy as np
 from avatarforcing.plugin.errors import CommandError, PluginError
 from avatarforcing.plugin.events import SessionEvents
 from avatarforcing.plugin.types import Frame, MotionBlock, SessionInfo
+from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from avatarforcing.engine.official.model import AvatarForcingModel
@@ -48,9 +49,6 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only
     from avatarforcing.plugin.config import AppConfig
     from avatarforcing.plugin.manager import PluginHost
 
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 CHUNK_FRAMES = 10  # what a live session pushes per step: one generator block
 FIRST_CLIP_FRAMES = 50
 BLOCK_FRAMES = 10
@@ -124,7 +122,7 @@ class RenderResult:
 # --------------------------------------------------------------------------------------------
 def frame_count(avatar_samples: int, user_samples: int) -> int:
     """T = ceil(max(avatar, user samples) * 25 / 16000) (official, spec §2 step 5)."""
-    return math.ceil(max(avatar_samples, user_samples) * FPS / SAMPLE_RATE)
+    return math.ceil(max(avatar_samples, user_samples) * FRAME_RATE / SAMPLE_RATE)
 
 
 def block_count(total_frames: int) -> int:
@@ -154,7 +152,7 @@ def centre_square(image: np.ndarray, size: int) -> np.ndarray:
     return apply_crop(image, square, size, resize_interpolation(height))
 
 
-def frames_at_rate(frames: Iterable[tuple[float, np.ndarray]], fps: float = FPS) -> Iterator[np.ndarray]:
+def frames_at_rate(frames: Iterable[tuple[float, np.ndarray]], fps: float = FRAME_RATE) -> Iterator[np.ndarray]:
     """Resample ``(pts seconds, image)`` frames to `fps` by nearest frame: output frame k (time
     k/fps from the first pts) is the latest input frame with ``pts < (k + 0.5) / fps``, for
     every k whose time lies within the clip (the last frame lasts as long as the gap before
@@ -373,7 +371,7 @@ def render_video(
     session = SessionInfo(
         session_id=uuid.uuid4().hex,
         config=config,
-        fps=FPS,
+        fps=FRAME_RATE,
         sample_rate=SAMPLE_RATE,
         frame_size=(size, size),
         portrait_path=prepared.portrait_path,
@@ -395,7 +393,7 @@ def render_video(
         try:
             events.started(session)
             hooks_started = True
-            writer = VideoWriter(partial, FPS, audio_sample_rate=SAMPLE_RATE)
+            writer = VideoWriter(partial, FRAME_RATE, audio_sample_rate=SAMPLE_RATE)
             writer.write_audio(prepared.avatar_audio)
             for streamed in stream_motion(
                 pipeline, prepared.avatar_audio, prepared.user_audio, prepared.user_frames, total
@@ -442,12 +440,12 @@ def render_video(
                 "error": None if error is None else (f"{type(error).__name__}: {error}".splitlines() or [""])[0],
                 "output": str(output),
                 "wall_s": round(wall, 3),
-                "video_s": frames_written / FPS,
+                "video_s": frames_written / FRAME_RATE,
             }
         )
         if hooks_started:  # every session that started hears that it stopped
             events.stopped(session, stats)
-    return RenderResult(output, frames_written, blocks_done, frames_written / FPS, wall, stats)
+    return RenderResult(output, frames_written, blocks_done, frames_written / FRAME_RATE, wall, stats)
 
 
 __all__ = [

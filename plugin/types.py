@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE
+
 if TYPE_CHECKING:  # pragma: no cover - for annotations only
     import argparse
 
@@ -281,8 +283,8 @@ class SessionInfo:
 
     session_id: str
     config: AppConfig
-    fps: int = 25
-    sample_rate: int = 16000
+    fps: int = FRAME_RATE
+    sample_rate: int = SAMPLE_RATE
     frame_size: tuple[int, int] = (512, 512)
     portrait_path: str = ""
     portrait: np.ndarray | None = None

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from avatarforcing.engine.embedded.audio_features import (
-    FRAME_SAMPLES,
     LOG_MEL_DIM,
     MEL_BANDS,
     SILENCE_ROW,
@@ -14,6 +13,7 @@ from avatarforcing.engine.embedded.audio_features import (
     log_mel_features,
     mel_filterbank,
 )
+from avatarforcing.schemas.media_rates import SAMPLES_PER_FRAME
 
 RATE = 16000
 
@@ -30,9 +30,9 @@ def test_shape_dtype_and_frame_count():
     samples = _speechlike(1.03)
     rows = log_mel_features(samples)
     assert LOG_MEL_DIM == 80
-    assert rows.shape == (len(samples) // FRAME_SAMPLES, LOG_MEL_DIM)
+    assert rows.shape == (len(samples) // SAMPLES_PER_FRAME, LOG_MEL_DIM)
     assert rows.dtype == np.float32
-    assert log_mel_features(np.zeros(FRAME_SAMPLES - 1, np.float32)).shape == (0, LOG_MEL_DIM)
+    assert log_mel_features(np.zeros(SAMPLES_PER_FRAME - 1, np.float32)).shape == (0, LOG_MEL_DIM)
 
 
 def test_silence_maps_to_one_fixed_vector():
@@ -57,7 +57,7 @@ def test_tone_lands_in_its_mel_band_and_loudness_is_monotonic():
 def test_rows_are_causal():
     samples = _speechlike(1.0)
     changed = samples.copy()
-    changed[10 * FRAME_SAMPLES :] = np.random.default_rng(1).standard_normal(len(samples) - 10 * FRAME_SAMPLES)
+    changed[10 * SAMPLES_PER_FRAME :] = np.random.default_rng(1).standard_normal(len(samples) - 10 * SAMPLES_PER_FRAME)
     a, b = log_mel_features(samples), log_mel_features(changed)
     np.testing.assert_array_equal(a[:10], b[:10])
     assert not np.allclose(a[10], b[10])
@@ -84,7 +84,7 @@ def test_flush_resets_for_a_new_stream():
     stream.push(_speechlike(0.5))
     stream.push(np.ones(100, np.float32))
     assert stream.flush().shape == (0, LOG_MEL_DIM)
-    again = stream.push(np.zeros(FRAME_SAMPLES, np.float32))
+    again = stream.push(np.zeros(SAMPLES_PER_FRAME, np.float32))
     np.testing.assert_array_equal(again[0], SILENCE_ROW)
 
 

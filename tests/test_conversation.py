@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from avatarforcing.engine.embedded.conversation import FPS, generate_conversation
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+from avatarforcing.engine.embedded.conversation import generate_conversation
 from avatarforcing.engine.embedded.speech import Speaker, espeak_available, laugh, resample
+from avatarforcing.schemas.media_rates import FRAME_RATE as FPS
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 JAW, SMILE, PITCH, BLINK = 5, 6, 1, 8
 

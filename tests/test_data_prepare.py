@@ -14,10 +14,10 @@ import soundfile
 from safetensors.numpy import load_file
 
 from avatarforcing.engine.embedded.audio_features import log_mel_features
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.engine.training.dataset import ConversationDataset, read_manifest
 from avatarforcing.plugin.cli import main
 from avatarforcing.plugin.data_prepare import attribute_mono_speech, frame_rms, heldout_ids, mouth_activity
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg builds the test videos")
 

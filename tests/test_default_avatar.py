@@ -14,12 +14,12 @@ from avatarforcing.engine.embedded.model import (
     load_default,
     packaged_files,
 )
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.plugin.builtins.default_avatar import DefaultEngine
 from avatarforcing.plugin.config import config_from_dict
 from avatarforcing.plugin.errors import ConfigError
 from avatarforcing.plugin.manager import build_plugin_host
 from avatarforcing.plugin.types import InputTick, SessionInfo
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 FRAME = 640
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.integrations.face_params import (
     FaceParamsExtractor,
     OneEuroConfig,
@@ -13,6 +12,7 @@ from avatarforcing.integrations.face_params import (
     params_from_landmarks,
 )
 from avatarforcing.integrations.media import iter_video_frames
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 pytest.importorskip("mediapipe")
 FRAMES = 200

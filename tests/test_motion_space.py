@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from avatarforcing.engine.embedded.drawing import LOOKS, FaceLook, composite, draw_face, get_look
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 SIZE = (256, 256)
 

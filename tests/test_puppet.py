@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from test_vmc import Receiver  # a real python-osc server
 
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.plugin.builtins import puppet
 from avatarforcing.plugin.config import AppConfig, load_config
 from avatarforcing.plugin.errors import ConfigError, PluginError
 from avatarforcing.plugin.manager import build_plugin_host
 from avatarforcing.plugin.types import MotionBlock, SessionInfo
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "renderer_plugin"
 

@@ -11,8 +11,8 @@ import pytest
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import ThreadingOSCUDPServer
 
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.integrations.vmc import VmcSender, blendshapes, head_rotation
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 
 class Receiver:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-FRAME_SAMPLES = 640  # 40 ms at 16 kHz: one video frame at 25 fps
+from avatarforcing.schemas.media_rates import SAMPLE_RATE, SAMPLES_PER_FRAME
+
 HOP = 160  # 10 ms
 WINDOW = 400  # 25 ms
 N_FFT = 512
@@ -55,7 +55,7 @@ _HANN = np.hanning(WINDOW + 2)[1:-1]  # periodic-like Hann without zero end poin
 
 def _rows_from_signal(signal: np.ndarray, frames: int) -> np.ndarray:
     """signal: float64 [_HISTORY + frames * 640] (history first) -> rows [frames, 80] float32."""
-    hops = frames * (FRAME_SAMPLES // HOP)
+    hops = frames * (SAMPLES_PER_FRAME // HOP)
     idx = np.arange(hops)[:, None] * HOP + np.arange(WINDOW)[None]
     windows = signal[idx] * _HANN
     power = np.abs(np.fft.rfft(windows, n=N_FFT, axis=-1)) ** 2 / WINDOW
@@ -75,14 +75,14 @@ def _check_samples(samples: np.ndarray) -> np.ndarray:
 def log_mel_features(samples: np.ndarray) -> np.ndarray:
     """float32 16 kHz mono (n,) -> [n // 640, LOG_MEL_DIM] float32 (trailing partial frame dropped)."""
     samples = _check_samples(samples)
-    frames = len(samples) // FRAME_SAMPLES
+    frames = len(samples) // SAMPLES_PER_FRAME
     if frames == 0:
         return np.zeros((0, LOG_MEL_DIM), np.float32)
-    signal = np.concatenate((np.zeros(_HISTORY), samples[: frames * FRAME_SAMPLES]))
+    signal = np.concatenate((np.zeros(_HISTORY), samples[: frames * SAMPLES_PER_FRAME]))
     return _rows_from_signal(signal, frames)
 
 
-SILENCE_ROW = log_mel_features(np.zeros(FRAME_SAMPLES, np.float32))[0]
+SILENCE_ROW = log_mel_features(np.zeros(SAMPLES_PER_FRAME, np.float32))[0]
 
 
 class StreamingLogMel:
@@ -103,11 +103,11 @@ class StreamingLogMel:
     def push(self, samples: np.ndarray) -> np.ndarray:
         """(n,) samples -> [k, LOG_MEL_DIM] rows of the frames completed by them (k may be 0)."""
         pending = np.concatenate((self._pending, _check_samples(samples)))
-        frames = len(pending) // FRAME_SAMPLES
+        frames = len(pending) // SAMPLES_PER_FRAME
         if frames == 0:
             self._pending = pending
             return np.zeros((0, LOG_MEL_DIM), np.float32)
-        used = frames * FRAME_SAMPLES
+        used = frames * SAMPLES_PER_FRAME
         signal = np.concatenate((self._history, pending[:used]))
         rows = _rows_from_signal(signal, frames)
         self._history = signal[-_HISTORY:]

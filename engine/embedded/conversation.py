@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
-from avatarforcing.engine.embedded.speech import BACKCHANNELS, SAMPLE_RATE, Speaker, espeak_available, random_sentence
+from avatarforcing.engine.embedded.speech import BACKCHANNELS, Speaker, espeak_available, random_sentence
+from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
-FPS = 25
-FRAME_SAMPLES = SAMPLE_RATE // FPS
 YAW, PITCH, ROLL, SHIFT_X, SHIFT_Y, JAW, SMILE, PUCKER, BLINK_L, BLINK_R, BROW, GAZE_X, GAZE_Y = range(13)
 
 
@@ -150,14 +149,14 @@ def _schedule(
 
 
 def _frame_rms(audio: np.ndarray) -> np.ndarray:
-    return np.sqrt((audio.reshape(-1, FRAME_SAMPLES).astype(np.float64) ** 2).mean(axis=1))
+    return np.sqrt((audio.reshape(-1, SAMPLES_PER_FRAME).astype(np.float64) ** 2).mean(axis=1))
 
 
 def _rounded_vowel_score(audio: np.ndarray) -> np.ndarray:
     """[T] in [0, 1]: energy below 900 Hz vs 900-3000 Hz, high on rounded vowels (o, u)."""
-    frames = audio.reshape(-1, FRAME_SAMPLES) * np.hanning(FRAME_SAMPLES)
+    frames = audio.reshape(-1, SAMPLES_PER_FRAME) * np.hanning(SAMPLES_PER_FRAME)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    freqs = np.fft.rfftfreq(FRAME_SAMPLES, 1.0 / SAMPLE_RATE)
+    freqs = np.fft.rfftfreq(SAMPLES_PER_FRAME, 1.0 / SAMPLE_RATE)
     low = power[:, (freqs > 200) & (freqs < 900)].sum(axis=1)
     high = power[:, (freqs >= 900) & (freqs < 3000)].sum(axis=1)
     ratio = np.log10((low + 1e-10) / (high + 1e-10))
@@ -178,7 +177,7 @@ def _smooth(x: np.ndarray, attack: float, release: float) -> np.ndarray:
 
 
 def _sway(rng: np.random.Generator, frames: int, amplitude: float) -> np.ndarray:
-    t = np.arange(frames) / FPS
+    t = np.arange(frames) / FRAME_RATE
     out = np.zeros(frames)
     for _ in range(3):
         out += np.sin(2 * np.pi * rng.uniform(0.05, 0.4) * t + rng.uniform(0, 2 * np.pi)) / 3
@@ -199,12 +198,12 @@ def _own_smiles(rng: np.random.Generator, frames: int, laughing: np.ndarray) -> 
     """A party's spontaneous (silent) smiles plus smiles while laughing, [T] in [0, 1]."""
     smile = np.zeros(frames)
     t = rng.exponential(8.0)
-    while t * FPS < frames:
-        length = int(rng.uniform(1.0, 3.0) * FPS)
+    while t * FRAME_RATE < frames:
+        length = int(rng.uniform(1.0, 3.0) * FRAME_RATE)
         ramp = min(8, length // 3)
         shape = np.concatenate((np.linspace(0, 1, ramp), np.ones(length - 2 * ramp), np.linspace(1, 0, ramp)))
-        smile = np.maximum(smile, rng.uniform(0.3, 0.8) * _pulse(frames, int(t * FPS), length, shape))
-        t += length / FPS + rng.exponential(8.0)
+        smile = np.maximum(smile, rng.uniform(0.3, 0.8) * _pulse(frames, int(t * FRAME_RATE), length, shape))
+        t += length / FRAME_RATE + rng.exponential(8.0)
     laugh_smile = _smooth(laughing.astype(float) * 0.95, 0.4, 0.04)
     return np.maximum(smile, laugh_smile)
 
@@ -216,7 +215,7 @@ def _mirrored_smiles(
     `delay` earlier), computed frame by frame."""
     frames = len(own[0])
     total = np.zeros((2, frames))
-    delays = [max(1, int(round(p.smile_delay_s * FPS))) for p in people]
+    delays = [max(1, int(round(p.smile_delay_s * FRAME_RATE))) for p in people]
     for i in range(frames):
         for party in (0, 1):
             partner, d = 1 - party, delays[party]
@@ -228,18 +227,18 @@ def _mirrored_smiles(
 def _blinks(rng: np.random.Generator, frames: int, interval_s: float) -> np.ndarray:
     out = np.zeros(frames)
     t = rng.exponential(interval_s)
-    while t * FPS < frames:
+    while t * FRAME_RATE < frames:
         length = int(rng.integers(4, 7))
         shape = np.concatenate((np.linspace(0.4, 1.0, length // 2), np.linspace(1.0, 0.1, length - length // 2)))
-        out = np.maximum(out, _pulse(frames, int(t * FPS), length, shape))
+        out = np.maximum(out, _pulse(frames, int(t * FRAME_RATE), length, shape))
         t += max(0.3, rng.exponential(interval_s))
     return out
 
 
 def _nod(frames: int, start: int, rng: np.random.Generator, amplitude: float) -> np.ndarray:
     freq = rng.uniform(1.5, 2.5)
-    length = int(FPS * rng.uniform(1.0, 2.0) / freq)
-    t = np.arange(length) / FPS
+    length = int(FRAME_RATE * rng.uniform(1.0, 2.0) / freq)
+    t = np.arange(length) / FRAME_RATE
     shape = amplitude * np.sin(2 * np.pi * freq * t) * np.exp(-t / 0.5)
     return _pulse(frames, start, length, shape)
 
@@ -250,13 +249,13 @@ def _gaze_and_aversion(
     gx, gy = np.zeros(frames), np.zeros(frames)
     t = 0
     while t < frames:  # small shifts around the partner
-        length = int(rng.uniform(2.0, 6.0) * FPS)
+        length = int(rng.uniform(2.0, 6.0) * FRAME_RATE)
         gx[t : t + length] = rng.normal(0, 0.08)
         gy[t : t + length] = rng.normal(0, 0.05)
         t += length
     for start in utterance_starts:  # look away while starting to speak
         if rng.random() < 0.7:
-            length = int(rng.uniform(0.5, 1.5) * FPS)
+            length = int(rng.uniform(0.5, 1.5) * FRAME_RATE)
             gx[start : start + length] = rng.choice([-1, 1]) * rng.uniform(0.3, 0.6) * expressiveness
             gy[start : start + length] = rng.uniform(-0.35, 0.05)
     return _smooth(gx, 0.6, 0.6), _smooth(gy, 0.6, 0.6)
@@ -294,7 +293,7 @@ def _party_motion(
     m[:, SHIFT_Y] = _sway(rng, frames, 0.01) + 0.01 * emphasis
     for pause in partner_pauses:  # listener nods at the speaker's pauses
         if rng.random() < person.nod_probability:
-            start = pause + int(rng.uniform(0.1, 0.4) * FPS)
+            start = pause + int(rng.uniform(0.1, 0.4) * FRAME_RATE)
             m[:, PITCH] += _nod(frames, start, rng, rng.uniform(3.0, 7.0) * e)
     m[:, SMILE] = smile
     blink = _blinks(rng, frames, person.blink_interval_s)
@@ -312,8 +311,8 @@ def generate_conversation(seed: int, seconds: float = 30.0, use_espeak: bool | N
     if seconds < 2:
         raise ValueError(f"a conversation needs at least 2 seconds, got {seconds}")
     rng = np.random.default_rng(seed)
-    frames = int(seconds * FPS)
-    total = frames * FRAME_SAMPLES
+    frames = int(seconds * FRAME_RATE)
+    total = frames * SAMPLES_PER_FRAME
     speakers = (Speaker.random(rng, use_espeak), Speaker.random(rng, use_espeak))
     people = (Personality.random(rng), Personality.random(rng))
     events, pauses = _schedule(rng, speakers, total)
@@ -323,7 +322,7 @@ def generate_conversation(seed: int, seconds: float = 30.0, use_espeak: bool | N
     starts: list[list[int]] = [[], []]
     for ev in events:
         clean[ev.party][ev.start : ev.stop] += ev.audio
-        a, b = ev.start // FRAME_SAMPLES, min(frames, -(-ev.stop // FRAME_SAMPLES))
+        a, b = ev.start // SAMPLES_PER_FRAME, min(frames, -(-ev.stop // SAMPLES_PER_FRAME))
         (laughing if ev.kind == "laugh" else speaking)[ev.party, a:b] = True
         if ev.kind == "speech" and a < frames:
             starts[ev.party].append(a)
@@ -332,7 +331,7 @@ def generate_conversation(seed: int, seconds: float = 30.0, use_espeak: bool | N
     smiles = _mirrored_smiles(own, people)
     tracks = []
     for p in (0, 1):
-        partner_pauses = [s // FRAME_SAMPLES for party, s in pauses if party == 1 - p and s < total]
+        partner_pauses = [s // SAMPLES_PER_FRAME for party, s in pauses if party == 1 - p and s < total]
         motion = _party_motion(
             rng, frames, people[p], clean[p], speaking[p], laughing[p], smiles[p], partner_pauses, starts[p]
         )

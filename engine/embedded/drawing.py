@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 Color = tuple[int, int, int]
 HAIR_STYLES = ("short", "long", "none")

@@ -22,10 +22,10 @@ import torch
 
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 from avatarforcing.engine.stream import MotionStream
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 WEIGHTS_FILE = "default_avatar.safetensors"
 CONFIG_FILE = "default_avatar.json"

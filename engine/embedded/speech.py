@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-SAMPLE_RATE = 16000
+from avatarforcing.schemas.media_rates import SAMPLE_RATE
 
 # F1, F2, F3 (Hz) of a few vowels; "rounded" ones (o, u) drive the pucker viseme
 VOWEL_FORMANTS = {

@@ -17,8 +17,8 @@ import numpy as np
 
 from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM, log_mel_features
 from avatarforcing.engine.embedded.conversation import Conversation, generate_conversation
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.engine.embedded.speech import espeak_available
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,10 @@ from avatarforcing.engine.export.graph_modules import (
     identity_feeds,
 )
 from avatarforcing.engine.generator_step import BlockStep, FirstClipStep
-from avatarforcing.engine.official.audio_encoder import SAMPLES_PER_FRAME
 from avatarforcing.engine.official.model import AvatarForcingModel
 from avatarforcing.engine.official.streaming_audio import StreamingAudioConfig, StreamingWindowEncoder
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
+from avatarforcing.schemas.media_rates import SAMPLES_PER_FRAME
 
 GRAPH_NAMES = ("first_clip", "block_step", "decoder", "motion_encoder", "audio_window")
 STEP_OUTPUTS = ("latents", "self_k_out", "self_v_out", "cross_k_out", "cross_v_out")

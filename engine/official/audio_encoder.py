@@ -14,7 +14,8 @@ import torch
 import transformers
 from torch import Tensor, nn
 
-SAMPLES_PER_FRAME = 640  # 16 kHz audio / 25 fps video
+from avatarforcing.schemas.media_rates import SAMPLES_PER_FRAME
+
 NORMALISATION_EPS = 1e-7  # Wav2Vec2FeatureExtractor's variance epsilon
 
 

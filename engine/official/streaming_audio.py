@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from avatarforcing.engine.official.audio_encoder import SAMPLES_PER_FRAME, AudioEncoder, decimate_conv_frames
+from avatarforcing.engine.official.audio_encoder import AudioEncoder, decimate_conv_frames
+from avatarforcing.schemas.media_rates import SAMPLES_PER_FRAME
 
 FRAME_SECONDS = 0.04  # 25 fps
 CONV0_STRIDE = 5  # first wav2vec2 conv: kernel 10, stride 5 -> 128 steps per video frame

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatarforcing.schemas.media_rates import FRAME_RATE
+
 FORMAT_NAME = "avatarforcing-dataset"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -89,7 +91,12 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
 
 
 def create_dataset(
-    root: str | os.PathLike, space: str, dim_a: int, dim_w: int, info: Mapping[str, Any] | None = None, fps: int = 25
+    root: str | os.PathLike,
+    space: str,
+    dim_a: int,
+    dim_w: int,
+    info: Mapping[str, Any] | None = None,
+    fps: int = FRAME_RATE,
 ) -> Path:
     """Create ROOT with an empty manifest (or check that an existing one has the same header)."""
     if space not in SPACES:

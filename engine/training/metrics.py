@@ -33,7 +33,7 @@ class MotionGroups:
 def groups_for_space(space: str, dim_w: int) -> MotionGroups:
     """The groups of a dataset's motion space ("default" reads the default motion space)."""
     if space == "default":
-        from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+        from avatarforcing.schemas.motion_space import MOTION_SPACE
 
         return MotionGroups(
             tuple(MOTION_SPACE.pose_indices), tuple(MOTION_SPACE.expression_indices), int(MOTION_SPACE.jaw_index)

@@ -7,8 +7,8 @@ Works with the default avatar, whose motion blocks carry ``latents`` of shape
 import cv2
 import numpy as np
 
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.plugin import Frame, OptionSpec, RendererSpec, hookimpl
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 
 class CircleRenderer:

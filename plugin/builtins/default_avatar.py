@@ -21,9 +21,9 @@ import numpy as np
 
 from avatarforcing.plugin.markers import hookimpl
 from avatarforcing.plugin.types import EngineSpec, InputTick, MotionBlock, OptionSpec, SessionInfo
+from avatarforcing.schemas.media_rates import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 ENGINE_NAME = "default"
-FRAME_SAMPLES = 640
 
 
 @dataclass
@@ -72,7 +72,7 @@ class DefaultEngine:
     """The default avatar's streaming engine (see the module docstring)."""
 
     fps = 25
-    sample_rate = 16000
+    sample_rate = SAMPLE_RATE
     first_block_frames = 25
     block_frames = 4
 
@@ -130,7 +130,7 @@ class DefaultEngine:
         from avatarforcing.engine.embedded.audio_features import log_mel_features
 
         frames = self.first_block_frames + self.block_frames
-        rows = log_mel_features(np.zeros(frames * FRAME_SAMPLES, np.float32))
+        rows = log_mel_features(np.zeros(frames * SAMPLES_PER_FRAME, np.float32))
         features = DefaultFeatures(0, rows, rows, np.zeros((frames, 13), np.float32))
         self.generate(features)
         self._reset_stream()
@@ -144,9 +144,9 @@ class DefaultEngine:
 
     # -- features thread -----------------------------------------------------------------------
     def extract(self, tick: InputTick) -> DefaultFeatures:
-        from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+        from avatarforcing.schemas.motion_space import MOTION_SPACE
 
-        expected = tick.num_frames * FRAME_SAMPLES
+        expected = tick.num_frames * SAMPLES_PER_FRAME
         for name in ("avatar_audio", "user_audio"):
             samples = getattr(tick, name)
             if np.asarray(samples).shape != (expected,):
@@ -201,7 +201,7 @@ class DefaultEngine:
             return self._blocks_from(self._stream.pull(), start)
 
     def _blocks_from(self, raw: list[Any], start: float) -> list[MotionBlock]:
-        from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
+        from avatarforcing.schemas.motion_space import MOTION_SPACE
 
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         out = []

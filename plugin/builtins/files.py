@@ -22,6 +22,7 @@ import numpy as np
 
 from avatarforcing.plugin.markers import hookimpl
 from avatarforcing.plugin.types import AudioChunk, Frame, OptionSpec, SourceSpec
+from avatarforcing.schemas.media_rates import SAMPLE_RATE
 
 
 def _media():
@@ -180,7 +181,7 @@ class VideoFileSource:
 
 # -- options -------------------------------------------------------------------------------------
 PATH = OptionSpec("path", str, "", "audio or video file to read", required=True, check=_existing_file)
-SAMPLE_RATE = OptionSpec("sample_rate", int, 16000, "output sample rate in Hz", minimum=8000, maximum=192000)
+SAMPLE_RATE = OptionSpec("sample_rate", int, SAMPLE_RATE, "output sample rate in Hz", minimum=8000, maximum=192000)
 CHUNK_MS = OptionSpec("chunk_ms", int, 40, "chunk length in milliseconds", minimum=1, maximum=1000)
 REALTIME = OptionSpec("realtime", bool, False, "pace the stream to the wall clock")
 LOOP = OptionSpec("loop", bool, False, "start again at the end of the file")

@@ -21,6 +21,7 @@ import numpy as np
 
 from avatarforcing.plugin.markers import hookimpl
 from avatarforcing.plugin.types import EngineSpec, InputTick, MotionBlock, OptionSpec, SessionInfo
+from avatarforcing.schemas.media_rates import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 NAME = "official"
@@ -42,7 +43,7 @@ class OfficialEngine:
     u_cfg_scale, seed, device, threads."""
 
     fps = 25
-    sample_rate = 16000
+    sample_rate = SAMPLE_RATE
 
     def __init__(self, model: str, face_tracking: bool) -> None:
         self.model_spec = model

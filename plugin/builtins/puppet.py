@@ -2,7 +2,7 @@
 default avatar.
 
 - Renderer **``puppet``**: ``MotionBlock.latents`` is ``float32 [num_frames, 13]``, denormalized
-  parameters of the default motion space (`avatarforcing.engine.embedded.motion_space`); each row
+  parameters of the default motion space (`avatarforcing.schemas.motion_space`); each row
   becomes a stylised face (`avatarforcing.engine.embedded.drawing.draw_face`). Frames are RGBA
   with a transparent background (``background = "transparent"``) or RGB on a solid colour, and
   carry the parameters in ``frame.metadata["motion"]`` (``{name: value}``) for sinks such as
@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from avatarforcing.engine.embedded.drawing import LOOKS, composite, draw_face, get_look
-from avatarforcing.engine.embedded.motion_space import MOTION_SPACE
 from avatarforcing.plugin.errors import PluginError
 from avatarforcing.plugin.markers import hookimpl
 from avatarforcing.plugin.types import (
@@ -34,6 +33,7 @@ from avatarforcing.plugin.types import (
     SessionInfo,
     SinkSpec,
 )
+from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 log = logging.getLogger(__name__)
 

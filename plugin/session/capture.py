@@ -15,6 +15,7 @@ import numpy as np
 
 from avatarforcing.plugin.session.resample import MonoResampler
 from avatarforcing.plugin.session.stats import SessionStats
+from avatarforcing.schemas.media_rates import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class AudioInbox:
     clock), the capture time of the newest sample taken (0.0 if none), and drops a backlog of
     more than `max_backlog` samples so latency cannot build up."""
 
-    def __init__(self, max_backlog: int = 16000 // 2) -> None:
+    def __init__(self, max_backlog: int = SAMPLE_RATE // 2) -> None:
         self._chunks: deque[tuple[np.ndarray, float]] = deque()
         self._size = 0
         self._lock = threading.Lock()

@@ -6,6 +6,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from avatarforcing.schemas.media_rates import FRAME_RATE
+
 
 @dataclass
 class SessionClock:
@@ -16,7 +18,7 @@ class SessionClock:
     early when the `stop` event is set.
     """
 
-    fps: int = 25
+    fps: int = FRAME_RATE
     t0: float | None = field(default=None)
 
     def start(self, at: float | None = None) -> float:

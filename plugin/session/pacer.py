@@ -28,6 +28,7 @@ from avatarforcing.plugin.session.queues import END, StageQueue
 from avatarforcing.plugin.session.sinks import SinkWorker
 from avatarforcing.plugin.session.stats import SessionStats
 from avatarforcing.plugin.types import AudioChunk, Frame
+from avatarforcing.schemas.media_rates import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class FramePacer(threading.Thread):
         stats: SessionStats,
         stop: threading.Event,
         initial: np.ndarray | None = None,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         hold_log_interval_s: float = 5.0,
         shared_state: dict | None = None,
     ) -> None:

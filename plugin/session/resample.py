@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from avatarforcing.plugin.types import AudioChunk
+from avatarforcing.schemas.media_rates import SAMPLE_RATE
 
 
 class MonoResampler:
@@ -12,7 +13,7 @@ class MonoResampler:
     ``float32`` mono at `rate` Hz. Channels are averaged; the rate is converted by
     ``av.AudioResampler`` (swresample), created per input rate so state carries across chunks."""
 
-    def __init__(self, rate: int = 16000) -> None:
+    def __init__(self, rate: int = SAMPLE_RATE) -> None:
         self.rate = rate
         self._resampler = None
         self._input_rate = 0

@@ -26,12 +26,10 @@ from avatarforcing.plugin.session.sinks import SinkWorker
 from avatarforcing.plugin.session.stats import SessionStats
 from avatarforcing.plugin.session.vad import SpeakListenPolicy, VoiceActivityDetector
 from avatarforcing.plugin.types import SOURCE_KINDS, InputTick, MotionBlock, SessionInfo
+from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 
-FPS = 25
-SAMPLE_RATE = 16000
-FRAME_SAMPLES = SAMPLE_RATE // FPS
 DRAIN_GRACE_S = 5.0  # how long the last blocks may take after --duration
 
 
@@ -87,7 +85,7 @@ class LiveSession:
         self.stats = SessionStats()
         self.stop = threading.Event()  # abort: every stage returns now
         self.capture_stop = threading.Event()  # capture threads return
-        self.clock = SessionClock(FPS)
+        self.clock = SessionClock(FRAME_RATE)
         self.events = SessionEvents(host.pm)
         self.policy = SpeakListenPolicy.from_config(config)
         self.vad = VoiceActivityDetector(self.policy, SAMPLE_RATE)
@@ -151,7 +149,7 @@ class LiveSession:
         self.session = SessionInfo(
             session_id=uuid.uuid4().hex,
             config=config,
-            fps=FPS,
+            fps=FRAME_RATE,
             sample_rate=SAMPLE_RATE,
             portrait_path=config.session.portrait,
             portrait=portrait,
@@ -228,7 +226,7 @@ class LiveSession:
     def _features(self) -> None:
         engine, config = self.engine, self.config
         n = config.session.feature_frames
-        total = int(round(self.duration * FPS)) if self.duration > 0 else None
+        total = int(round(self.duration * FRAME_RATE)) if self.duration > 0 else None
         audio = {kind: self._inboxes.get(kind) for kind in ("avatar_audio", "user_audio")}
         video = self._inboxes.get("user_video")
         k = 0
@@ -244,9 +242,9 @@ class LiveSession:
             tracks, newest = {}, 0.0
             for kind, inbox in audio.items():
                 if inbox is None:
-                    tracks[kind] = np.zeros(n * FRAME_SAMPLES, np.float32)
+                    tracks[kind] = np.zeros(n * SAMPLES_PER_FRAME, np.float32)
                     continue
-                tracks[kind], captured, _ = inbox.take(n * FRAME_SAMPLES)
+                tracks[kind], captured, _ = inbox.take(n * SAMPLES_PER_FRAME)
                 newest = max(newest, captured)
             captured_at = newest or self.clock.due(k + n)
             self.stats.observe("capture_to_features", max(0.0, now - captured_at))
@@ -264,7 +262,7 @@ class LiveSession:
             with self._records_lock:
                 for i in range(n):
                     self._records[k + i] = TickRecord(
-                        captured_at, tracks["avatar_audio"][i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+                        captured_at, tracks["avatar_audio"][i * SAMPLES_PER_FRAME : (i + 1) * SAMPLES_PER_FRAME]
                     )
                 for old in [i for i in self._records if i < k - 2000]:
                     del self._records[old]

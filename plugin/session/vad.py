@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FRAME_SAMPLES = 640  # 40 ms at 16 kHz
+from avatarforcing.schemas.media_rates import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 
 def rms_dbfs(samples: np.ndarray) -> float:
@@ -61,9 +61,9 @@ class SpeakListenPolicy:
 class VoiceActivityDetector:
     """Energy + hysteresis detector; feed 16 kHz audio with `update`, read `speaking`."""
 
-    def __init__(self, policy: SpeakListenPolicy, sample_rate: int = 16000) -> None:
+    def __init__(self, policy: SpeakListenPolicy, sample_rate: int = SAMPLE_RATE) -> None:
         self.policy = policy
-        self.frame_ms = 1000.0 * FRAME_SAMPLES / sample_rate
+        self.frame_ms = 1000.0 * SAMPLES_PER_FRAME / sample_rate
         self.speaking = False
         self._run_ms = 0.0  # how long the opposite state has been observed
 
@@ -71,10 +71,10 @@ class VoiceActivityDetector:
         """Consume samples (any multiple of 40 ms, float32 mono); returns the fraction of its
         40 ms frames above the threshold (the voice activity in [0, 1])."""
         frames = np.asarray(samples, dtype=np.float32).reshape(-1)
-        count = max(1, frames.size // FRAME_SAMPLES)
+        count = max(1, frames.size // SAMPLES_PER_FRAME)
         loud = 0
         for k in range(count):
-            frame = frames[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES]
+            frame = frames[k * SAMPLES_PER_FRAME : (k + 1) * SAMPLES_PER_FRAME]
             above = rms_dbfs(frame) > self.policy.threshold_db
             loud += above
             if above != self.speaking:

@@ -25,10 +25,10 @@ def bench(args: argparse.Namespace) -> None:
     import soundfile as sf
 
     from avatarforcing.integrations.media import iter_video_frames
-    from avatarforcing.plugin.builtins.default_avatar import DefaultEngine
-    from avatarforcing.plugin.builtins.puppet import PuppetRenderer
-    from avatarforcing.plugin.config import config_from_dict
-    from avatarforcing.plugin.types import InputTick, SessionInfo
+    from avatarforcing.plugin.api.types import InputTick, SessionInfo
+    from avatarforcing.plugin.app.config import config_from_dict
+    from avatarforcing.plugin.builtins.engines.embedded import DefaultEngine
+    from avatarforcing.plugin.builtins.renderers.puppet import PuppetRenderer
 
     torch.set_num_threads(args.threads)
     samples = Path(args.shared) / "reference" / "samples"

@@ -1,4 +1,11 @@
-"""avatarforcing.plugin: hookspecs, plugin manager, configuration and the ``avatarforcing`` CLI.
+"""avatarforcing.plugin: the plugin system and the application built on it.
+
+- `api/`: what plugin authors import (hookspecs, markers, types, options, errors);
+- `host`: loading plugins (entry points, ``AVATARFORCING_PLUGINS``) and looking up what they
+  provide; `events`: firing the session hooks;
+- `builtins/`: the built-in plugins, grouped by what they provide (sources, engines, renderers,
+  sinks), registered through entry points exactly like third-party ones;
+- `app/`: the application — CLI, commands, configuration, the session runtime, doctor, weights.
 
 Plugin authors need only::
 
@@ -8,13 +15,13 @@ plus, to describe what they provide, the small types re-exported here (`SourceSp
 `RendererSpec`, `SinkSpec`, `EngineSpec`, `OptionSpec`, `CommandSpec`, `CheckResult`, `Frame`, `AudioChunk`,
 `MotionBlock`, `InputTick`, `SessionInfo`), `ConfigError`, and `resolve_options` to validate a plugin's
 own ``[plugins.NAME]`` settings against `OptionSpec`s. See ``docs/plugins.md`` and
-`avatarforcing.plugin.hookspecs`.
+`avatarforcing.plugin.api.hookspecs`.
 """
 
-from avatarforcing.plugin.errors import ConfigError, PluginError
-from avatarforcing.plugin.markers import hookimpl
-from avatarforcing.plugin.options import resolve_options
-from avatarforcing.plugin.types import (
+from avatarforcing.plugin.api.errors import ConfigError, PluginError
+from avatarforcing.plugin.api.markers import hookimpl
+from avatarforcing.plugin.api.options import resolve_options
+from avatarforcing.plugin.api.types import (
     AudioChunk,
     CheckResult,
     CommandSpec,

@@ -2,6 +2,6 @@
 
 import sys
 
-from avatarforcing.plugin.cli import main
+from avatarforcing.plugin.app.cli import main
 
 sys.exit(main())

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pluggy
 
-from avatarforcing.plugin.errors import PluginError
-from avatarforcing.plugin.manager import callers_per_plugin
-from avatarforcing.plugin.types import Frame, MotionBlock, SessionInfo
+from avatarforcing.plugin.api.errors import PluginError
+from avatarforcing.plugin.api.types import Frame, MotionBlock, SessionInfo
+from avatarforcing.plugin.host import callers_per_plugin
 
 log = logging.getLogger(__name__)
 

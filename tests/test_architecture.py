@@ -52,7 +52,17 @@ FORBIDDEN = {
     "engine": ("avatarforcing.plugin", "avatarforcing.integrations"),
     "integrations": ("avatarforcing.engine",),
     "schemas": ("avatarforcing.engine", "avatarforcing.plugin", "avatarforcing.integrations"),
+    # the plugin API is what plugin authors import: none of the application (but the type of the
+    # configuration that hooks receive, named in annotations), no built-in, no model
+    "plugin/api": (
+        "avatarforcing.plugin.app",
+        "avatarforcing.plugin.builtins",
+        "avatarforcing.plugin.host",
+        "avatarforcing.engine",
+        "avatarforcing.integrations",
+    ),
 }
+ALLOWED = {"plugin/api": ("avatarforcing.plugin.app.config",)}
 
 
 def imported_modules(source: str, module: str) -> list[tuple[int, str]]:
@@ -75,13 +85,14 @@ def imported_modules(source: str, module: str) -> list[tuple[int, str]]:
 
 def layer_violations(folder: str, relative_path: str, source: str) -> list[str]:
     """What `source` (the file `folder/relative_path`) imports across the layer rules."""
-    module = ".".join(["avatarforcing", folder, *Path(relative_path).with_suffix("").parts])
-    forbidden = FORBIDDEN.get(folder, ())
+    module = ".".join(["avatarforcing", *Path(folder).parts, *Path(relative_path).with_suffix("").parts])
+    forbidden, allowed = FORBIDDEN.get(folder, ()), ALLOWED.get(folder, ())
     return sorted(
         {
             f"{folder}/{relative_path}:{line} imports {name}"
             for line, name in imported_modules(source, module)
             if any(name == prefix or name.startswith(prefix + ".") for prefix in forbidden)
+            and not any(name == prefix or name.startswith(prefix + ".") for prefix in allowed)
         }
     )
 
@@ -89,21 +100,26 @@ def layer_violations(folder: str, relative_path: str, source: str) -> list[str]:
 def test_layer_check_catches_a_forbidden_import():
     """The checker itself: absolute, relative and function-local imports across a layer."""
     source = (
-        "import numpy\nfrom ...plugin.types import Frame\n\ndef f():\n    import avatarforcing.integrations.media\n"
+        "import numpy\nfrom ...plugin.api.types import Frame\n\ndef f():\n    import avatarforcing.integrations.media\n"
     )
     assert layer_violations("engine", "official/model.py", source) == [
-        "engine/official/model.py:2 imports avatarforcing.plugin.types",
-        "engine/official/model.py:2 imports avatarforcing.plugin.types.Frame",
+        "engine/official/model.py:2 imports avatarforcing.plugin.api.types",
+        "engine/official/model.py:2 imports avatarforcing.plugin.api.types.Frame",
         "engine/official/model.py:5 imports avatarforcing.integrations.media",
     ]
     assert layer_violations("integrations", "x.py", "from avatarforcing.engine.stream import MotionStream\n")
     assert not layer_violations("integrations", "x.py", "from avatarforcing.schemas.motion_space import MOTION_SPACE\n")
     assert not layer_violations("plugin", "x.py", "from avatarforcing.engine.stream import MotionStream\n")
+    assert layer_violations("plugin/api", "types.py", "from ..app.session import LiveSession\n") == [
+        "plugin/api/types.py:1 imports avatarforcing.plugin.app.session",
+        "plugin/api/types.py:1 imports avatarforcing.plugin.app.session.LiveSession",
+    ]
+    assert not layer_violations("plugin/api", "types.py", "from ..app.config import AppConfig\n")
 
 
 def test_layers_are_kept():
     """engine/ imports nothing from plugin/ or integrations/; integrations/ nothing from engine/;
-    schemas/ nothing from any of them."""
+    schemas/ nothing from any of them; plugin/api/ nothing of the application or the models."""
     violations = []
     for folder in FORBIDDEN:
         for path in sorted((REPO / folder).rglob("*.py")):

@@ -12,8 +12,8 @@ import torch
 
 from avatarforcing.engine.backend_bench import BENCH_BACKENDS, resolve_backends, run_backend_benchmark
 from avatarforcing.engine.export.backend_select import probe_capabilities
-from avatarforcing.plugin.cli import run_cli
-from avatarforcing.plugin.manager import build_plugin_host
+from avatarforcing.plugin.app.cli import run_cli
+from avatarforcing.plugin.host import build_plugin_host
 
 STAGES = {"audio_features", "user_motion", "generator", "decoder"}
 STAGE_FIELDS = {"p50_ms", "p95_ms", "mean_ms", "samples"}
@@ -133,8 +133,8 @@ def test_bad_backend_name_is_one_clear_error():
 
 
 def test_engine_bench_reports_an_unregistered_engine_and_times_a_registered_one(tmp_path: Path):
-    from avatarforcing.plugin.config import load_config
-    from avatarforcing.plugin.engine_bench import engine_registered, run_engine_benchmark
+    from avatarforcing.plugin.app.config import load_config
+    from avatarforcing.plugin.app.engine_bench import engine_registered, run_engine_benchmark
 
     host = build_plugin_host(environ={})
     result = run_engine_benchmark(host, load_config(environ={}), "no-such-engine", blocks=1)
@@ -145,7 +145,7 @@ def test_engine_bench_reports_an_unregistered_engine_and_times_a_registered_one(
     why_not = engine_registered(host, "default")
     if why_not is not None:
         pytest.skip(f"the embedded default engine is not registered yet: {why_not}")
-    from avatarforcing.plugin.doctor import default_avatar_weights
+    from avatarforcing.plugin.app.doctor import default_avatar_weights
 
     folder, weights = default_avatar_weights()
     if not weights:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from avatarforcing.plugin.cli import main
-from avatarforcing.plugin.commands import builtin_commands
-from avatarforcing.plugin.commands.reference import load_engine_function
-from avatarforcing.plugin.errors import CommandError
+from avatarforcing.plugin.api.errors import CommandError
+from avatarforcing.plugin.app.cli import main
+from avatarforcing.plugin.app.commands import builtin_commands
+from avatarforcing.plugin.app.commands.reference import load_engine_function
 
 PYTHON_BIN = Path(sys.executable).parent
 
@@ -50,7 +50,7 @@ def test_plugins_json_lists_builtins_with_hooks_and_provided_names(capsys):
     data = json.loads(out)
     plugins = {p["name"]: p for p in data["plugins"]}
     files = plugins["files"]
-    assert files["module"] == "avatarforcing.plugin.builtins.files"
+    assert files["module"] == "avatarforcing.plugin.builtins.sources.files"
     assert files["distribution"] == "avatarforcing"
     assert files["hooks"] == [
         "register_avatar_audio_sources",
@@ -287,8 +287,8 @@ def test_builtin_commands_are_discovered():
 def test_building_the_cli_does_not_import_torch():
     code = (
         "import io, sys\n"
-        "from avatarforcing.plugin.cli import build_parser, collect_commands\n"
-        "from avatarforcing.plugin.manager import build_plugin_host\n"
+        "from avatarforcing.plugin.app.cli import build_parser, collect_commands\n"
+        "from avatarforcing.plugin.host import build_plugin_host\n"
         "build_parser(collect_commands(build_plugin_host({'AVATARFORCING_PLUGINS': ''}), io.StringIO()))\n"
         "print('torch' in sys.modules)\n"
     )
@@ -304,7 +304,7 @@ def test_console_script_and_module_entry_points():
     done = subprocess.run([str(script), "plugins", "--json"], capture_output=True, text=True, env=subprocess_env())
     assert done.returncode == 0, done.stderr
     assert "files" in {p["name"] for p in json.loads(done.stdout)["plugins"]}
-    for module in ("avatarforcing.plugin", "avatarforcing.plugin.cli"):
+    for module in ("avatarforcing.plugin", "avatarforcing.plugin.app.cli"):
         done = subprocess.run(
             [sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=subprocess_env()
         )

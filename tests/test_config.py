@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from avatarforcing.plugin.config import (
+from avatarforcing.plugin.api.errors import ConfigError
+from avatarforcing.plugin.api.options import coerce, resolve_options
+from avatarforcing.plugin.api.types import OptionSpec
+from avatarforcing.plugin.app.config import (
     CONFIG_ENV,
     AppConfig,
     ModelSettings,
@@ -16,10 +19,7 @@ from avatarforcing.plugin.config import (
     parse_override,
     to_toml,
 )
-from avatarforcing.plugin.errors import ConfigError
-from avatarforcing.plugin.options import coerce, resolve_options
-from avatarforcing.plugin.paths import WEIGHTS_ENV, default_weights_dir, weight_paths
-from avatarforcing.plugin.types import OptionSpec
+from avatarforcing.plugin.app.paths import WEIGHTS_ENV, default_weights_dir, weight_paths
 
 
 def write(path: Path, text: str) -> Path:

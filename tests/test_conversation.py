@@ -133,7 +133,7 @@ def test_resample_keeps_the_pitch_and_laughter_has_bursts():
 
 
 def test_synth_command_writes_a_dataset(tmp_path):
-    from avatarforcing.plugin.cli import main
+    from avatarforcing.plugin.app.cli import main
 
     dataset = pytest.importorskip("avatarforcing.engine.training.dataset")
     out = tmp_path / "data"

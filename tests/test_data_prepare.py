@@ -15,8 +15,8 @@ from safetensors.numpy import load_file
 
 from avatarforcing.engine.embedded.audio_features import log_mel_features
 from avatarforcing.engine.training.dataset import ConversationDataset, read_manifest
-from avatarforcing.plugin.cli import main
-from avatarforcing.plugin.data_prepare import attribute_mono_speech, frame_rms, heldout_ids, mouth_activity
+from avatarforcing.plugin.app.cli import main
+from avatarforcing.plugin.app.data_prepare import attribute_mono_speech, frame_rms, heldout_ids, mouth_activity
 from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg builds the test videos")
@@ -295,7 +295,7 @@ def test_official_space_uses_the_engine_encoders(media, tmp_path: Path) -> None:
     import torch
 
     from avatarforcing.engine.official.audio_encoder import normalize_utterance
-    from avatarforcing.plugin.model_loading import load_model_from_spec
+    from avatarforcing.plugin.app.model_loading import load_model_from_spec
 
     out = tmp_path / "official"
     assert (

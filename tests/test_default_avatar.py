@@ -14,11 +14,11 @@ from avatarforcing.engine.embedded.model import (
     load_default,
     packaged_files,
 )
-from avatarforcing.plugin.builtins.default_avatar import DefaultEngine
-from avatarforcing.plugin.config import config_from_dict
-from avatarforcing.plugin.errors import ConfigError
-from avatarforcing.plugin.manager import build_plugin_host
-from avatarforcing.plugin.types import InputTick, SessionInfo
+from avatarforcing.plugin.api.errors import ConfigError
+from avatarforcing.plugin.api.types import InputTick, SessionInfo
+from avatarforcing.plugin.app.config import config_from_dict
+from avatarforcing.plugin.builtins.engines.embedded import DefaultEngine
+from avatarforcing.plugin.host import build_plugin_host
 from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 FRAME = 640

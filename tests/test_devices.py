@@ -82,7 +82,7 @@ def test_devices_without_sound_server_or_display_says_how_to_get_a_loopback(tmp_
 
 
 def test_devices_is_a_builtin_command():
-    from avatarforcing.plugin.commands import builtin_commands
+    from avatarforcing.plugin.app.commands import builtin_commands
 
     specs, errors = builtin_commands()
-    assert "devices" in {s.name for s in specs} and not errors.get("avatarforcing.plugin.commands.devices")
+    assert "devices" in {s.name for s in specs} and not errors.get("avatarforcing.plugin.app.commands.devices")

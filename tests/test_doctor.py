@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from avatarforcing.plugin.config import AppConfig
-from avatarforcing.plugin.doctor import DoctorContext, check_display, check_torch, nvidia_gpus, run_doctor
-from avatarforcing.plugin.manager import build_plugin_host
-from avatarforcing.plugin.markers import hookimpl
-from avatarforcing.plugin.types import CheckResult
+from avatarforcing.plugin.api.markers import hookimpl
+from avatarforcing.plugin.api.types import CheckResult
+from avatarforcing.plugin.app.config import AppConfig
+from avatarforcing.plugin.app.doctor import DoctorContext, check_display, check_torch, nvidia_gpus, run_doctor
+from avatarforcing.plugin.host import build_plugin_host
 
 EXPECTED_CHECKS = {
     "python",
@@ -121,7 +121,7 @@ def test_exit_status_is_non_zero_only_on_fail():
 
 
 def test_report_exit_code_counts_fail_only():
-    from avatarforcing.plugin.doctor import DoctorReport
+    from avatarforcing.plugin.app.doctor import DoctorReport
 
     ok, warn, fail = (CheckResult(s, s, "detail", "" if s == "ok" else "fix") for s in ("ok", "warn", "fail"))
     assert DoctorReport([ok, warn]).exit_code == 0

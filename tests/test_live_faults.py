@@ -36,10 +36,11 @@ import pytest
 
 from avatarforcing.integrations.obs_control import ObsClient, ObsRequestError, ObsUnavailable
 from avatarforcing.plugin import SinkSpec, hookimpl
-from avatarforcing.plugin.builtins import default_avatar, live_sinks
-from avatarforcing.plugin.config import load_config
-from avatarforcing.plugin.manager import build_plugin_host
-from avatarforcing.plugin.session import LiveSession
+from avatarforcing.plugin.app.config import load_config
+from avatarforcing.plugin.app.session import LiveSession
+from avatarforcing.plugin.builtins.engines import embedded as default_avatar
+from avatarforcing.plugin.builtins.sinks import live as live_sinks
+from avatarforcing.plugin.host import build_plugin_host
 
 sys.path.insert(0, str(Path(__file__).parent))
 from service_obs import ObsService

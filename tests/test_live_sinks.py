@@ -22,8 +22,8 @@ import pytest
 from avatarforcing.integrations import virtual_camera
 from avatarforcing.integrations.mjpeg_server import BOUNDARY, MjpegServer
 from avatarforcing.plugin import AudioChunk, ConfigError, Frame, SessionInfo, resolve_options
-from avatarforcing.plugin.builtins import live_sinks
-from avatarforcing.plugin.config import AppConfig
+from avatarforcing.plugin.app.config import AppConfig
+from avatarforcing.plugin.builtins.sinks import live as live_sinks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from service_pulse import PulseServer
@@ -416,7 +416,7 @@ def test_mic_delay_delays_the_microphone_into_the_virtual_mic(tmp_path, monkeypa
 # doctor checks of the sinks in use
 # --------------------------------------------------------------------------------------------
 def test_doctor_checks_cover_the_sinks_in_use(monkeypatch):
-    from avatarforcing.plugin.config import SinksSettings
+    from avatarforcing.plugin.app.config import SinksSettings
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -15,9 +15,9 @@ import soundfile
 from service_pulse import PulseServer
 from service_xvfb import XvfbDisplay
 
-from avatarforcing.plugin.builtins import live_sources
-from avatarforcing.plugin.config import AppConfig, config_from_dict
-from avatarforcing.plugin.errors import ConfigError
+from avatarforcing.plugin.api.errors import ConfigError
+from avatarforcing.plugin.app.config import AppConfig, config_from_dict
+from avatarforcing.plugin.builtins.sources import live as live_sources
 
 RATE = 48000
 
@@ -319,7 +319,7 @@ def test_screen_frame_rate_is_paced(xvfb, monkeypatch):
 
 
 def test_bad_region_is_rejected_by_its_option_check():
-    from avatarforcing.plugin.options import resolve_options
+    from avatarforcing.plugin.api.options import resolve_options
 
     spec = {s.name: s for s in live_sources.register_user_video_sources()}["screen"]
     with pytest.raises(ConfigError, match=r"sources\.user_video\.region"):

@@ -18,8 +18,8 @@ import pytest
 
 from avatarforcing.integrations.obs_control import ObsClient, ObsRequestError, ObsUnavailable
 from avatarforcing.plugin import Frame, SessionInfo, resolve_options
-from avatarforcing.plugin.builtins import live_sinks
-from avatarforcing.plugin.config import AppConfig
+from avatarforcing.plugin.app.config import AppConfig
+from avatarforcing.plugin.builtins.sinks import live as live_sinks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from service_obs import ObsService

@@ -43,15 +43,15 @@ from avatarforcing.plugin import (
     SinkSpec,
     SourceSpec,
     hookimpl,
-    hookspecs,
 )
-from avatarforcing.plugin.builtins import files as files_plugin
-from avatarforcing.plugin.cli import run_cli
-from avatarforcing.plugin.config import AppConfig, load_config
-from avatarforcing.plugin.doctor import run_doctor
-from avatarforcing.plugin.errors import ConfigError, PluginError
+from avatarforcing.plugin.api import hookspecs
+from avatarforcing.plugin.api.errors import ConfigError, PluginError
+from avatarforcing.plugin.app.cli import run_cli
+from avatarforcing.plugin.app.config import AppConfig, load_config
+from avatarforcing.plugin.app.doctor import run_doctor
+from avatarforcing.plugin.builtins.sources import files as files_plugin
 from avatarforcing.plugin.events import SessionEvents
-from avatarforcing.plugin.manager import ENTRY_POINT_GROUP, build_plugin_host
+from avatarforcing.plugin.host import ENTRY_POINT_GROUP, build_plugin_host
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "plugins.md"
@@ -356,7 +356,7 @@ def test_plugin_authors_need_only_hookimpl():
 # ============================================================================================
 def test_builtin_plugin_registers_through_its_entry_point():
     points = {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    assert points.get("files") == "avatarforcing.plugin.builtins.files"
+    assert points.get("files") == "avatarforcing.plugin.builtins.sources.files"
     host = build_plugin_host({})
     assert host.pm.get_plugin("files") is files_plugin
     info = {i.name: i for i in host.plugin_infos()}["files"]
@@ -414,9 +414,9 @@ def test_import_package_links_to_the_top_level_folders():
     assert "package-dir" not in setuptools_cfg
     assert setuptools_cfg["packages"]["find"]["include"] == ["avatarforcing", "avatarforcing.*"]
     import avatarforcing.engine.stream
-    import avatarforcing.plugin.session.runner
+    import avatarforcing.plugin.app.session.runner
 
-    for module in (avatarforcing.engine.stream, avatarforcing.plugin.session.runner):
+    for module in (avatarforcing.engine.stream, avatarforcing.plugin.app.session.runner):
         assert Path(module.__file__).is_relative_to(package), module.__file__  # the editable install
 
 
@@ -929,7 +929,7 @@ def test_example_plugin_installs_into_a_venv_and_is_listed(tmp_path):
         assert done.returncode == 0, done.stderr
         return {p["name"]: p for p in json.loads(done.stdout)["plugins"]}
 
-    for module in (("avatarforcing.plugin.cli",), ("avatarforcing.plugin",)):
+    for module in (("avatarforcing.plugin.app.cli",), ("avatarforcing.plugin",)):
         plugins = plugins_json(*module)
         assert {"files", "example"} <= set(plugins)
         example = plugins["example"]
@@ -953,8 +953,8 @@ def test_example_plugin_installs_into_a_venv_and_is_listed(tmp_path):
     script = (
         "import numpy as np\n"
         "from avatarforcing.plugin import Frame, SessionInfo\n"
-        "from avatarforcing.plugin.config import load_config\n"
-        "from avatarforcing.plugin.manager import build_plugin_host\n"
+        "from avatarforcing.plugin.app.config import load_config\n"
+        "from avatarforcing.plugin.host import build_plugin_host\n"
         f"config = load_config(overrides=['sinks.use=png-dir', 'sinks.png-dir.dir={out}'])\n"
         "[(spec, sink)] = build_plugin_host().create_sinks(config)\n"
         "sink.open(SessionInfo('s', config))\n"

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from test_vmc import Receiver  # a real python-osc server
 
-from avatarforcing.plugin.builtins import puppet
-from avatarforcing.plugin.config import AppConfig, load_config
-from avatarforcing.plugin.errors import ConfigError, PluginError
-from avatarforcing.plugin.manager import build_plugin_host
-from avatarforcing.plugin.types import MotionBlock, SessionInfo
+from avatarforcing.plugin.api.errors import ConfigError, PluginError
+from avatarforcing.plugin.api.types import MotionBlock, SessionInfo
+from avatarforcing.plugin.app.config import AppConfig, load_config
+from avatarforcing.plugin.builtins.renderers import puppet
+from avatarforcing.plugin.builtins.sinks import vmc
+from avatarforcing.plugin.host import build_plugin_host
 from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "renderer_plugin"
@@ -71,7 +72,7 @@ def test_puppet_backgrounds_sizes_and_errors():
 
 
 def test_vmc_sink_sends_the_rendered_motion_to_a_real_receiver():
-    host = host_with(puppet)
+    host = host_with(puppet, vmc)
     receiver = Receiver()
     try:
         overrides = ["sinks.use=vmc", f"sinks.vmc.port={receiver.port}", "sinks.vmc.rate=12.5"]

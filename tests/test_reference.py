@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from avatarforcing.engine.official.fixture_runner import run_reference
-from avatarforcing.plugin.cli import main
+from avatarforcing.plugin.app.cli import main
 
 ATOL = 1e-4  # fixture README: features and latents
 

@@ -31,16 +31,15 @@ from avatarforcing.integrations.media import (
     load_audio,
 )
 from avatarforcing.plugin import Frame, OptionSpec, RendererSpec, hookimpl
-from avatarforcing.plugin.cli import run_cli
-from avatarforcing.plugin.config import load_config
-from avatarforcing.plugin.errors import CommandError
-from avatarforcing.plugin.manager import build_plugin_host
-from avatarforcing.plugin.model_loading import (
+from avatarforcing.plugin.api.errors import CommandError
+from avatarforcing.plugin.app.cli import run_cli
+from avatarforcing.plugin.app.config import load_config
+from avatarforcing.plugin.app.model_loading import (
     load_model,
     load_model_from_spec,
     resolve_model_source,
 )
-from avatarforcing.plugin.render import (
+from avatarforcing.plugin.app.render import (
     RenderInputs,
     block_count,
     centre_square,
@@ -50,6 +49,7 @@ from avatarforcing.plugin.render import (
     prepare_inputs,
     render_video,
 )
+from avatarforcing.plugin.host import build_plugin_host
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SAMPLES = SHARED / "reference" / "samples"
@@ -345,7 +345,7 @@ def test_motion_autoencoder_renderer_decodes_with_the_engine(clips, formula_mode
 
     host = build_plugin_host({})
     entry = host.lookup("renderers", "motion-autoencoder")
-    assert entry.plugin == "renderers"
+    assert entry.plugin == "motion_autoencoder"
     renderer = host.create_renderer(load_config(overrides=[("render.batch_frames", "3")], environ={}))
     portrait = centre_square(np.asarray(load_rgb(clips["portrait"])), 64)
     pipeline = AvatarPipeline(formula_model, images_to_model(portrait), PipelineConfig())
@@ -514,7 +514,7 @@ def _same_parameters(a: AvatarForcingModel, b: AvatarForcingModel) -> bool:
 
 def test_model_specs_formula_official_directory_and_our_format(formula_model, tmp_path):
     from avatarforcing.engine.official.checkpoint import save_model
-    from avatarforcing.plugin.config import ModelSettings
+    from avatarforcing.plugin.app.config import ModelSettings
 
     source = resolve_model_source("formula:fixture_small:0")
     assert (source.kind, source.preset, source.seed) == ("formula", "fixture_small", 0)

@@ -28,13 +28,13 @@ from avatarforcing.plugin import (
     SourceSpec,
     hookimpl,
 )
-from avatarforcing.plugin.builtins import files as files_plugin
-from avatarforcing.plugin.cli import run_cli
-from avatarforcing.plugin.config import load_config
-from avatarforcing.plugin.manager import build_plugin_host
-from avatarforcing.plugin.session import LiveSession, SpeakListenPolicy, StageQueue, VoiceActivityDetector
-from avatarforcing.plugin.session.queues import END, Aborted
-from avatarforcing.plugin.types import AudioChunk
+from avatarforcing.plugin.api.types import AudioChunk
+from avatarforcing.plugin.app.cli import run_cli
+from avatarforcing.plugin.app.config import load_config
+from avatarforcing.plugin.app.session import LiveSession, SpeakListenPolicy, StageQueue, VoiceActivityDetector
+from avatarforcing.plugin.app.session.queues import END, Aborted
+from avatarforcing.plugin.builtins.sources import files as files_plugin
+from avatarforcing.plugin.host import build_plugin_host
 
 
 class LoudnessEngine:
@@ -418,7 +418,7 @@ def test_cli_run_end_to_end_with_stats(host, tmp_path, samples_dir):
 def test_two_minute_session_keeps_25_fps(engine, samples_dir, tmp_path):
     host = build_plugin_host({})
     if engine not in {e.spec.name for e in host.provided("engines")}:
-        pytest.skip(f"engine {engine!r} is not registered yet (plugin/builtins/default_avatar.py)")
+        pytest.skip(f"engine {engine!r} is not registered yet (plugin/builtins/engines/embedded.py)")
     host.register(TestPlugin())
     TimedSink.log.clear(), TimedSink.opened.clear()
     cfg = load_config(
@@ -449,8 +449,8 @@ def test_official_engine_uses_the_null_condition_without_a_face(samples_dir):
     import torch
 
     from avatarforcing.integrations.face_crop import load_image_rgb
-    from avatarforcing.plugin.builtins import official_engine
-    from avatarforcing.plugin.types import InputTick, SessionInfo
+    from avatarforcing.plugin.api.types import InputTick, SessionInfo
+    from avatarforcing.plugin.builtins.engines import official as official_engine
 
     torch.set_num_threads(1)
     host = build_plugin_host({}, load_entry_points=False, plugins=[official_engine])

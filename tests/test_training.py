@@ -29,7 +29,7 @@ from avatarforcing.engine.training.losses import diffusion_dpo_loss, preference_
 from avatarforcing.engine.training.schedule import add_noise, block_layout, frame_values, sample_block_sigmas
 from avatarforcing.engine.training.trainer import TrainConfig, Trainer
 from avatarforcing.engine.training.window_model import WindowAttention, training_self_mask, window_velocity
-from avatarforcing.plugin.cli import main
+from avatarforcing.plugin.app.cli import main
 
 CFG = ModelConfig(dim_w=4, dim_a=8, dim_h=64, num_heads=4, transformer_depth=2, sec=1, num_frames_per_block=4)
 

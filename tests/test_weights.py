@@ -16,11 +16,10 @@ from typing import ClassVar
 import pytest
 import torch
 
-from avatarforcing.plugin.cli import run_cli
-from avatarforcing.plugin.errors import CommandError
-from avatarforcing.plugin.manager import build_plugin_host
-from avatarforcing.plugin.model_loading import resolve_model_source
-from avatarforcing.plugin.weights import (
+from avatarforcing.plugin.api.errors import CommandError
+from avatarforcing.plugin.app.cli import run_cli
+from avatarforcing.plugin.app.model_loading import resolve_model_source
+from avatarforcing.plugin.app.weights import (
     DEFAULT_MANIFEST,
     LICENSE_NOTICE,
     Manifest,
@@ -31,6 +30,7 @@ from avatarforcing.plugin.weights import (
     location_file,
     source_url,
 )
+from avatarforcing.plugin.host import build_plugin_host
 
 FILES = {
     "flow_transformer.pth": os.urandom(300_000),

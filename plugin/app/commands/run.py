@@ -1,0 +1,161 @@
+"""``avatarforcing run``: the live session (see docs/session.md).
+
+Presets choose sources and sinks; explicit flags and ``--set`` win over them:
+
+- ``meeting``: microphone + loopback + screen -> ``virtual-camera`` (Zoom, Meet, Teams);
+- ``stream``: the same sources -> ``obs`` + ``mjpeg``;
+- ``demo``: file sources (``--avatar-audio``/``--user-audio``/``--user-video``, silence where
+  none is given) -> ``preview`` when a display exists, else ``recorder``.
+
+File flags select the built-in ``audio-file``/``video-file`` sources paced to the wall clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+from avatarforcing.plugin.api.types import CommandSpec
+
+PRESETS = ("meeting", "stream", "demo")
+LIVE_SOURCES = {"avatar_audio": "microphone", "user_audio": "loopback", "user_video": "screen"}
+PRESET_SINKS = {"meeting": ("virtual-camera",), "stream": ("obs", "mjpeg")}
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=PRESETS, help="meeting (virtual camera), stream (OBS), demo (files)")
+    parser.add_argument(
+        "--avatar-audio", metavar="FILE", help="the avatar's voice from a file (instead of the microphone)"
+    )
+    parser.add_argument("--user-audio", metavar="FILE", help="the other party's voice from a file")
+    parser.add_argument("--user-video", metavar="FILE", help="the other party's video from a file")
+    parser.add_argument("--loop", action="store_true", help="loop the file sources")
+    parser.add_argument("--portrait", metavar="IMG", help="identity image ([session] portrait)")
+    parser.add_argument("--engine", metavar="NAME", help="motion engine ([model] engine)")
+    parser.add_argument("--sink", metavar="NAME", action="append", default=[], help="an output (repeatable)")
+    parser.add_argument("--record", metavar="FILE.mp4", help="also record the output (the recorder sink)")
+    parser.add_argument(
+        "--duration",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="stop after this long (0 = until Ctrl-C or the end of the inputs)",
+    )
+    parser.add_argument("--stats", metavar="FILE", help="write the session stats as JSON (periodically and at the end)")
+
+
+def _has_display(environ) -> bool:
+    return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+
+
+def preset_overrides(args: argparse.Namespace, environ) -> list[tuple[str, object]]:
+    """Config overrides from the preset and the flags, in the order they apply."""
+    from avatarforcing.plugin.api.errors import CommandError
+
+    out: list[tuple[str, object]] = []
+    preset = args.preset
+    files = {"avatar_audio": args.avatar_audio, "user_audio": args.user_audio, "user_video": args.user_video}
+    if preset in ("meeting", "stream"):
+        out += [(f"sources.{kind}.use", name) for kind, name in LIVE_SOURCES.items()]
+    elif preset == "demo":
+        out += [
+            ("sources.avatar_audio.use", "silence"),
+            ("sources.user_audio.use", "silence"),
+            ("sources.user_video.use", ""),
+        ]
+    for kind, path in files.items():
+        if path is None:
+            continue
+        if not Path(path).expanduser().is_file():
+            raise CommandError(f"--{kind.replace('_', '-')}: file not found: {path}", exit_code=2)
+        name = "video-file" if kind == "user_video" else "audio-file"
+        out += [
+            (f"sources.{kind}.use", name),
+            (f"sources.{kind}.path", str(Path(path).expanduser())),
+            (f"sources.{kind}.realtime", True),
+            (f"sources.{kind}.loop", bool(args.loop)),
+        ]
+    sinks: list[str] = []
+    if preset in PRESET_SINKS:
+        sinks += PRESET_SINKS[preset]
+    elif preset == "demo" and not args.sink and not args.record:
+        sinks.append("preview" if _has_display(environ) else "recorder")
+    sinks += [s for s in args.sink if s not in sinks]
+    if args.record:
+        if "recorder" not in sinks:
+            sinks.append("recorder")
+        out.append(("sinks.recorder.path", str(Path(args.record).expanduser())))
+    if sinks:
+        out.append(("sinks.use", tuple(sinks)))
+    if args.portrait:
+        out.append(("session.portrait", args.portrait))
+    if args.engine:
+        out.append(("model.engine", args.engine))
+    return out
+
+
+def _run(args: argparse.Namespace, context) -> int:
+    from rich.markup import escape
+
+    from avatarforcing.plugin.api.errors import CommandError
+    from avatarforcing.plugin.app.session import LiveSession
+
+    if args.duration < 0:
+        raise CommandError("--duration must be >= 0", exit_code=2)
+    from avatarforcing.plugin.app.config import parse_override
+
+    given = {parse_override(o)[0] if isinstance(o, str) else o[0] for o in context.overrides}
+    # --set wins over what a preset chooses; explicit flags win over both
+    overrides = [
+        (key, value)
+        for key, value in preset_overrides(args, context.environ)
+        if key not in given or not key.startswith(("sources.", "sinks.use"))
+    ]
+    config = context.load_config(overrides)
+    context.host.lookup("engines", config.model.engine)  # an unknown name fails before any work
+    for name in config.sinks.use:
+        context.host.lookup("sinks", name)
+    console = context.err_console
+    session = LiveSession(
+        context.host,
+        config,
+        duration=args.duration,
+        stats_path=args.stats,
+        console_log=lambda line: console.print(escape(line)),
+    )
+    previous = {}
+    if threading_is_main():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: session.request_stop())
+    try:
+        stats = session.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stats["error"]:
+        console.print(f"[red]session failed:[/] {escape(stats['error'])}")
+        return 1
+    fps = stats["fps"] or 0.0
+    context.console.print(
+        escape(
+            f"session ended: {stats['frames']} frames in {stats['live_s']:.1f} s ({fps:.2f} fps), "
+            f"{stats['held']} held, {stats['dropped']} dropped, {stats['blocks']} blocks"
+            + (f"; stats in {args.stats}" if args.stats else "")
+        )
+    )
+    return 0
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+COMMAND = CommandSpec(
+    name="run",
+    help="run the live avatar: inputs -> engine -> virtual camera / OBS / preview / recorder",
+    configure=_configure,
+    run=_run,
+)

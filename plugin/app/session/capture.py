@@ -1,0 +1,199 @@
+"""Capture threads: one per source, reading its iterator into an inbox the features thread
+drains on the session clock. A source that raises is reported once, reopened with backoff, and
+counts as silence / no video meanwhile; a source whose iterator ends has ended (files)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from avatarforcing.plugin.app.session.resample import MonoResampler
+from avatarforcing.plugin.app.session.stats import SessionStats
+from avatarforcing.schemas.media_rates import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+
+class AudioInbox:
+    """16 kHz mono samples with their capture times, discarded until `go_live()`.
+
+    `take(n)` returns exactly `n` samples (zeros where none arrived: silence never blocks the
+    clock), the capture time of the newest sample taken (0.0 if none), and drops a backlog of
+    more than `max_backlog` samples so latency cannot build up."""
+
+    def __init__(self, max_backlog: int = SAMPLE_RATE // 2) -> None:
+        self._chunks: deque[tuple[np.ndarray, float]] = deque()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._live = False
+        self.max_backlog = max_backlog
+        self.ended = False
+        self.dropped_samples = 0
+
+    def go_live(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._size = 0
+            self._live = True
+
+    def add(self, samples: np.ndarray, captured_at: float) -> None:
+        with self._lock:
+            if not self._live or samples.size == 0:
+                return
+            self._chunks.append((samples, captured_at))
+            self._size += samples.size
+            while self._size - self._chunks[0][0].size >= self.max_backlog:
+                old, _ = self._chunks.popleft()
+                self._size -= old.size
+                self.dropped_samples += old.size
+
+    @property
+    def drained(self) -> bool:
+        """The source ended and every sample was taken."""
+        with self._lock:
+            return self.ended and self._size == 0
+
+    def take(self, n: int) -> tuple[np.ndarray, float, int]:
+        """``(samples (n,), newest capture time, real samples in it)``."""
+        out = np.zeros(n, np.float32)
+        filled, newest = 0, 0.0
+        with self._lock:
+            while filled < n and self._chunks:
+                samples, captured = self._chunks[0]
+                part = samples[: n - filled]
+                out[filled : filled + part.size] = part
+                filled += part.size
+                newest = captured
+                if part.size == samples.size:
+                    self._chunks.popleft()
+                else:
+                    self._chunks[0] = (samples[part.size :], captured)
+                self._size -= part.size
+        return out, newest, filled
+
+
+class VideoInbox:
+    """The latest user frame (RGB uint8) and when it arrived; None when stale or absent."""
+
+    def __init__(self, stale_after_s: float = 1.0) -> None:
+        self._lock = threading.Lock()
+        self._frame: np.ndarray | None = None
+        self._arrived = 0.0
+        self.stale_after_s = stale_after_s
+        self.ended = False
+        self.frames_in = 0
+
+    def go_live(self) -> None:
+        pass  # the latest frame stays useful
+
+    def add(self, image: np.ndarray, captured_at: float) -> None:
+        with self._lock:
+            self._frame, self._arrived = image, captured_at
+            self.frames_in += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frame = None
+
+    @property
+    def drained(self) -> bool:
+        return self.ended
+
+    def latest(self, now: float) -> np.ndarray | None:
+        with self._lock:
+            if self._frame is None or now - self._arrived > self.stale_after_s:
+                return None
+            return self._frame
+
+
+class CaptureThread(threading.Thread):
+    """Reads the source built by `open_source()` into `inbox` until it ends or `stop` is set.
+
+    Failures (opening or iterating) are logged once per streak, counted in
+    ``stats.source_faults[name]``, and retried after `retry_initial_s`, doubling up to
+    `retry_max_s`; meanwhile the inbox gets nothing (silence / no video)."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        open_source: Callable[[], Any],
+        inbox: AudioInbox | VideoInbox,
+        stats: SessionStats,
+        stop: threading.Event,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        super().__init__(name=f"capture-{kind}", daemon=True)
+        self.source_name, self.kind = name, kind
+        self.open_source, self.inbox, self.stats, self.stop = open_source, inbox, stats, stop
+        self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
+        self._source: Any = None
+        self._lock = threading.Lock()
+        self.reopened = 0
+
+    def close_source(self) -> None:
+        with self._lock:
+            source, self._source = self._source, None
+        if source is not None:
+            try:
+                source.close()
+            except Exception as error:  # closing a broken device must not hide the stop
+                log.debug("closing %s source %s: %s", self.kind, self.source_name, error)
+
+    def _feed(self, source: Any) -> None:
+        resampler = MonoResampler() if isinstance(self.inbox, AudioInbox) else None
+        for item in source:
+            if self.stop.is_set():
+                return
+            now = time.monotonic()
+            if resampler is not None:
+                self.inbox.add(resampler.convert(item), now)
+            else:
+                self.inbox.add(item.image, now)
+
+    def run(self) -> None:
+        delay = self.retry_initial_s
+        failing = False
+        while not self.stop.is_set():
+            try:
+                source = self.open_source() if self._source is None else self._source
+                with self._lock:
+                    self._source = source
+                if failing:
+                    log.warning("%s source %r is back", self.kind, self.source_name)
+                    self.reopened += 1
+                    failing, delay = False, self.retry_initial_s
+                self._feed(source)
+                if not self.stop.is_set():
+                    self.inbox.ended = True
+                    log.info("%s source %r ended", self.kind, self.source_name)
+                return
+            except Exception as error:  # a vanished device: report, count, retry
+                count = self.stats.fault("source_faults", f"{self.kind}:{self.source_name}")
+                if not failing:
+                    what = "silence" if isinstance(self.inbox, AudioInbox) else "no face"
+                    log.warning(
+                        "%s source %r failed (%s: %s); using %s and retrying",
+                        self.kind,
+                        self.source_name,
+                        type(error).__name__,
+                        error,
+                        what,
+                    )
+                else:
+                    log.debug("%s source %r failed again (%d): %s", self.kind, self.source_name, count, error)
+                failing = True
+                if isinstance(self.inbox, VideoInbox):
+                    self.inbox.clear()
+                self.close_source()
+                if self.stop.wait(delay):
+                    return
+                delay = min(delay * 2, self.retry_max_s)
+        self.close_source()

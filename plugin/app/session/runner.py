@@ -1,0 +1,458 @@
+"""`LiveSession`: sources -> features -> generator -> renderer -> pacer -> sinks, one thread
+per stage, on a 25 fps session clock (see docs/session.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatarforcing.plugin.api.errors import AvatarForcingError, ConfigError, PluginError
+from avatarforcing.plugin.api.types import SOURCE_KINDS, InputTick, MotionBlock, SessionInfo
+from avatarforcing.plugin.app.config import AppConfig
+from avatarforcing.plugin.app.session.capture import AudioInbox, CaptureThread, VideoInbox
+from avatarforcing.plugin.app.session.clock import SessionClock
+from avatarforcing.plugin.app.session.pacer import FramePacer, RenderedFrame
+from avatarforcing.plugin.app.session.queues import END, Aborted, StageQueue
+from avatarforcing.plugin.app.session.sinks import SinkWorker
+from avatarforcing.plugin.app.session.stats import SessionStats
+from avatarforcing.plugin.app.session.vad import SpeakListenPolicy, VoiceActivityDetector
+from avatarforcing.plugin.events import SessionEvents
+from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+
+DRAIN_GRACE_S = 5.0  # how long the last blocks may take after --duration
+
+
+@dataclass
+class TickRecord:
+    """What the pacer needs about an input frame: capture time of its newest audio and its
+    40 ms of avatar audio."""
+
+    captured_at: float
+    audio: np.ndarray
+
+
+def renderer_name(config: AppConfig, engine_spec: Any) -> str:
+    """``[render] use`` when the config names it, else the engine's default renderer."""
+    if config.render.chosen or not getattr(engine_spec, "default_renderer", ""):
+        return config.render.use
+    return engine_spec.default_renderer
+
+
+class _FirstThenFactory:
+    """Returns the source built up front (its options checked before warm-up) once, then builds
+    a new one from `make` for each reopen."""
+
+    def __init__(self, first: Any, make: Callable[[], Any] | None = None) -> None:
+        self.first, self.make = first, make
+
+    def __call__(self) -> Any:
+        if self.first is not None:
+            source, self.first = self.first, None
+            return source
+        return self.make()
+
+
+class LiveSession:
+    """One live session. `run()` blocks until the inputs end, `duration` seconds of live time
+    pass, `request_stop()` is called (Ctrl-C) or a stage fails, and returns the stats dict
+    (``stats["error"]`` is None on success). `stats_path`: JSON written every stats interval
+    and at the end."""
+
+    def __init__(
+        self,
+        host: Any,
+        config: AppConfig,
+        *,
+        duration: float = 0.0,
+        stats_path: str | Path | None = None,
+        console_log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.host, self.config = host, config
+        self.duration = duration
+        self.stats_path = Path(stats_path) if stats_path else None
+        self.say = console_log or log.info
+        self.stats = SessionStats()
+        self.stop = threading.Event()  # abort: every stage returns now
+        self.capture_stop = threading.Event()  # capture threads return
+        self.clock = SessionClock(FRAME_RATE)
+        self.events = SessionEvents(host.pm)
+        self.policy = SpeakListenPolicy.from_config(config)
+        self.vad = VoiceActivityDetector(self.policy, SAMPLE_RATE)
+        self._records: dict[int, TickRecord] = {}
+        self._records_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._captures: list[CaptureThread] = []
+        self._sink_workers: list[SinkWorker] = []
+        self._inboxes: dict[str, AudioInbox | VideoInbox] = {}
+        self.engine: Any = None
+        self.renderer: Any = None
+        self.session: SessionInfo | None = None
+
+    # -- control -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop as soon as possible (signal handlers call this)."""
+        if not self.stop.is_set():
+            log.info("stop requested")
+        self.stop.set()
+        for queue in self._queues():
+            queue.abort()
+
+    def _queues(self) -> list[StageQueue]:
+        return [q for q in (getattr(self, n, None) for n in ("features_queue", "blocks_queue", "frames_queue")) if q]
+
+    def _fail(self, stage: str, error: BaseException) -> None:
+        if self.stats.error is None:
+            self.stats.error = f"{stage}: {type(error).__name__}: {error}"
+        log.error("stage %s failed: %s: %s", stage, type(error).__name__, error, exc_info=error)
+        self.request_stop()
+
+    def _stage(self, name: str, body: Callable[[], None]) -> threading.Thread:
+        def target() -> None:
+            try:
+                body()
+            except Aborted:
+                pass
+            except BaseException as error:  # reported with the stage name, ends the session
+                self._fail(name, error)
+
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        return thread
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        config = self.config
+        engine_spec, self.engine = self.host.create_engine(config)
+        renderer = renderer_name(config, engine_spec)
+        self.renderer = self.host.create("renderers", renderer, config.render.options, "render")
+        sink_specs = [self.host.lookup("sinks", name).spec for name in config.sinks.use]
+        portrait = None
+        if config.session.portrait:
+            from avatarforcing.integrations.face_crop import load_image_rgb
+
+            path = Path(config.session.portrait).expanduser()
+            if not path.is_file():
+                raise ConfigError("session.portrait", f"file not found: {str(path)!r}")
+            portrait = load_image_rgb(path)
+        sources = {kind: config.sources.slot(kind).use for kind in SOURCE_KINDS}
+        self.session = SessionInfo(
+            session_id=uuid.uuid4().hex,
+            config=config,
+            fps=FRAME_RATE,
+            sample_rate=SAMPLE_RATE,
+            portrait_path=config.session.portrait,
+            portrait=portrait,
+            sources=sources,
+            renderer=renderer,
+            sinks=tuple(config.sinks.use),
+            engine=self.engine,
+        )
+        self.stats.engine, self.stats.renderer = engine_spec.name, renderer
+        for kind in SOURCE_KINDS:
+            slot = config.sources.slot(kind)
+            if not slot.use:
+                continue
+            make = lambda k=kind, s=slot: self.host.create(k, s.use, s.options, f"sources.{k}")
+            inbox = VideoInbox() if kind == "user_video" else AudioInbox()
+            self._inboxes[kind] = inbox
+            capture = CaptureThread(
+                slot.use,
+                kind,
+                _FirstThenFactory(make(), make),
+                inbox,
+                self.stats,
+                self.capture_stop,
+                config.session.retry_initial_s,
+                config.session.retry_max_s,
+            )
+            self._captures.append(capture)
+        self._sink_specs = sink_specs
+
+    def _open(self) -> None:
+        session = self.session
+        self.engine.open(session)
+        self.stats.backend = str(getattr(self.engine, "backend", "") or "")
+        self.renderer.open(session)
+        for spec in self._sink_specs:
+            make = lambda s=spec: self.host.create(
+                "sinks", s.name, self.config.sinks.options_for(s.name), f"sinks.{s.name}"
+            )
+            sink = make()
+            try:
+                sink.open(session)
+            except AvatarForcingError:
+                raise
+            except Exception as error:  # a device/driver/service the user must set up first
+                raise PluginError(f"sink {spec.name!r} cannot start: {error}") from error
+            self._sink_workers.append(
+                SinkWorker(
+                    spec.name,
+                    make,
+                    spec.accepts_audio,
+                    session,
+                    self.stats,
+                    self.config.session.retry_initial_s,
+                    self.config.session.retry_max_s,
+                    sink=sink,
+                )
+            )
+
+    def _warm_up(self) -> np.ndarray | None:
+        """engine.warm_up() and one render; returns the image to hold until the first frame."""
+        started = time.perf_counter()
+        blocks = self.engine.warm_up() or []
+        image = None
+        if blocks:
+            first: MotionBlock = blocks[0]
+            one = MotionBlock(first.index, first.first_frame, 1, first.latents[:1], dict(first.metadata))
+            frames = self.renderer.render(one)
+            image = frames[0].image if frames else None
+        self.stats.warm_up_s = time.perf_counter() - started
+        self.say(f"warm-up took {self.stats.warm_up_s:.1f} s")
+        return image
+
+    # -- stages --------------------------------------------------------------------------------
+    def _features(self) -> None:
+        engine, config = self.engine, self.config
+        n = config.session.feature_frames
+        total = int(round(self.duration * FRAME_RATE)) if self.duration > 0 else None
+        audio = {kind: self._inboxes.get(kind) for kind in ("avatar_audio", "user_audio")}
+        video = self._inboxes.get("user_video")
+        k = 0
+        while True:
+            if total is not None and k >= total:
+                break
+            if self._inboxes and all(inbox.drained for inbox in self._inboxes.values()):
+                log.info("every source ended")
+                break
+            if not self.clock.wait_until_due(k + n, self.stop):
+                return
+            now = time.monotonic()
+            tracks, newest = {}, 0.0
+            for kind, inbox in audio.items():
+                if inbox is None:
+                    tracks[kind] = np.zeros(n * SAMPLES_PER_FRAME, np.float32)
+                    continue
+                tracks[kind], captured, _ = inbox.take(n * SAMPLES_PER_FRAME)
+                newest = max(newest, captured)
+            captured_at = newest or self.clock.due(k + n)
+            self.stats.observe("capture_to_features", max(0.0, now - captured_at))
+            image = video.latest(now) if video is not None else None
+            voice = self.vad.update(tracks["avatar_audio"])
+            tick = InputTick(
+                k,
+                n,
+                tracks["avatar_audio"],
+                tracks["user_audio"],
+                [image] * n,
+                avatar_voice=voice,
+                captured_at=captured_at,
+            )
+            with self._records_lock:
+                for i in range(n):
+                    self._records[k + i] = TickRecord(
+                        captured_at, tracks["avatar_audio"][i * SAMPLES_PER_FRAME : (i + 1) * SAMPLES_PER_FRAME]
+                    )
+                for old in [i for i in self._records if i < k - 2000]:
+                    del self._records[old]
+            t = time.perf_counter()
+            features = engine.extract(tick)
+            self.stats.observe("extract", time.perf_counter() - t)
+            dropped = self.features_queue.put((features, self.vad.speaking))
+            if dropped:
+                self.stats.count("dropped_ticks", dropped * n)
+            k += n
+        self.features_queue.put(END)
+
+    def _emit_blocks(self, blocks: list[MotionBlock], elapsed: float) -> None:
+        for block in blocks:
+            self.stats.observe("generate", elapsed / len(blocks))
+            self.stats.count("blocks")
+            self.events.block(self.session, block)
+            self.blocks_queue.put(block)
+
+    def _generator(self) -> None:
+        while True:
+            item = self.features_queue.get()
+            if item is END:
+                t = time.perf_counter()
+                self._emit_blocks(self.engine.finish() or [], time.perf_counter() - t)
+                self.blocks_queue.put(END)
+                return
+            features, speaking = item
+            self.engine.set_guidance(*self.policy.scales(speaking))
+            t = time.perf_counter()
+            blocks = self.engine.generate(features) or []
+            if blocks:
+                self._emit_blocks(blocks, time.perf_counter() - t)
+
+    def _live_edge(self, block: MotionBlock) -> MotionBlock:
+        """The first block (the engine's first clip, e.g. 25 frames that all come out at once, a
+        clip after their inputs began) keeps only its newest frames: showing the whole clip would
+        lock the output a clip behind the inputs for the rest of the session. Later blocks pass
+        unchanged. The stale frames are counted as dropped."""
+        keep = 2 * self.frames_queue.capacity
+        if block.index != 0 or block.num_frames <= keep:
+            return block
+        skipped = block.num_frames - keep
+        with self._records_lock:
+            for index in range(block.first_frame, block.first_frame + skipped):
+                self._records.pop(index, None)
+        self.stats.count("dropped", skipped)
+        log.info("first clip: showing its newest %d frames, skipping %d stale ones", keep, skipped)
+        return MotionBlock(
+            block.index,
+            block.first_frame + skipped,
+            keep,
+            block.latents[skipped:],
+            dict(block.metadata, skipped_stale_frames=skipped),
+        )
+
+    def _render(self) -> None:
+        while True:
+            block = self.blocks_queue.get()
+            if block is END:
+                self.frames_queue.put(END)
+                return
+            block = self._live_edge(block)
+            t = time.perf_counter()
+            frames = list(self.renderer.render(block))
+            self.stats.observe("render", time.perf_counter() - t)
+            if len(frames) != block.num_frames:
+                raise PluginError(
+                    f"renderer {self.session.renderer!r} returned {len(frames)} frames for block "
+                    f"{block.index} of {block.num_frames}"
+                )
+            for frame in frames:
+                frame = self.events.frame(self.session, frame)
+                with self._records_lock:
+                    record = self._records.pop(frame.index, None)
+                self.frames_queue.put(
+                    RenderedFrame(
+                        frame,
+                        time.monotonic(),
+                        record.captured_at if record else 0.0,
+                        record.audio if record else None,
+                    )
+                )
+                depth = len(self.frames_queue)
+                if depth > self.stats.max_frame_queue:
+                    self.stats.max_frame_queue = depth
+
+    # -- run -----------------------------------------------------------------------------------
+    def _write_stats(self) -> dict[str, Any]:
+        data = self.stats.to_dict()
+        if self.stats_path is not None:
+            tmp = self.stats_path.with_name(self.stats_path.name + ".tmp")
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            tmp.replace(self.stats_path)
+        return data
+
+    def run(self) -> dict[str, Any]:
+        started_hooks = False
+        try:
+            self._build()
+            self._open()
+            for capture in self._captures:
+                capture.start()
+            initial = self._warm_up() if self.config.session.warm_up else None
+            block_frames = max(1, int(getattr(self.engine, "block_frames", 10)))
+            n = self.config.session.feature_frames
+            self.features_queue = StageQueue(max(2, -(-2 * block_frames // n)), drop_oldest=True)
+            self.blocks_queue = StageQueue(2)
+            self.frames_queue = StageQueue(self.config.session.queue_frames or block_frames)
+            self.events.started(self.session)
+            started_hooks = True
+            pacer = FramePacer(
+                self.clock,
+                self.frames_queue,
+                self._sink_workers,
+                self.stats,
+                self.stop,
+                initial,
+                shared_state=self.session.plugin_state,
+            )
+            self._threads.append(pacer)
+            stages = [
+                self._stage("features", self._features),
+                self._stage("generator", self._generator),
+                self._stage("renderer", self._render),
+            ]
+            for worker in self._sink_workers:
+                worker.start()
+            live_start = self.clock.start()
+            for inbox in self._inboxes.values():
+                inbox.go_live()
+            for thread in (*stages, pacer):
+                thread.start()
+            self.say(
+                f"live: engine {self.stats.engine}, renderer {self.stats.renderer}, "
+                f"sinks {', '.join(self.session.sinks) or 'none'}"
+            )
+            interval = self.config.session.stats_interval
+            next_report = time.monotonic() + (interval or 5.0)
+            while pacer.is_alive() and not self.stop.is_set():
+                pacer.join(0.2)
+                self.stats.live_s = time.monotonic() - live_start
+                if self.duration > 0 and self.stats.live_s > self.duration + DRAIN_GRACE_S:
+                    log.warning("the last blocks did not arrive %.0f s after --duration; stopping", DRAIN_GRACE_S)
+                    break
+                if time.monotonic() >= next_report:
+                    if interval:
+                        self.say(self.stats.log_line())
+                    self._write_stats()
+                    next_report += interval or 5.0
+            self.stats.live_s = time.monotonic() - live_start
+        except BaseException as error:
+            if self.stats.error is None:
+                self.stats.error = f"setup: {type(error).__name__}: {error}"
+            self.request_stop()
+            self._shutdown(started_hooks)
+            raise
+        self._shutdown(started_hooks)
+        return self.stats.to_dict()
+
+    def _shutdown(self, started_hooks: bool) -> None:
+        self.request_stop()
+        self.capture_stop.set()
+        for capture in self._captures:
+            capture.close_source()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(30)
+        for capture in self._captures:
+            if capture.is_alive():
+                capture.join(10)
+        for worker in self._sink_workers:
+            if worker.is_alive():
+                worker.finish()
+            elif worker.sink is not None:
+                worker.sink.close()
+        for name, close in (
+            ("renderer", getattr(self.renderer, "close", None)),
+            ("engine", getattr(self.engine, "close", None)),
+        ):
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as error:
+                log.warning("closing the %s failed: %s: %s", name, type(error).__name__, error)
+        stuck = [t.name for t in (*self._threads, *self._captures) if t.is_alive()]
+        if stuck:
+            log.warning("threads still running at exit: %s", ", ".join(stuck))
+        data = self._write_stats()
+        if self.session is not None and started_hooks:
+            self.events.stopped(self.session, data)
+        self.say(self.stats.log_line())

@@ -1,0 +1,253 @@
+"""The embedded default avatar as the ``default`` motion engine (renderer: ``puppet``).
+
+`DefaultEngine` implements the `MotionEngine` protocol of `avatarforcing.plugin.api.types`:
+`extract` turns an `InputTick` into streaming log-mel rows of both audios and the user's face
+parameters (`FaceParamsExtractor`; no face or no video = the null condition, zeros), all in
+the model's normalized units; `generate` pushes them into the model's `MotionStream` and
+returns `MotionBlock`s whose `latents` are ``float32 [num_frames, 13]`` *denormalized* motion
+parameters (`MOTION_SPACE`), clipped to their ranges. First block 25 frames (1 s), then
+4-frame (160 ms) blocks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatarforcing.plugin.api.markers import hookimpl
+from avatarforcing.plugin.api.types import EngineSpec, InputTick, MotionBlock, OptionSpec, SessionInfo
+from avatarforcing.schemas.media_rates import SAMPLE_RATE, SAMPLES_PER_FRAME
+
+ENGINE_NAME = "default"
+
+
+@dataclass
+class DefaultFeatures:
+    """Normalized condition frames of one tick: audio [n, 80] float32 (avatar, user) and user
+    motion [n, 13] float32 (zeros where no face); `faces`: how many frames had a face."""
+
+    first_frame: int
+    avatar_audio: np.ndarray
+    user_audio: np.ndarray
+    user_motion: np.ndarray
+    faces: int = 0
+
+
+def _check_nfe(value: int) -> str | None:
+    return "must be 0 ([model] nfe) or at least 3" if value in (1, 2) else None
+
+
+def _check_weights(value: str) -> str | None:
+    if not value:
+        return None
+    folder = Path(value)
+    names = ("default_avatar.safetensors", "flow_transformer.safetensors")
+    if not folder.is_dir() or not any((folder / n).is_file() for n in names):
+        return f"not a folder with default_avatar.safetensors or flow_transformer.safetensors: {value!r}"
+    return None
+
+
+def load_model(weights: str = "", device: str = "cpu"):
+    """The packaged default avatar, or the one in folder `weights` (shipped layout
+    default_avatar.safetensors/.json, or a trainer checkpoint folder)."""
+    from avatarforcing.engine.embedded.model import CONFIG_FILE, WEIGHTS_FILE, DefaultAvatarModel, load_default
+
+    if not weights:
+        return load_default(device)
+    folder = Path(weights)
+    if (folder / WEIGHTS_FILE).is_file():
+        return DefaultAvatarModel.from_files(folder / WEIGHTS_FILE, folder / CONFIG_FILE, device)
+    from avatarforcing.engine.flow_checkpoint import load_flow_transformer
+
+    transformer, info = load_flow_transformer(folder, device)
+    return DefaultAvatarModel(transformer, info)
+
+
+class DefaultEngine:
+    """The default avatar's streaming engine (see the module docstring)."""
+
+    fps = 25
+    sample_rate = SAMPLE_RATE
+    first_block_frames = 25
+    block_frames = 4
+
+    def __init__(self, nfe: int = 5, face_tracking: bool = True, weights: str = "") -> None:
+        self._nfe_option = nfe
+        self._face_tracking = face_tracking
+        self._weights = weights
+        self._lock = threading.Lock()
+        self._model = None
+        self._settings = None
+        self._stream = None
+        self._device = "cpu"
+        self._faces = None
+        self._avatar_mel = None
+        self._user_mel = None
+        self._blocks = 0
+        self._ended = False
+        self._guidance = None  # (avatar, user) set by set_guidance; survives warm_up's reset
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def open(self, session: SessionInfo) -> None:
+        import torch
+
+        from avatarforcing.engine.embedded.audio_features import StreamingLogMel
+        from avatarforcing.engine.embedded.model import StreamSettings
+
+        model_cfg = session.config.model
+        self._device = "cpu" if model_cfg.device == "auto" else model_cfg.device
+        if model_cfg.threads:
+            torch.set_num_threads(model_cfg.threads)
+        self._model = load_model(self._weights, self._device)
+        self._settings = StreamSettings(
+            nfe=self._nfe_option or model_cfg.nfe,
+            avatar_scale=model_cfg.a_cfg_scale,
+            user_scale=model_cfg.u_cfg_scale,
+            seed=model_cfg.seed,
+        )
+        self._avatar_mel, self._user_mel = StreamingLogMel(), StreamingLogMel()
+        if self._face_tracking:
+            from avatarforcing.integrations.face_params import FaceParamsExtractor
+
+            self._faces = FaceParamsExtractor()
+        self._reset_stream()
+
+    def _reset_stream(self) -> None:
+        with self._lock:
+            self._stream = self._model.stream(self._settings, device=self._device)
+            if self._guidance is not None:
+                self._stream.set_guidance(self._guidance)
+            self._blocks = 0
+            self._ended = False
+
+    def warm_up(self) -> None:
+        """Run the first clip and one block on silence, then start a fresh stream."""
+        from avatarforcing.engine.embedded.audio_features import log_mel_features
+
+        frames = self.first_block_frames + self.block_frames
+        rows = log_mel_features(np.zeros(frames * SAMPLES_PER_FRAME, np.float32))
+        features = DefaultFeatures(0, rows, rows, np.zeros((frames, 13), np.float32))
+        self.generate(features)
+        self._reset_stream()
+
+    def close(self) -> None:
+        if self._faces is not None:
+            self._faces.close()
+            self._faces = None
+        self._stream = None
+        self._model = None
+
+    # -- features thread -----------------------------------------------------------------------
+    def extract(self, tick: InputTick) -> DefaultFeatures:
+        from avatarforcing.schemas.motion_space import MOTION_SPACE
+
+        expected = tick.num_frames * SAMPLES_PER_FRAME
+        for name in ("avatar_audio", "user_audio"):
+            samples = getattr(tick, name)
+            if np.asarray(samples).shape != (expected,):
+                raise ValueError(
+                    f"InputTick.{name} must have shape ({expected},) for {tick.num_frames} frames, got {np.shape(samples)}"
+                )
+        avatar = self._avatar_mel.push(np.asarray(tick.avatar_audio, np.float32))
+        user = self._user_mel.push(np.asarray(tick.user_audio, np.float32))
+        motion = np.zeros((tick.num_frames, MOTION_SPACE.dim), np.float32)
+        faces = 0
+        frames = list(tick.user_frames) if tick.user_frames is not None else []
+        for i in range(tick.num_frames):
+            image = frames[i] if i < len(frames) else None
+            params = None
+            if image is not None and self._faces is not None:
+                params = self._faces.extract(image)
+            elif image is None and self._faces is not None:
+                self._faces.reset()
+            if params is not None:
+                motion[i] = MOTION_SPACE.normalize(params)
+                faces += 1
+        return DefaultFeatures(tick.first_frame, avatar, user, motion, faces)
+
+    # -- generator thread ----------------------------------------------------------------------
+    def set_guidance(self, avatar_scale: float, user_scale: float) -> None:
+        from avatarforcing.engine.sampler import GuidanceScales
+
+        with self._lock:
+            self._guidance = GuidanceScales(float(avatar_scale), float(user_scale))
+            if self._stream is not None:
+                self._stream.set_guidance(self._guidance)
+
+    def generate(self, features: DefaultFeatures) -> list[MotionBlock]:
+        import torch
+
+        with self._lock:
+            start = time.perf_counter()
+            self._stream.push(
+                torch.from_numpy(features.avatar_audio),
+                torch.from_numpy(features.user_audio),
+                torch.from_numpy(features.user_motion),
+            )
+            return self._blocks_from(self._stream.pull(), start)
+
+    def finish(self) -> list[MotionBlock]:
+        with self._lock:
+            if self._ended:
+                return []
+            self._ended = True
+            start = time.perf_counter()
+            self._stream.end()
+            return self._blocks_from(self._stream.pull(), start)
+
+    def _blocks_from(self, raw: list[Any], start: float) -> list[MotionBlock]:
+        from avatarforcing.schemas.motion_space import MOTION_SPACE
+
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        out = []
+        for block in raw:
+            params = MOTION_SPACE.clip(MOTION_SPACE.denormalize(block.latents[0].cpu().numpy()))
+            out.append(
+                MotionBlock(
+                    index=self._blocks,
+                    first_frame=block.start,
+                    num_frames=params.shape[0],
+                    latents=params,
+                    metadata={"engine": ENGINE_NAME, "compute_ms": elapsed_ms / max(1, len(raw))},
+                )
+            )
+            self._blocks += 1
+        return out
+
+
+@hookimpl
+def register_engines() -> list[EngineSpec]:
+    return [
+        EngineSpec(
+            name=ENGINE_NAME,
+            description="embedded small avatar (13 face parameters, log-mel audio), real time on CPU",
+            factory=DefaultEngine,
+            options=(
+                OptionSpec(
+                    "nfe",
+                    int,
+                    5,
+                    "sampler steps (nfe - 2 network evaluations per 4-frame block); 0 = [model] nfe",
+                    minimum=0,
+                    maximum=50,
+                    check=_check_nfe,
+                ),
+                OptionSpec(
+                    "face_tracking", bool, True, "track the user's face (off: the user-motion condition is always null)"
+                ),
+                OptionSpec(
+                    "weights",
+                    str,
+                    "",
+                    "folder with other weights (default: the ones shipped in the package)",
+                    check=_check_weights,
+                ),
+            ),
+            default_renderer="puppet",
+        )
+    ]

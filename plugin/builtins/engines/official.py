@@ -1,0 +1,206 @@
+"""Built-in plugin ``official_engine``: the Avatar Forcing model as a live `MotionEngine`.
+
+`OfficialEngine` wraps `avatarforcing.engine.official.pipeline.AvatarPipeline`: `extract` (features
+thread) crops the user's face with `FaceTracker` and computes the streaming audio features and
+the user-motion latents (no face: the null condition); `generate` (generator thread) pushes
+them into the motion stream and pulls every computable block. Blocks carry latents
+``(num_frames, 512)`` for the ``motion-autoencoder`` renderer, which decodes them through
+``session.engine.decode`` (this object). Weights: ``[engines.official] model`` (a spec as for
+``render --model``: ``formula:fixture_small``, a directory; ``""`` = the weights directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from avatarforcing.plugin.api.markers import hookimpl
+from avatarforcing.plugin.api.types import EngineSpec, InputTick, MotionBlock, OptionSpec, SessionInfo
+from avatarforcing.schemas.media_rates import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+NAME = "official"
+
+
+@dataclass
+class OfficialFeatures:
+    """Features of one tick: session frame indices, audio features and user motion tensors."""
+
+    frames: list[int]
+    avatar: Any
+    user: Any
+    motion: Any
+    faces: int
+
+
+class OfficialEngine:
+    """See the module docstring. Settings from ``session.config.model``: nfe, a_cfg_scale,
+    u_cfg_scale, seed, device, threads."""
+
+    fps = 25
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, model: str, face_tracking: bool) -> None:
+        self.model_spec = model
+        self.face_tracking = face_tracking
+        self.first_block_frames = 50
+        self.block_frames = 10
+        self.backend = ""
+        self.pipeline: Any = None
+        self._tracker: Any = None
+        self._lock = threading.Lock()  # guards _frame_map
+        self._frame_map: deque[int] = deque()  # session frame index of each pushed engine frame
+        self._mapped_from = 0  # engine frame index of _frame_map[0]
+        self._blocks = 0
+
+    def open(self, session: SessionInfo) -> None:
+        import torch
+
+        from avatarforcing.engine.export.backend_select import select_backend
+        from avatarforcing.plugin.app.model_loading import load_model_from_spec
+
+        settings = session.config.model
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self._settings = settings
+        self.model, source = load_model_from_spec(self.model_spec or None, settings)
+        cfg = self.model.cfg
+        self.first_block_frames, self.block_frames = cfg.clip_frames, cfg.block_frames
+        device = str(next(self.model.parameters()).device)
+        choice = select_backend()
+        runs = "torch_cpu" if device == "cpu" else "cuda_eager"
+        self.backend = runs
+        note = (
+            ""
+            if choice.backend == runs
+            else f"; the live engine runs {runs} on {device} (the {choice.backend} graphs are not wired into live sessions yet)"
+        )
+        log.info("engine official: %s; %s%s", source.description, choice.log_line(), note)
+        self._portrait = self._crop_portrait(session.portrait, cfg.input_size)
+        self._new_pipeline()
+        if self.face_tracking:
+            from avatarforcing.integrations.face_tracking import FaceTracker
+
+            self._tracker = FaceTracker(cfg.input_size)
+
+    def _crop_portrait(self, image: np.ndarray | None, size: int) -> np.ndarray:
+        from avatarforcing.integrations.face_crop import crop_portrait
+        from avatarforcing.plugin.app.render import centre_square
+
+        if image is None:
+            raise ValueError("the official engine needs a portrait: set [session] portrait (--portrait IMG)")
+        try:
+            return crop_portrait(image, size)[0]
+        except Exception as error:  # no face found: use the centre, as `render --no-face-crop`
+            log.warning("portrait: %s; using its centre square", error)
+            return centre_square(image, size)
+
+    def _new_pipeline(self) -> None:
+        from avatarforcing.engine.official.pipeline import AvatarPipeline, PipelineConfig, images_to_model
+        from avatarforcing.engine.sampler import GuidanceScales
+
+        s = self._settings
+        config = PipelineConfig(nfe=s.nfe, guidance=GuidanceScales(s.a_cfg_scale, s.u_cfg_scale), seed=s.seed)
+        self.pipeline = AvatarPipeline(self.model, images_to_model(self._portrait), config)
+        with self._lock:
+            self._frame_map.clear()
+            self._mapped_from = 0
+        self._blocks = 0
+
+    def warm_up(self) -> list[MotionBlock]:
+        """The first clip on silence (its blocks are returned for a renderer warm-up), then a
+        fresh stream."""
+        silence = np.zeros(self.first_block_frames * 640, np.float32)
+        tick = InputTick(0, self.first_block_frames, silence, silence, [None] * self.first_block_frames)
+        blocks = self.generate(self.extract(tick)) + self.finish()
+        self._new_pipeline()
+        if self._tracker is not None:
+            self._tracker.reset()
+        return blocks
+
+    def _crops(self, frames: list) -> tuple[Any, int]:
+        from avatarforcing.engine.official.pipeline import images_to_model
+
+        if self._tracker is None or all(f is None for f in frames):
+            return None, 0
+        crops = []
+        for frame in frames:
+            result = self._tracker.update(frame) if frame is not None else None
+            if result is None or not result.has_face:
+                return None, 0  # a tick is all face or all null (one condition per tick)
+            crops.append(result.crop)
+        return images_to_model(np.stack(crops)), len(crops)
+
+    def extract(self, tick: InputTick) -> OfficialFeatures:
+        crops, faces = self._crops(tick.user_frames)
+        p = self.pipeline
+        return OfficialFeatures(
+            frames=list(range(tick.first_frame, tick.first_frame + tick.num_frames)),
+            avatar=p.avatar_audio_features(tick.avatar_audio),
+            user=p.user_audio_features(tick.user_audio),
+            motion=p.user_motion(crops, tick.num_frames),
+            faces=faces,
+        )
+
+    def set_guidance(self, avatar_scale: float, user_scale: float) -> None:
+        from avatarforcing.engine.sampler import GuidanceScales
+
+        self.pipeline.set_guidance(GuidanceScales(avatar_scale, user_scale))
+
+    def _convert(self, blocks) -> list[MotionBlock]:
+        out = []
+        for block in blocks:
+            n = int(block.latents.shape[1])
+            with self._lock:
+                position = block.start - self._mapped_from
+                first = self._frame_map[position] if 0 <= position < len(self._frame_map) else block.start
+                keep = max(0, block.start - self._mapped_from - 200)
+                for _ in range(min(keep, len(self._frame_map))):
+                    self._frame_map.popleft()
+                    self._mapped_from += 1
+            out.append(MotionBlock(self._blocks, first, n, block.latents[0], {"engine_start": block.start}))
+            self._blocks += 1
+        return out
+
+    def generate(self, features: OfficialFeatures) -> list[MotionBlock]:
+        with self._lock:
+            self._frame_map.extend(features.frames)
+        self.pipeline.motion.push(avatar_audio=features.avatar, user_audio=features.user, user_motion=features.motion)
+        return self._convert(self.pipeline.pull())
+
+    def finish(self) -> list[MotionBlock]:
+        avatar, user = self.pipeline.flush_audio_features()
+        self.pipeline.motion.push(avatar_audio=avatar, user_audio=user)
+        self.pipeline.motion.end()
+        return self._convert(self.pipeline.pull())
+
+    def decode(self, block):
+        """For the ``motion-autoencoder`` renderer: frames of an engine block."""
+        return self.pipeline.decode(block)
+
+    def close(self) -> None:
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
+
+
+OFFICIAL = EngineSpec(
+    name=NAME,
+    description="the Avatar Forcing model (official weights, or formula weights for demos)",
+    factory=OfficialEngine,
+    options=(
+        OptionSpec("model", str, "", 'model spec: a weights directory or formula:PRESET ("" = the weights directory)'),
+        OptionSpec("face_tracking", bool, True, "track the user's face in the video (off: null user motion)"),
+    ),
+    default_renderer="motion-autoencoder",
+)
+
+
+@hookimpl
+def register_engines() -> list[EngineSpec]:
+    return [OFFICIAL]

@@ -1,0 +1,585 @@
+"""Built-in plugin ``live_sinks``: where a live avatar goes.
+
+Sinks: ``virtual-camera`` (pyvirtualcam), ``obs`` (OBS Studio over obs-websocket, fed by a local
+MJPEG stream), ``mjpeg`` (HTTP MJPEG stream), ``preview`` (a window), ``recorder`` (mp4 with the
+avatar audio), ``mic-delay`` (the microphone, delayed by the avatar latency, as a virtual
+microphone). Setup per OS: docs/sinks.md.
+
+The session calls ``write_frame`` from its pacer thread 25 times a second, so every sink here
+only hands the frame to its own thread (`LatestValue` / `DropOldestQueue`) and returns. The
+avatar latency (seconds) is read from ``session.plugin_state["latency_s"]`` (0 when absent).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatarforcing.integrations.alpha import flatten_rgba
+from avatarforcing.plugin.api.markers import hookimpl
+from avatarforcing.plugin.api.types import AudioChunk, CheckResult, Frame, OptionSpec, SessionInfo, SinkSpec
+
+log = logging.getLogger(__name__)
+
+OBS_PASSWORD_ENV = "AVATARFORCING_OBS_PASSWORD"
+LATENCY_KEY = "latency_s"
+
+
+def session_latency(session: SessionInfo | None) -> float:
+    """The avatar latency in seconds that the session measures (0.0 when absent or invalid)."""
+    if session is None:
+        return 0.0
+    try:
+        value = float(session.plugin_state.get(LATENCY_KEY, 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+    return value if value == value and value >= 0 else 0.0
+
+
+def display_problem() -> str | None:
+    """Why a window cannot open here (None when it can)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display: DISPLAY and WAYLAND_DISPLAY are unset (run inside a desktop session, or use the mjpeg sink)"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# virtual-camera
+# --------------------------------------------------------------------------------------------
+class VirtualCameraSink:
+    """Frames -> a virtual webcam at the session fps (`width`/`height` 0: the frame size)."""
+
+    def __init__(self, backend: str, device: str, fmt: str, width: int, height: int) -> None:
+        self.backend, self.device, self.fmt = backend, device, fmt
+        self.width, self.height = width, height
+        self.stream = None
+
+    def open(self, session: SessionInfo) -> None:
+        from avatarforcing.integrations.virtual_camera import CameraSettings, VirtualCameraStream
+
+        height, width = session.frame_size
+        settings = CameraSettings(
+            self.width or width, self.height or height, float(session.fps), self.fmt, self.backend, self.device
+        )
+        self.stream = VirtualCameraStream(settings).start()
+
+    def write_frame(self, frame: Frame) -> None:
+        self.stream.put(frame.image)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+
+# --------------------------------------------------------------------------------------------
+# mjpeg
+# --------------------------------------------------------------------------------------------
+class MjpegSink:
+    """Frames -> ``http://HOST:PORT/stream.mjpg`` (and ``/snapshot.jpg``)."""
+
+    def __init__(self, host: str, port: int, quality: int) -> None:
+        self.host, self.port, self.quality = host, port, quality
+        self.server = None
+
+    def open(self, session: SessionInfo) -> None:
+        from avatarforcing.integrations.mjpeg_server import MjpegServer
+
+        self.server = MjpegServer(self.host, self.port, fps=float(session.fps), quality=self.quality).start()
+        session.plugin_state["mjpeg"] = {"url": self.server.url, "snapshot_url": self.server.snapshot_url}
+        log.info("mjpeg: add %s as a media source / open it in a browser", self.server.url)
+
+    def write_frame(self, frame: Frame) -> None:
+        self.server.publish(frame.image)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+# --------------------------------------------------------------------------------------------
+# obs
+# --------------------------------------------------------------------------------------------
+class ObsSink:
+    """Frames -> a local MJPEG stream that an OBS media source plays; OBS is set up and kept
+    connected in the background (write_frame never waits for OBS)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        password: str,
+        scene: str,
+        source: str,
+        mjpeg_port: int,
+        mic_input: str,
+        connect_timeout: float,
+    ) -> None:
+        self.host, self.port = host, port
+        self._password = password
+        self.scene, self.source, self.mjpeg_port = scene, source, mjpeg_port
+        self.mic_input, self.connect_timeout = mic_input, connect_timeout
+        self.server = None
+        self.supervisor = None
+
+    def __repr__(self) -> str:  # never show the password
+        return f"ObsSink({self.host}:{self.port}, scene={self.scene!r}, source={self.source!r})"
+
+    def open(self, session: SessionInfo) -> None:
+        from avatarforcing.integrations.mjpeg_server import MjpegServer
+        from avatarforcing.integrations.obs_control import (
+            ObsClient,
+            ObsSupervisor,
+            SourceSetup,
+            ensure_media_source,
+            local_address_towards,
+        )
+
+        password = self._password or os.environ.get(OBS_PASSWORD_ENV, "")
+        bind = local_address_towards(self.host)
+        self.server = MjpegServer(bind, self.mjpeg_port, fps=float(session.fps)).start()
+        setup = SourceSetup(self.scene, self.source, self.server.url)
+        self.supervisor = ObsSupervisor(
+            make_client=lambda: ObsClient(
+                self.host, self.port, password, self.connect_timeout, request_timeout=self.connect_timeout
+            ),
+            setup=lambda client: ensure_media_source(client, setup),
+            mic_input=self.mic_input,
+            latency_s=lambda: session_latency(session),
+        ).start()
+        session.plugin_state["obs"] = self.supervisor.status
+        if not self.supervisor.connected.wait(min(self.connect_timeout, 2.0)):
+            log.warning(
+                "obs: not connected yet (%s); frames keep flowing to %s and the sink keeps trying",
+                self.supervisor.status.last_error or "connecting",
+                self.server.url,
+            )
+
+    def write_frame(self, frame: Frame) -> None:
+        self.server.publish(frame.image)
+
+    def close(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.close()
+        if self.server is not None:
+            self.server.close()
+
+
+# --------------------------------------------------------------------------------------------
+# preview
+# --------------------------------------------------------------------------------------------
+class PreviewSink:
+    """Frames -> a desktop window (its own process, see `integrations.preview_window`). Closing
+    the window stops the preview, not the session."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.window = None
+
+    def open(self, session: SessionInfo) -> None:
+        from avatarforcing.integrations.preview_window import PreviewError, PreviewWindow
+
+        problem = display_problem()
+        if problem:
+            raise RuntimeError(f"preview: {problem}")
+        height, width = session.frame_size
+        try:
+            self.window = PreviewWindow(self.title, width, height).start()
+        except PreviewError as error:
+            raise RuntimeError(f"preview: {error}") from None
+
+    def write_frame(self, frame: Frame) -> None:
+        self.window.put(frame.image)
+
+    def close(self) -> None:
+        if self.window is not None:
+            self.window.close()
+
+
+# --------------------------------------------------------------------------------------------
+# recorder
+# --------------------------------------------------------------------------------------------
+def to_mono_rate(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """float32 ``(n,)``/``(n, c)`` at `rate` -> mono float32 at `target_rate` (linear interpolation)."""
+    samples = np.asarray(samples, np.float32)
+    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
+    if rate == target_rate or mono.size == 0:
+        return np.ascontiguousarray(mono, np.float32)
+    count = int(round(mono.size * target_rate / rate))
+    positions = np.arange(count) * (rate / target_rate)
+    return np.interp(positions, np.arange(mono.size), mono).astype(np.float32)
+
+
+class RecorderSink:
+    """Frames + avatar audio -> an H.264/AAC mp4, encoded on its own thread.
+
+    Frame ``i`` is at ``i / fps``; frames lost because the encoder fell behind are replaced by
+    the previous one (the file keeps its timing). Audio is placed by its timestamps (gaps are
+    filled with silence, overlaps trimmed).
+    """
+
+    def __init__(self, path: str, preset: str, crf: int, queue_seconds: float) -> None:
+        self.path = Path(path).expanduser()
+        self.preset, self.crf, self.queue_seconds = preset, crf, queue_seconds
+        self.frames_written = 0
+        self.error = ""
+        self._queue = None
+        self._thread: threading.Thread | None = None
+
+    def open(self, session: SessionInfo) -> None:
+        from avatarforcing.integrations.frame_handoff import DropOldestQueue
+        from avatarforcing.integrations.media import VideoWriter
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._rate = int(session.sample_rate)
+        self._writer = VideoWriter(
+            self.path, session.fps, audio_sample_rate=self._rate, crf=self.crf, preset=self.preset
+        )
+        self._queue = DropOldestQueue(max(8, int(self.queue_seconds * session.fps * 2)))
+        self._audio_samples = 0
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    def write_frame(self, frame: Frame) -> None:
+        self._queue.put(("frame", frame.index, flatten_rgba(frame.image)))
+
+    def write_audio(self, chunk: AudioChunk) -> None:
+        self._queue.put(("audio", chunk.timestamp, to_mono_rate(chunk.samples, chunk.sample_rate, self._rate)))
+
+    def _run(self) -> None:
+        last_image = None
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                kind, position, payload = item
+                if kind == "frame":
+                    while last_image is not None and self.frames_written < position:
+                        self._writer.write_frame(last_image)  # fill frames dropped upstream
+                        self.frames_written += 1
+                    if position >= self.frames_written:
+                        self._writer.write_frame(payload)
+                        self.frames_written += 1
+                        last_image = payload
+                else:
+                    self._write_audio(position, payload)
+        except Exception as error:  # disk full, bad frame size: stop recording, keep the session
+            self.error = f"{type(error).__name__}: {error}"
+            log.error("recorder stopped: %s", self.error)
+
+    def _write_audio(self, timestamp: float, samples: np.ndarray) -> None:
+        start = int(round(timestamp * self._rate))
+        if start > self._audio_samples:
+            self._writer.write_audio(np.zeros(start - self._audio_samples, np.float32))
+            self._audio_samples = start
+        skip = self._audio_samples - start
+        if skip < len(samples):
+            self._writer.write_audio(samples[skip:])
+            self._audio_samples += len(samples) - skip
+
+    def close(self) -> None:
+        if self._queue is None:
+            return
+        self._queue.close()
+        self._thread.join()
+        dropped = self._queue.dropped
+        self._writer.close()
+        log.info(
+            "recorder: %d frames to %s%s",
+            self.frames_written,
+            self.path,
+            f" ({dropped} items dropped: the encoder fell behind)" if dropped else "",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# mic-delay
+# --------------------------------------------------------------------------------------------
+class MicDelaySink:
+    """The microphone, delayed by the avatar latency (+ `extra_delay_ms`), as a virtual microphone."""
+
+    def __init__(self, input: str, output: str, extra_delay_ms: float) -> None:
+        self.input, self.output, self.extra_delay_ms = input, output, extra_delay_ms
+        self.delay = None
+
+    def open(self, session: SessionInfo) -> None:
+        from avatarforcing.integrations.audio_delay import MicDelay
+
+        self.delay = MicDelay(
+            self.input, self.output, delay_s=lambda: session_latency(session), extra_s=self.extra_delay_ms / 1000.0
+        ).start()
+
+    def write_frame(self, frame: Frame) -> None:
+        pass  # audio only: the delay follows session.plugin_state["latency_s"]
+
+    def close(self) -> None:
+        if self.delay is not None:
+            self.delay.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------------
+def _backend_name(value: str) -> str | None:
+    from avatarforcing.integrations.virtual_camera import OS_BACKENDS
+
+    known = {name for names in OS_BACKENDS.values() for name in names}
+    try:
+        import pyvirtualcam
+
+        known |= set(pyvirtualcam.camera.BACKENDS)
+    except ImportError:
+        pass
+    return None if value == "" or value in known else f"unknown backend; known: {', '.join(sorted(known))}"
+
+
+def _writable_file(value: str) -> str | None:
+    if not value:
+        return "a file path is required"
+    if not value.lower().endswith(".mp4"):
+        return "the recorder writes mp4: give a path ending in .mp4"
+    return None
+
+
+HOST_HELP = "address to serve on (127.0.0.1: this machine only; 0.0.0.0: the network)"
+PORT = OptionSpec("port", int, 8090, "TCP port (0 = any free port)", minimum=0, maximum=65535)
+
+VIRTUAL_CAMERA = SinkSpec(
+    "virtual-camera",
+    "a virtual webcam for meeting apps (pyvirtualcam: v4l2loopback, OBS, Unity Capture)",
+    VirtualCameraSink,
+    options=(
+        OptionSpec(
+            "backend",
+            str,
+            "",
+            "pyvirtualcam backend ('' = this OS's: v4l2loopback, obs; Windows also unitycapture)",
+            check=_backend_name,
+        ),
+        OptionSpec("device", str, "", "device ('' = first free; e.g. /dev/video10, 'OBS Virtual Camera')"),
+        OptionSpec("fmt", str, "rgb", "pixel format sent to the device", choices=("rgb", "bgr", "rgba")),
+        OptionSpec("width", int, 0, "camera width (0 = frame width)", minimum=0, maximum=7680),
+        OptionSpec("height", int, 0, "camera height (0 = frame height)", minimum=0, maximum=4320),
+    ),
+)
+OBS = SinkSpec(
+    "obs",
+    "OBS Studio: a scene with a media source playing the avatar (obs-websocket 5), mic sync offset",
+    ObsSink,
+    options=(
+        OptionSpec("host", str, "127.0.0.1", "OBS websocket host"),
+        OptionSpec("port", int, 4455, "OBS websocket port", minimum=1, maximum=65535),
+        OptionSpec("password", str, "", f"OBS websocket password ('' = ${OBS_PASSWORD_ENV}); never logged"),
+        OptionSpec("scene", str, "AvatarForcing", "scene to create or use"),
+        OptionSpec("source", str, "AvatarForcing avatar", "media source (input) to create or update"),
+        OptionSpec(
+            "mjpeg_port", int, 0, "port of the MJPEG stream OBS reads (0 = any free port)", minimum=0, maximum=65535
+        ),
+        OptionSpec("mic_input", str, "", "OBS audio input whose sync offset follows the avatar latency ('' = none)"),
+        OptionSpec("connect_timeout", float, 3.0, "seconds to wait for OBS per attempt", minimum=0.1, maximum=60.0),
+    ),
+)
+MJPEG = SinkSpec(
+    "mjpeg",
+    "an HTTP MJPEG stream (/stream.mjpg, /snapshot.jpg) for OBS media sources and browsers",
+    MjpegSink,
+    options=(
+        OptionSpec("host", str, "127.0.0.1", HOST_HELP),
+        PORT,
+        OptionSpec("quality", int, 85, "JPEG quality", minimum=1, maximum=100),
+    ),
+)
+PREVIEW = SinkSpec(
+    "preview",
+    "a desktop window showing the avatar",
+    PreviewSink,
+    options=(OptionSpec("title", str, "AvatarForcing", "window title"),),
+)
+RECORDER = SinkSpec(
+    "recorder",
+    "an mp4 file (H.264 + AAC) with the avatar's video and audio",
+    RecorderSink,
+    options=(
+        OptionSpec("path", str, "", "output .mp4 file", required=True, check=_writable_file),
+        OptionSpec(
+            "preset",
+            str,
+            "veryfast",
+            "x264 preset (faster = less CPU)",
+            choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
+        ),
+        OptionSpec("crf", int, 20, "x264 quality (lower = better, bigger)", minimum=0, maximum=51),
+        OptionSpec(
+            "queue_seconds", float, 4.0, "frames buffered while the encoder catches up", minimum=0.5, maximum=60.0
+        ),
+    ),
+    accepts_audio=True,
+)
+MIC_DELAY = SinkSpec(
+    "mic-delay",
+    "the microphone delayed by the avatar latency, as a virtual microphone for meeting apps",
+    MicDelaySink,
+    options=(
+        OptionSpec("input", str, "", "microphone: '' = default, a Pulse source name, or a sounddevice device"),
+        OptionSpec(
+            "output",
+            str,
+            "avatar_mic",
+            "Linux: Pulse null sink to create/use (apps pick "
+            "'AvatarForcing microphone'); elsewhere a playback device such as 'CABLE Input'",
+        ),
+        OptionSpec("extra_delay_ms", float, 0.0, "added to the measured avatar latency", minimum=0.0, maximum=5000.0),
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Hooks
+# --------------------------------------------------------------------------------------------
+@hookimpl
+def register_sinks() -> list[SinkSpec]:
+    return [VIRTUAL_CAMERA, OBS, MJPEG, PREVIEW, RECORDER, MIC_DELAY]
+
+
+def _check_virtual_camera(options: Any) -> CheckResult:
+    from avatarforcing.integrations.virtual_camera import VirtualCameraError, default_backend, setup_hint
+
+    try:
+        import pyvirtualcam
+    except ImportError:
+        return CheckResult(
+            "sink virtual-camera",
+            "fail",
+            "pyvirtualcam is not installed",
+            "pip install 'avatarforcing[vcam]' (GPL-2.0)",
+        )
+    try:
+        backend = str(options.get("backend", "")) or default_backend()
+    except VirtualCameraError as error:
+        return CheckResult("sink virtual-camera", "fail", str(error), "use the mjpeg or obs sink instead")
+    if backend not in pyvirtualcam.camera.BACKENDS:
+        return CheckResult(
+            "sink virtual-camera",
+            "fail",
+            f"backend {backend!r} is not available here",
+            f"choose one of {', '.join(sorted(pyvirtualcam.camera.BACKENDS))}",
+        )
+    if backend == "v4l2loopback":
+        device = str(options.get("device", ""))
+        base = Path("/sys/devices/virtual/video4linux")
+        found = sorted(f"/dev/{p.name}" for p in base.iterdir()) if base.is_dir() else []
+        if (device and device not in found) or not found:
+            missing = f"device {device} is not a v4l2loopback device" if device else "no v4l2loopback device"
+            return CheckResult(
+                "sink virtual-camera", "fail", f"{missing} (found: {', '.join(found) or 'none'})", setup_hint(backend)
+            )
+        return CheckResult("sink virtual-camera", "ok", f"v4l2loopback: {', '.join(found)}")
+    return CheckResult("sink virtual-camera", "ok", f"backend {backend}; needs: {setup_hint(backend)}")
+
+
+def _check_obs(options: Any) -> CheckResult:
+    from avatarforcing.integrations.obs_control import ObsClient, ObsError
+
+    host, port = str(options.get("host", "127.0.0.1")), int(options.get("port", 4455))
+    password = str(options.get("password", "")) or os.environ.get(OBS_PASSWORD_ENV, "")
+    client = ObsClient(host, port, password, connect_timeout=0.8, request_timeout=0.5)
+    try:
+        version = client.connect().request("GetVersion")
+    except ObsError as error:
+        return CheckResult(
+            "sink obs",
+            "warn",
+            str(error),
+            "start OBS 28+, enable Tools > WebSocket Server Settings, and set the password "
+            f"with ${OBS_PASSWORD_ENV} or sinks.obs.password",
+        )
+    finally:
+        client.close()
+    return CheckResult(
+        "sink obs",
+        "ok",
+        f"OBS {version.get('obsVersion', '?')} at {host}:{port}, "
+        f"obs-websocket {version.get('obsWebSocketVersion', '?')}, authenticated",
+    )
+
+
+def _check_mic_delay(options: Any) -> CheckResult:
+    from avatarforcing.integrations.audio_delay import pulse_available
+
+    if not sys.platform.startswith("linux"):
+        return CheckResult(
+            "sink mic-delay",
+            "ok",
+            f"plays into {options.get('output', 'avatar_mic')!r}; "
+            "install a virtual audio cable (VB-Cable, BlackHole) and name its playback side",
+        )
+    if pulse_available():
+        return CheckResult("sink mic-delay", "ok", "PulseAudio/PipeWire reachable (pactl info)")
+    return CheckResult(
+        "sink mic-delay",
+        "fail",
+        "no PulseAudio/PipeWire server reachable with pactl",
+        "sudo apt-get install pulseaudio-utils libasound2-plugins, and run the desktop's sound server",
+    )
+
+
+def _check_port_free(name: str, host: str, port: int) -> CheckResult:
+    if port == 0:
+        return CheckResult(f"sink {name}", "ok", "serves on a free port chosen at start")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return CheckResult(
+                f"sink {name}",
+                "fail",
+                f"cannot listen on {host}:{port} ({error.strerror})",
+                f"choose another port: --set sinks.{name}.port=N",
+            )
+    return CheckResult(f"sink {name}", "ok", f"{host}:{port} is free")
+
+
+@hookimpl
+def doctor_checks(config) -> list[CheckResult]:
+    """Checks for the live sinks in ``sinks.use`` (nothing for sinks not in use)."""
+    results = []
+    for name in config.sinks.use:
+        options = config.sinks.options_for(name)
+        if name == "virtual-camera":
+            results.append(_check_virtual_camera(options))
+        elif name == "obs":
+            results.append(_check_obs(options))
+        elif name == "mjpeg":
+            results.append(
+                _check_port_free("mjpeg", str(options.get("host", "127.0.0.1")), int(options.get("port", 8090)))
+            )
+        elif name == "preview":
+            problem = display_problem()
+            results.append(
+                CheckResult("sink preview", "fail", problem, "use the mjpeg sink and a browser")
+                if problem
+                else CheckResult("sink preview", "ok", "a display is available")
+            )
+        elif name == "mic-delay":
+            results.append(_check_mic_delay(options))
+        elif name == "recorder":
+            folder = Path(str(options.get("path", "") or ".")).expanduser().resolve().parent
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            ok = os.access(folder, os.W_OK)
+            results.append(
+                CheckResult(
+                    "sink recorder",
+                    "ok" if ok else "fail",
+                    f"{folder} is " + ("writable" if ok else "not writable"),
+                    "" if ok else "choose another path: --set sinks.recorder.path=FILE.mp4",
+                )
+            )
+    return results

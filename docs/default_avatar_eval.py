@@ -69,7 +69,7 @@ def bench(args: argparse.Namespace) -> None:
 
 
 def smile(args: argparse.Namespace) -> None:
-    from avatarforcing.engine.flow_checkpoint import load_flow_transformer
+    from avatarforcing.engine.checkpoint_format import load_flow_transformer
     from avatarforcing.engine.sampler import GuidanceScales
     from avatarforcing.engine.training.dataset import ConversationDataset
     from avatarforcing.engine.training.losers import make_loser, sample_motion

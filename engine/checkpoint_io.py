@@ -165,6 +165,18 @@ def _weight_files(folder: Path) -> list[Path]:
     )
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; `CheckpointError` naming the file when it is unreadable or not
+    an object."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return config
+
+
 def read_hf_folder(folder: str | Path) -> HFFolder:
     """Read `config.json` and the weights of a local HF folder; never touches the network."""
     folder = Path(folder)
@@ -173,12 +185,7 @@ def read_hf_folder(folder: str | Path) -> HFFolder:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{folder}: config.json is missing (expected a HuggingFace model folder)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{config_path}: not valid JSON ({error})") from error
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path}: expected a JSON object")
+    config = read_json_object(config_path)
     files = _weight_files(folder)
     tensors: dict[str, Tensor] = {}
     for path in files:

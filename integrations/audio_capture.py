@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avatarforcing.integrations import pulseaudio
 from avatarforcing.integrations.audio_devices import (
     AudioDeviceError,
     import_sounddevice,
     plan_input,
     portaudio_devices,
-    pulse_available,
     rescan_portaudio,
 )
 
@@ -227,7 +227,7 @@ class AudioCapture:
         if not sys.platform.startswith("linux") or self.clock() - self._last_rescan < 10.0:
             return
         names = {d.name for d in portaudio_devices(sd) if d.kind == "input"}
-        if not names & {"pulse", "default"} and pulse_available():
+        if not names & {"pulse", "default"} and pulseaudio.available():
             self._last_rescan = self.clock()
             LOG.info("sound server found after PortAudio started: rescanning devices")
             rescan_portaudio(sd)

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from avatarforcing.integrations import pulseaudio
 
 log = logging.getLogger(__name__)
 
@@ -43,32 +43,19 @@ class MicDelayError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # PulseAudio plumbing
 # --------------------------------------------------------------------------------------------
-def _pactl(*args: str, timeout: float = 5.0) -> str:
+def _names(kind: str) -> list[str]:
     try:
-        result = subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError as error:
-        raise MicDelayError("pactl not found: sudo apt-get install pulseaudio-utils") from error
-    except subprocess.TimeoutExpired as error:
-        raise MicDelayError(f"pactl {' '.join(args)} did not answer within {timeout:g} s") from error
-    if result.returncode != 0:
-        raise MicDelayError(f"pactl {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
-    return result.stdout
+        return pulseaudio.names(kind)
+    except pulseaudio.PulseAudioError as error:
+        raise MicDelayError(str(error)) from error
 
 
-def pulse_available() -> bool:
-    """True when ``pactl info`` reaches a PulseAudio (or pipewire-pulse) server."""
-    if shutil.which("pactl") is None:
-        return False
+def _pactl(*args: str) -> str:
+    """``pactl ARGS`` with its failure reported as the delayed microphone's."""
     try:
-        _pactl("info", timeout=2.0)
-    except MicDelayError:
-        return False
-    return True
-
-
-def pulse_names(kind: str) -> list[str]:
-    """Names of the server's ``sinks`` or ``sources`` (``pactl list short KIND``)."""
-    return [line.split("\t")[1] for line in _pactl("list", "short", kind).splitlines() if "\t" in line]
+        return pulseaudio.pactl(*args)
+    except pulseaudio.PulseAudioError as error:
+        raise MicDelayError(str(error)) from error
 
 
 @dataclass
@@ -86,7 +73,7 @@ class VirtualMicrophone:
 
     def ensure(self) -> VirtualMicrophone:
         loaded = []
-        if self.sink not in pulse_names("sinks"):
+        if self.sink not in _names("sinks"):
             loaded.append(
                 _pactl(
                     "load-module",
@@ -97,7 +84,7 @@ class VirtualMicrophone:
                     "sink_properties=device.description=AvatarForcing_delayed_microphone",
                 ).strip()
             )
-        if self.source not in pulse_names("sources"):
+        if self.source not in _names("sources"):
             loaded.append(
                 _pactl(
                     "load-module",
@@ -200,7 +187,7 @@ class MicDelay:
     def start(self) -> MicDelay:
         import sounddevice as sd
 
-        use_pulse = sys.platform.startswith("linux") and pulse_available()
+        use_pulse = sys.platform.startswith("linux") and pulseaudio.available()
         if use_pulse:
             self.microphone = VirtualMicrophone(self.output, self.sample_rate).ensure()
             out_device, out_env = self._pulse_device(sd), {"PULSE_SINK": self.output}
@@ -213,7 +200,7 @@ class MicDelay:
             out_device, out_env = self._named_device(sd, self.output, "output"), {}
         in_device, in_env = None, {}
         if self.input:
-            if use_pulse and self.input in pulse_names("sources"):
+            if use_pulse and self.input in _names("sources"):
                 in_device, in_env = self._pulse_device(sd), {"PULSE_SOURCE": self.input}
             else:
                 in_device = self._named_device(sd, self.input, "input")

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from avatarforcing.integrations import pulseaudio
+
 LOOPBACK_NAME_WORDS = ("[loopback]", "loopback", "blackhole", "soundflower", "stereo mix", "what u hear", "monitor of")
 PULSE_DEFAULT_MONITOR = "@DEFAULT_MONITOR@"
-PACTL_TIMEOUT_S = 2.0
 DeviceKind = Literal["input", "output"]
 
 
@@ -138,26 +137,11 @@ def portaudio_devices(sd=None) -> list[AudioDevice]:
 
 
 # -- PulseAudio / PipeWire (pactl) -----------------------------------------------------------------
-def _pactl(*args: str) -> str | None:
-    if not sys.platform.startswith("linux") or shutil.which("pactl") is None:
-        return None
-    try:
-        result = subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=PACTL_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout if result.returncode == 0 else None
-
-
-def pulse_available() -> bool:
-    """True when ``pactl`` reaches a PulseAudio or PipeWire server."""
-    return _pactl("info") is not None
-
-
 def pulse_devices() -> list[AudioDevice]:
     """Sources (inputs; monitors marked as loopback) and sinks (outputs) of the sound server,
     or ``[]`` when there is no pactl or no server."""
-    default_source = (_pactl("get-default-source") or "").strip()
-    default_sink = (_pactl("get-default-sink") or "").strip()
+    default_source = (pulseaudio.query("get-default-source") or "").strip()
+    default_sink = (pulseaudio.query("get-default-sink") or "").strip()
     devices: list[AudioDevice] = []
     for kind, listing in (("input", "sources"), ("output", "sinks")):
         for entry in _pactl_list(listing):
@@ -187,14 +171,14 @@ def pulse_devices() -> list[AudioDevice]:
 
 
 def _pactl_list(what: str) -> list[dict[str, Any]]:
-    text = _pactl("-f", "json", "list", what)
+    text = pulseaudio.query("-f", "json", "list", what)
     if text is not None:
         try:
             return list(json.loads(text))
         except ValueError:
             pass
     # pactl before 16 has no JSON output: "index name driver spec state" lines
-    text = _pactl("list", "short", what) or ""
+    text = pulseaudio.query("list", "short", what) or ""
     entries = []
     for line in text.splitlines():
         parts = line.split("\t")

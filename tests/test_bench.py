@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from avatarforcing.engine.backend_bench import BENCH_BACKENDS, resolve_backends, run_backend_benchmark
+from avatarforcing.engine.export.backend_bench import BENCH_BACKENDS, resolve_backends, run_backend_benchmark
 from avatarforcing.engine.export.backend_select import probe_capabilities
 from avatarforcing.plugin.app.cli import run_cli
 from avatarforcing.plugin.host import build_plugin_host
 
 STAGES = {"audio_features", "user_motion", "generator", "decoder"}
-STAGE_FIELDS = {"p50_ms", "p95_ms", "mean_ms", "samples"}
+STAGE_FIELDS = {"p50_ms", "p95_ms", "mean_ms", "min_ms", "max_ms", "samples"}
 
 
 def _cli(*args: str) -> tuple[int, str, str]:

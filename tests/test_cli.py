@@ -269,7 +269,7 @@ def test_bench_command_validates_and_finds_the_engine(capsys):
     assert status == 2 and "model.threads: expected an integer" in err
     status, _, err = run(capsys, "bench", "--config", "gigantic")
     assert status == 2 and "model.preset: expected one of 'official', 'fixture_small'" in err
-    run_benchmark = _engine_function("avatarforcing.engine.bench", "run_benchmark")
+    run_benchmark = _engine_function("avatarforcing.engine.official.stage_bench", "run_benchmark")
     if run_benchmark is None:
         status, _, err = run(capsys, "bench", "--json", "--config", "fixture_small", "--blocks", "1")
         assert status == 1 and "the benchmark is not available in this build" in err

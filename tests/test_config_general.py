@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from avatarforcing.engine.checkpoint_format import load_flow_transformer, save_flow_transformer
 from avatarforcing.engine.checkpoint_io import CheckpointError
 from avatarforcing.engine.config import ModelConfig
-from avatarforcing.engine.flow_checkpoint import load_flow_transformer, save_flow_transformer
 from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.official.model import AvatarForcingModel
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from avatarforcing.engine.checkpoint_io import CheckpointError
 from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
 from avatarforcing.engine.embedded.model import (
     DEFAULT_MODEL_CONFIG,
@@ -89,7 +90,7 @@ def test_save_and_load_round_trip_and_mismatch(tmp_path):
     state = load_file(str(weights))
     state["x_embedder.proj.weight"] = state["x_embedder.proj.weight"][:, :5].contiguous()
     save_file(state, str(weights))
-    with pytest.raises(ValueError, match="wrong shape"):
+    with pytest.raises(CheckpointError, match=r"x_embedder.proj.weight: file \[128, 5\] vs model \[128, 26\]"):
         DefaultAvatarModel.from_files(weights, config)
 
 

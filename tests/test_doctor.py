@@ -12,7 +12,8 @@ from pathlib import Path
 from avatarforcing.plugin.api.markers import hookimpl
 from avatarforcing.plugin.api.types import CheckResult
 from avatarforcing.plugin.app.config import AppConfig
-from avatarforcing.plugin.app.doctor import DoctorContext, check_display, check_torch, nvidia_gpus, run_doctor
+from avatarforcing.plugin.app.doctor import DoctorContext, check_torch, nvidia_gpus, run_doctor
+from avatarforcing.plugin.builtins.sinks.diagnostics import check_display
 from avatarforcing.plugin.host import build_plugin_host
 
 EXPECTED_CHECKS = {
@@ -72,13 +73,12 @@ def test_doctor_json_on_this_machine(tmp_path: Path):
 
 
 def test_display_check_follows_the_environment():
-    config = AppConfig()
     if not sys.platform.startswith("linux"):
-        assert check_display(DoctorContext(config, environ={})).status == "ok"
+        assert check_display({}).status == "ok"
         return
-    without = check_display(DoctorContext(config, environ={}))
+    without = check_display({})
     assert without.status == "warn" and "Xvfb" in without.fix
-    with_x = check_display(DoctorContext(config, environ={"DISPLAY": ":42"}))
+    with_x = check_display({"DISPLAY": ":42"})
     assert with_x.status == "ok" and "DISPLAY=:42" in with_x.detail
 
 

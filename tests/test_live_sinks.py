@@ -434,9 +434,11 @@ def test_doctor_checks_cover_the_sinks_in_use(monkeypatch):
         started = time.monotonic()
         results = {r.name: r for r in live_sinks.doctor_checks(config)}
         elapsed = time.monotonic() - started
-    assert set(results) == {"sink mjpeg", "sink preview", "sink obs"}
+    assert set(results) == {"virtual camera", "display", "obs", "sink mjpeg", "sink preview", "sink obs"}
+    assert results["display"].status == "warn"  # what the machine offers: warnings only
     assert results["sink mjpeg"].status == "fail" and "another port" in results["sink mjpeg"].fix
     assert results["sink preview"].status == "fail"
     assert results["sink obs"].status == "warn" and "s3cret-pw" not in results["sink obs"].detail
     assert elapsed < 5  # a port that accepts but never answers websocket must not hang the doctor
-    assert live_sinks.doctor_checks(AppConfig()) == []
+    # no sink in use: only what the machine offers the sinks
+    assert [r.name for r in live_sinks.doctor_checks(AppConfig())] == ["virtual camera", "display", "obs"]

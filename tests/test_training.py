@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from avatarforcing.engine.attention import first_clip_self_mask
+from avatarforcing.engine.checkpoint_format import load_flow_transformer
 from avatarforcing.engine.config import ModelConfig
-from avatarforcing.engine.flow_checkpoint import load_flow_transformer
 from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.generator_step import FirstClipStep
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales, sigma_grid

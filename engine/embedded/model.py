@@ -11,7 +11,6 @@ normalized condition frames and yields normalized motion.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from avatarforcing.engine.checkpoint_format import load_flow_transformer, save_flow_transformer
+from avatarforcing.engine.checkpoint_io import CheckpointError
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
 from avatarforcing.engine.flow_transformer import FlowTransformer
@@ -29,7 +30,6 @@ from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 WEIGHTS_FILE = "default_avatar.safetensors"
 CONFIG_FILE = "default_avatar.json"
-CONFIG_FORMAT = "avatarforcing-flow-transformer"
 
 DEFAULT_MODEL_CONFIG = ModelConfig(
     dim_w=MOTION_SPACE.dim,
@@ -82,45 +82,26 @@ class DefaultAvatarModel:
     def from_files(
         cls, weights: str | Path, config: str | Path, device: str | torch.device = "cpu"
     ) -> DefaultAvatarModel:
-        """Load `weights` (safetensors of the transformer's parameters) and `config` (JSON with
-        "format", "model_config", "info"); a missing or mismatched parameter raises ValueError."""
-        from safetensors.torch import load_file
-
+        """Load `weights` (safetensors of the transformer's parameters) and `config` (JSON in the
+        ``avatarforcing-flow-transformer`` format), both in one folder; a missing file or a
+        missing or mismatched parameter raises `CheckpointError` naming it."""
         weights, config = Path(weights), Path(config)
-        for path in (weights, config):
-            if not path.is_file():
-                raise FileNotFoundError(f"default avatar file not found: {path}")
-        meta = json.loads(config.read_text())
-        if meta.get("format") != CONFIG_FORMAT:
-            raise ValueError(f"{config}: format is {meta.get('format')!r}, expected {CONFIG_FORMAT!r}")
-        transformer = FlowTransformer(ModelConfig.from_dict(meta["model_config"]))
-        state = load_file(str(weights))
-        expected = dict(transformer.named_parameters())
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-        if missing or unexpected or wrong:
-            raise ValueError(f"{weights}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
-        with torch.no_grad():
-            for name, param in expected.items():
-                param.copy_(state[name])
-        return cls(transformer.to(device), meta.get("info"))
+        if weights.parent != config.parent:
+            raise CheckpointError(f"{weights} and {config} must be in one folder")
+        transformer, info = load_flow_transformer(
+            weights.parent, device, weights_file=weights.name, config_file=config.name
+        )
+        return cls(transformer, info)
 
     def save(self, directory: str | Path, info: dict[str, Any] | None = None) -> tuple[Path, Path]:
         """Write `WEIGHTS_FILE` and `CONFIG_FILE` into `directory`; returns their paths."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {n: p.detach().cpu().contiguous() for n, p in self.transformer.named_parameters()}
-        save_file(tensors, str(directory / WEIGHTS_FILE))
-        meta = {
-            "format": CONFIG_FORMAT,
-            "format_version": 1,
-            "model_config": self.cfg.to_dict(),
-            "info": info if info is not None else self.info,
-        }
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        directory = save_flow_transformer(
+            self.transformer,
+            directory,
+            info if info is not None else self.info,
+            weights_file=WEIGHTS_FILE,
+            config_file=CONFIG_FILE,
+        )
         return directory / WEIGHTS_FILE, directory / CONFIG_FILE
 
     def stream(

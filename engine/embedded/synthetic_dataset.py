@@ -49,24 +49,14 @@ class SynthSettings:
 
 def conversation_items(conv: Conversation) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Both sides of a conversation as (suffix, tensors) in the dataset's item layout."""
-    features = [log_mel_features(p.audio) for p in conv.parties]
-    motion = [MOTION_SPACE.normalize(p.motion) for p in conv.parties]
-    items = []
-    for suffix, me, other in (("a", 0, 1), ("b", 1, 0)):
-        items.append(
-            (
-                suffix,
-                {
-                    "avatar_audio": features[me],
-                    "user_audio": features[other],
-                    "avatar_motion": motion[me],
-                    "user_motion": motion[other],
-                    "reference": MOTION_SPACE.normalize(conv.parties[me].reference),
-                    "avatar_energy": conv.parties[me].energy,
-                },
-            )
-        )
-    return items
+    from avatarforcing.engine.training.dataset import conversation_sides
+
+    return conversation_sides(
+        [log_mel_features(p.audio) for p in conv.parties],
+        [MOTION_SPACE.normalize(p.motion) for p in conv.parties],
+        [MOTION_SPACE.normalize(p.reference) for p in conv.parties],
+        [p.energy for p in conv.parties],
+    )
 
 
 def write_synthetic_dataset(

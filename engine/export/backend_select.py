@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from avatarforcing.engine.benchmarking import StageClock, Timing, summarize
 from avatarforcing.engine.export.graph_specs import GraphSpec
-from avatarforcing.engine.export.timing import Timing, time_calls
 
 BACKENDS = ("tensorrt", "cuda_graphs", "cuda_eager", "onnxruntime_cpu", "torch_cpu")
 DEFAULT_CPU_ORDER = ("onnxruntime_cpu", "torch_cpu")
@@ -186,7 +186,7 @@ class CpuComparison:
 
     @property
     def order(self) -> tuple[str, str]:
-        if self.onnxruntime.median_ms <= self.torch.median_ms:
+        if self.onnxruntime.p50_ms <= self.torch.p50_ms:
             return ("onnxruntime_cpu", "torch_cpu")
         return ("torch_cpu", "onnxruntime_cpu")
 
@@ -200,21 +200,15 @@ def compare_cpu_backends(
 
     torch.set_num_threads(threads)
     runner = OrtRunner(onnx_path, threads)
-    ort_samples, torch_samples = [], []
-    for _ in range(rounds):
-        ort_samples.append(time_calls(lambda: runner(spec.example), repeats))
-        torch_samples.append(time_calls(lambda: spec.run_eager(spec.example), repeats))
-
-    def merge(timings: list[Timing]) -> Timing:
-        medians = sorted(t.median_ms for t in timings)
-        return Timing(
-            medians[len(medians) // 2],
-            min(t.min_ms for t in timings),
-            max(t.max_ms for t in timings),
-            sum(t.calls for t in timings),
-        )
-
-    return CpuComparison(merge(ort_samples), merge(torch_samples), threads)
+    clock = StageClock()
+    ort_seconds: list[float] = []
+    torch_seconds: list[float] = []
+    for _ in range(rounds):  # alternating rounds, each with one untimed warm-up call
+        runner(spec.example)
+        ort_seconds += [clock.timed(lambda: runner(spec.example))[1] for _ in range(repeats)]
+        spec.run_eager(spec.example)
+        torch_seconds += [clock.timed(lambda: spec.run_eager(spec.example))[1] for _ in range(repeats)]
+    return CpuComparison(summarize(ort_seconds), summarize(torch_seconds), threads)
 
 
 __all__ = [

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from avatarforcing.engine.benchmarking import Timing, time_calls
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.export.graph_specs import (
     CACHE_NAMES,
@@ -32,7 +33,6 @@ from avatarforcing.engine.export.graph_specs import (
 )
 from avatarforcing.engine.export.onnx_graphs import ExportError, ExportManifest, export_all
 from avatarforcing.engine.export.rollout import rollout_frames, rollout_latents, rollout_noise
-from avatarforcing.engine.export.timing import Timing, time_calls
 from avatarforcing.engine.official.model import AvatarForcingModel
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 from avatarforcing.engine.stream import MotionStream, StoredNoise, generate
@@ -119,7 +119,7 @@ class GraphCheck:
                 f"{': float32 rounding' if self.within_float32_rounding else ''}]"
             )
         if self.ort_time and self.torch_time:
-            text += f"  ORT {self.ort_time.median_ms:.1f} ms, PyTorch {self.torch_time.median_ms:.1f} ms (median)"
+            text += f"  ORT {self.ort_time.p50_ms:.1f} ms, PyTorch {self.torch_time.p50_ms:.1f} ms (median)"
         return text
 
 

@@ -30,6 +30,13 @@ from typing import Any
 import transformers
 from torch import nn
 
+from avatarforcing.engine.checkpoint_format import (
+    CONFIG_FILE,
+    load_parameters,
+    model_config_of,
+    read_checkpoint_config,
+    write_checkpoint,
+)
 from avatarforcing.engine.checkpoint_io import CheckpointError, HFFolder, TensorFile, read_hf_folder, read_tensor_file
 from avatarforcing.engine.checkpoint_matching import (
     WRAPPER_PREFIXES,
@@ -58,7 +65,6 @@ __all__ = [
 FORMAT_NAME = "avatarforcing"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 WAV2VEC2_PREFIX = "audio_encoder.wav2vec2."
 AUDIO_PROJECTION_PREFIX = "audio_encoder.audio_projection."
@@ -240,56 +246,26 @@ def load_wav2vec2_folder(target: nn.Module, path: str | os.PathLike, *, strict: 
 # -- our own format ---------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    write(partial)
-    os.replace(partial, path)
-
-
 def save_model(model: AvatarForcingModel, directory: str | os.PathLike) -> Path:
     """Write `directory/model.safetensors` (all parameters, no buffers) and `directory/config.json`
     (`ModelConfig.to_dict()`, the wav2vec2 config dict, format name and version). Returns the folder."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: param.detach().cpu().contiguous() for name, param in model.named_parameters()}
-    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
-    _atomic_write(directory / MODEL_FILE, lambda p: save_file(tensors, str(p), metadata=metadata))
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "model_config": model.cfg.to_dict(),
         "wav2vec2_config": json.loads(model.audio_encoder.wav2vec2.config.to_json_string(use_diff=False)),
     }
-    _atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    return directory
+    return write_checkpoint(directory, model, MODEL_FILE, config)
 
 
 def read_model_config(directory: str | os.PathLike) -> tuple[ModelConfig, transformers.Wav2Vec2Config]:
     """The `ModelConfig` and wav2vec2 config of a folder written by `save_model`."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: not a folder written by save_model")
+    config = read_checkpoint_config(directory, FORMAT_NAME, FORMAT_VERSION)
     try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-        raise CheckpointError(
-            f"{path}: not an {FORMAT_NAME} model config (format={config.get('format') if isinstance(config, dict) else None!r})"
-        )
-    version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format_version {version!r} is not supported (this version reads up to {FORMAT_VERSION})"
-        )
-    try:
-        model_config = ModelConfig.from_dict(config["model_config"])
         wav2vec2_config = transformers.Wav2Vec2Config.from_dict(config["wav2vec2_config"])
     except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: invalid model configuration ({error})") from error
-    return model_config, wav2vec2_config
+        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: invalid wav2vec2_config ({error})") from error
+    return model_config_of(config, directory), wav2vec2_config
 
 
 def load_model(directory: str | os.PathLike, *, strict: bool = True) -> AvatarForcingModel:
@@ -297,14 +273,6 @@ def load_model(directory: str | os.PathLike, *, strict: bool = True) -> AvatarFo
     any missing/unexpected/mis-shaped parameter raises `CheckpointError` naming it)."""
     directory = Path(directory)
     model_config, wav2vec2_config = read_model_config(directory)
-    weights = read_tensor_file(directory / MODEL_FILE)
     model = AvatarForcingModel(model_config, wav2vec2_config)
-    spec = SourceSpec(label=MODEL_FILE, owns=("",), requires=("",))
-    load_sources(
-        dict(model.named_parameters()),
-        [(spec, weights)],
-        _buffer_test(model),
-        strict=strict,
-        action=f"load {directory}",
-    )
+    load_parameters(model, directory / MODEL_FILE, _buffer_test(model), strict=strict, action=f"load {directory}")
     return model.refresh()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,32 @@ class DatasetHeader:
     dim_a: int
     dim_w: int
     info: dict[str, Any]
+
+
+def conversation_sides(
+    audio: Sequence[np.ndarray],
+    motion: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray],
+    energy: Sequence[np.ndarray],
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Both sides of a two-party conversation as ``(suffix, tensors)`` items: ``a`` has party 0
+    as the avatar and party 1 as the user, ``b`` the reverse. Each argument holds the two
+    parties' arrays: audio features ``[T, dim_a]``, motion ``[T, dim_w]``, reference
+    ``[dim_w]``, audio energy ``[T]``."""
+    return [
+        (
+            suffix,
+            {
+                "avatar_audio": audio[me],
+                "user_audio": audio[other],
+                "avatar_motion": motion[me],
+                "user_motion": motion[other],
+                "reference": reference[me],
+                "avatar_energy": energy[me],
+            },
+        )
+        for suffix, me, other in (("a", 0, 1), ("b", 1, 0))
+    ]
 
 
 def _write_json_atomic(path: Path, value: Any) -> None:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatarforcing.engine.checkpoint_format import load_flow_transformer, save_flow_transformer
 from avatarforcing.engine.config import ModelConfig
-from avatarforcing.engine.flow_checkpoint import load_flow_transformer, save_flow_transformer
 from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.training.dataset import SEQUENCE_KEYS, ConversationDataset
 from avatarforcing.engine.training.losers import make_loser

@@ -439,24 +439,14 @@ def _check_faces(motions: list[SideMotion], labels: list[str]) -> None:
 def conversation_items(parties: list[PartySide], space) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Both sides as ``(suffix, tensors)``: ``a`` = party 0 is the avatar, ``b`` = party 1."""
     frames = len(parties[0].motion.found)
-    features = [space.audio_features(p.audio, frames) for p in parties]
-    energies = [frame_rms(p.audio, frames) for p in parties]
-    items = []
-    for suffix, me, other in (("a", 0, 1), ("b", 1, 0)):
-        items.append(
-            (
-                suffix,
-                {
-                    "avatar_audio": features[me],
-                    "user_audio": features[other],
-                    "avatar_motion": parties[me].motion.motion,
-                    "user_motion": parties[other].motion.motion,
-                    "reference": parties[me].motion.reference,
-                    "avatar_energy": energies[me],
-                },
-            )
-        )
-    return items
+    from avatarforcing.engine.training.dataset import conversation_sides
+
+    return conversation_sides(
+        [space.audio_features(p.audio, frames) for p in parties],
+        [p.motion.motion for p in parties],
+        [p.motion.reference for p in parties],
+        [frame_rms(p.audio, frames) for p in parties],
+    )
 
 
 @dataclass

@@ -13,7 +13,6 @@ import importlib
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -21,13 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avatarforcing.integrations import pulseaudio
 from avatarforcing.plugin.api.types import CheckResult
 from avatarforcing.plugin.app.paths import weight_paths
 from avatarforcing.plugin.host import PluginHost, callers_per_plugin
 
-OBS_DEFAULT_HOST = "127.0.0.1"
-OBS_DEFAULT_PORT = 4455
-OBS_TIMEOUT_S = 0.5
 LOOPBACK_WORDS = ("monitor", "loopback", "stereo mix", "blackhole", "soundflower", "what u hear")
 
 
@@ -261,7 +258,7 @@ def _import_sounddevice() -> tuple[Any, CheckResult | None]:
 
 def check_audio(ctx: DoctorContext) -> list[CheckResult]:
     sd, failure = _import_sounddevice()
-    monitors = _pulse_monitors()
+    monitors = pulseaudio.monitor_sources() if _linux() else None
     if failure is not None:
         return [failure, _loopback_result([], monitors, sounddevice_ok=False)]
     try:
@@ -304,20 +301,6 @@ def check_audio(ctx: DoctorContext) -> list[CheckResult]:
     return [audio, _loopback_result(loopback_inputs, monitors, sounddevice_ok=True)]
 
 
-def _pulse_monitors() -> list[str] | None:
-    """Monitor sources of PulseAudio/PipeWire (``pactl``), or ``None`` when it cannot tell."""
-    if not _linux() or shutil.which("pactl") is None:
-        return None
-    try:
-        listing = subprocess.run(["pactl", "list", "short", "sources"], capture_output=True, text=True, timeout=2)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if listing.returncode != 0:
-        return None
-    names = [line.split("\t")[1] for line in listing.stdout.splitlines() if "\t" in line]
-    return [name for name in names if name.endswith(".monitor")]
-
-
 def _loopback_result(devices: list[str], monitors: list[str] | None, sounddevice_ok: bool) -> CheckResult:
     found = list(devices) + [m for m in (monitors or []) if m not in devices]
     if found:
@@ -346,79 +329,6 @@ def _loopback_result(devices: list[str], monitors: list[str] | None, sounddevice
     return CheckResult("loopback capture", "warn", detail, fix)
 
 
-def _v4l2_loopback_devices() -> list[str]:
-    """v4l2loopback devices: video4linux devices that are virtual (no hardware parent)."""
-    base = Path("/sys/devices/virtual/video4linux")
-    if not base.is_dir():
-        return []
-    found = []
-    for entry in sorted(base.iterdir()):
-        name_file = entry / "name"
-        label = name_file.read_text().strip() if name_file.is_file() else ""
-        found.append(f"/dev/{entry.name}" + (f" ({label})" if label else ""))
-    return found
-
-
-def check_virtual_camera(ctx: DoctorContext) -> CheckResult:
-    try:
-        pyvirtualcam = importlib.import_module("pyvirtualcam")
-    except Exception as error:
-        return CheckResult(
-            "virtual camera",
-            "warn",
-            f"pyvirtualcam not importable ({type(error).__name__}); the virtual-camera sink is "
-            "unavailable (other sinks still work)",
-            "pip install pyvirtualcam (GPL-2.0)",
-        )
-    version = getattr(pyvirtualcam, "__version__", "?")
-    if not _linux():
-        return _virtual_camera_backends(pyvirtualcam, version)
-    devices = _v4l2_loopback_devices()
-    if devices:
-        return CheckResult("virtual camera", "ok", f"pyvirtualcam {version}; v4l2loopback: " + ", ".join(devices))
-    configured = Path("/etc/modprobe.d/avatarforcing-v4l2loopback.conf").is_file()
-    detail = f"pyvirtualcam {version}, but no v4l2loopback device (/dev/video*) exists"
-    if configured:
-        detail += " (installer settings present; the module is not loaded, e.g. inside a container)"
-    return CheckResult(
-        "virtual camera",
-        "warn",
-        detail,
-        "bash installer/install.sh --virtual-camera (v4l2loopback-dkms, exclusive_caps=1, loaded at boot), "
-        'or: sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label="Avatar Forcing"',
-    )
-
-
-def _virtual_camera_backends(pyvirtualcam: Any, version: str) -> CheckResult:
-    """Windows/macOS: pyvirtualcam's backends (each needs its driver: OBS or Unity Capture)."""
-    backends = sorted(getattr(getattr(pyvirtualcam, "camera", None), "BACKENDS", {}) or {})
-    listing = ", ".join(backends) or "none"
-    if sys.platform == "win32":
-        needs = "'obs' needs OBS 26+ (start and stop its virtual camera once); 'unitycapture' needs Unity Capture"
-        fix = "install OBS Studio (installer\\install.ps1 -VirtualCamera) or Unity Capture"
-    else:
-        needs = "'obs' needs OBS 30+ with its camera extension allowed (start and stop the virtual camera once)"
-        fix = "brew install --cask obs (bash installer/install.sh --virtual-camera), start its virtual camera once"
-    if not backends:
-        return CheckResult("virtual camera", "warn", f"pyvirtualcam {version} has no backend on this system", fix)
-    return CheckResult("virtual camera", "ok", f"pyvirtualcam {version}; backends: {listing}; {needs}")
-
-
-def check_display(ctx: DoctorContext) -> CheckResult:
-    """A display for the preview window (Linux: X11 or Wayland; Windows/macOS always have one)."""
-    if not _linux():
-        return CheckResult("display", "ok", f"{platform.system()} desktop")
-    shown = [f"{name}={ctx.environ[name]}" for name in ("DISPLAY", "WAYLAND_DISPLAY") if ctx.environ.get(name)]
-    if shown:
-        return CheckResult("display", "ok", "preview window can open on " + ", ".join(shown))
-    return CheckResult(
-        "display",
-        "warn",
-        "no DISPLAY or WAYLAND_DISPLAY: no preview window (virtual camera, OBS and file sinks still work)",
-        "run from a desktop session, or start a virtual one: Xvfb :99 & export DISPLAY=:99",
-    )
-
-
 def default_avatar_weights() -> tuple[Path, list[Path]]:
     """The embedded default avatar's package folder and the weight files shipped in it."""
     import avatarforcing.engine.embedded as package
@@ -445,38 +355,6 @@ def check_default_avatar(ctx: DoctorContext) -> CheckResult:
     if registered:
         return CheckResult("default avatar", "fail", detail + "; the default engine cannot start", fix)
     return CheckResult("default avatar", "warn", detail + " (the default engine is not registered in this build)", fix)
-
-
-def _obs_address(ctx: DoctorContext) -> tuple[str, int]:
-    options = ctx.config.sinks.options_for("obs")
-    host = options.get("host", OBS_DEFAULT_HOST)
-    try:
-        port = int(options.get("port", OBS_DEFAULT_PORT))
-    except (TypeError, ValueError):
-        port = OBS_DEFAULT_PORT
-    return str(host), port
-
-
-def check_obs(ctx: DoctorContext) -> CheckResult:
-    host, port = _obs_address(ctx)
-    try:
-        with socket.create_connection((host, port), timeout=OBS_TIMEOUT_S):
-            pass
-    except OSError as error:
-        reason = (
-            "connection refused"
-            if isinstance(error, ConnectionRefusedError)
-            else ("timed out" if isinstance(error, TimeoutError) else str(error))
-        )
-        return CheckResult(
-            "obs",
-            "warn",
-            f"obs-websocket not reachable at {host}:{port} ({reason}); OBS is not running or "
-            "its WebSocket server is off",
-            "start OBS 28+ and enable Tools > WebSocket Server Settings > Enable (port 4455), "
-            "only needed for the OBS sink",
-        )
-    return CheckResult("obs", "ok", f"obs-websocket port open at {host}:{port}")
 
 
 def check_ffmpeg(ctx: DoctorContext) -> CheckResult:
@@ -557,10 +435,7 @@ BUILTIN_CHECKS: tuple[Callable[[DoctorContext], CheckResult | list[CheckResult]]
     check_pyav,
     check_weights,
     check_audio,
-    check_virtual_camera,
-    check_display,
     check_default_avatar,
-    check_obs,
     check_ffmpeg,
     check_plugins,
 )

@@ -13,34 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from avatarforcing.engine.benchmarking import BenchResult, realtime_factor, summarize
 from avatarforcing.plugin.api.errors import AvatarForcingError
 from avatarforcing.plugin.api.types import InputTick, SessionInfo
 from avatarforcing.schemas.media_rates import SAMPLES_PER_FRAME
-
-
-@dataclass
-class EngineBenchResult:
-    """One engine's result; when `available` is False only `reason` is meaningful."""
-
-    engine: str
-    available: bool
-    reason: str
-    renderer: str = ""
-    blocks: int = 0
-    frames: int = 0
-    stages: dict[str, Any] = field(default_factory=dict)  # stage -> StageTiming (ms per block)
-    total: Any = None
-    realtime_factor_p50: float | None = None
-    first_block_frames: int = 0
-    block_frames: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def engine_registered(host: Any, name: str) -> str | None:
@@ -59,24 +39,24 @@ def engine_registered(host: Any, name: str) -> str | None:
 
 def run_engine_benchmark(
     host: Any, config: Any, name: str, blocks: int = 5, warmup: int = 1, seed: int = 0
-) -> EngineBenchResult:
+) -> BenchResult:
     """Run engine `name` until `warmup + blocks` blocks came out; time the last `blocks`. An
     unregistered engine, or one that fails, gives ``available=False`` with the reason."""
     why_not = engine_registered(host, name)
     if why_not is not None:
-        return EngineBenchResult(name, False, f"not available: {why_not}")
+        return BenchResult(available=False, engine=name, reason=f"not available: {why_not}")
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, engine=name))
     try:
         return _time_engine(host, config, name, blocks, warmup, seed)
     except AvatarForcingError:
         raise  # configuration errors: one line from the CLI
     except Exception as error:
-        return EngineBenchResult(name, False, f"not available: the engine failed: {type(error).__name__}: {error}")
+        return BenchResult(
+            available=False, engine=name, reason=f"not available: the engine failed: {type(error).__name__}: {error}"
+        )
 
 
-def _time_engine(host: Any, config: Any, name: str, blocks: int, warmup: int, seed: int) -> EngineBenchResult:
-    from avatarforcing.engine.bench import summarize
-
+def _time_engine(host: Any, config: Any, name: str, blocks: int, warmup: int, seed: int) -> BenchResult:
     spec, engine = host.create_engine(config)
     if not getattr(config.render, "chosen", True) and spec.default_renderer:  # as a live session does
         config = dataclasses.replace(
@@ -136,19 +116,19 @@ def _time_engine(host: Any, config: Any, name: str, blocks: int, warmup: int, se
     totals = [sum(values) for values in zip(*timings.values())]
     total = summarize(totals)
     video_s = frames / session.fps
-    return EngineBenchResult(
+    return BenchResult(
         engine=name,
-        available=True,
         reason=f"{spec.description} (renderer {renderer_name!r})",
         renderer=renderer_name,
         blocks=blocks,
         frames=frames,
         stages={stage: summarize(values) for stage, values in timings.items()},
         total=total,
-        realtime_factor_p50=(video_s / blocks) / (total.p50_ms / 1000.0) if total.p50_ms > 0 else None,
+        realtime_factor_p50=realtime_factor(video_s / blocks, total),
+        realtime_factor_p95=realtime_factor(video_s / blocks, total, "p95"),
         first_block_frames=first_block_frames,
         block_frames=block_frames,
     )
 
 
-__all__ = ["EngineBenchResult", "engine_registered", "run_engine_benchmark"]
+__all__ = ["engine_registered", "run_engine_benchmark"]

@@ -1,7 +1,7 @@
 """``avatarforcing bench [--json [FILE]] [--config NAME] [--blocks N] [--threads N]
 [--backend NAME] [--onnx-dir DIR] [--engine-cache DIR] [--precision P] [--engine NAME]``.
 
-Without ``--backend``/``--engine`` it calls `avatarforcing.engine.bench.run_benchmark(config_name, blocks, threads)` (plus ``nfe``
+Without ``--backend``/``--engine`` it calls `avatarforcing.engine.official.stage_bench.run_benchmark(config_name, blocks, threads)` (plus ``nfe``
 from ``[model] nfe`` and ``device`` from ``[model] device`` unless it is ``auto``, when the
 function accepts them) and prints a table or, with ``--json``, exactly one JSON object. The
 result may be a dict, or an object with ``to_dict()``, or a dataclass. Defaults come from the
@@ -9,7 +9,7 @@ configuration: ``--config`` from ``[model] preset``, ``--threads`` from ``[model
 (0 = the engine decides, passed as ``None``).
 
 ``--backend eager|cuda-graphs|tensorrt|onnxruntime|auto|all`` times the exported fixed-shape
-graphs per backend (`avatarforcing.engine.backend_bench`); a backend that cannot run here is
+graphs per backend (`avatarforcing.engine.export.backend_bench`); a backend that cannot run here is
 reported as ``not available: reason``, never replaced. ``--engine NAME`` times a registered
 motion engine and its renderer through the plugin system (`avatarforcing.plugin.app.engine_bench`).
 ``--json`` alone prints one JSON object; ``--json FILE`` writes it to FILE (and prints the tables).
@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace, context) -> int:
         return _run_backends(args, context, config, blocks, threads)
     if args.engine_name is not None:
         return _run_engine(args, context, config, blocks)
-    run_benchmark = load_engine_function("avatarforcing.engine.bench", "run_benchmark", "the benchmark")
+    run_benchmark = load_engine_function("avatarforcing.engine.official.stage_bench", "run_benchmark", "the benchmark")
     extra = {}
     parameters = inspect.signature(run_benchmark).parameters
     if "nfe" in parameters:
@@ -136,7 +136,7 @@ def _emit_json(args: argparse.Namespace, context, result: Any) -> bool:
 
 
 def _run_backends(args: argparse.Namespace, context, config, blocks: int, threads: int | None) -> int:
-    from avatarforcing.engine.backend_bench import BACKEND_CHOICES, run_backend_benchmark
+    from avatarforcing.engine.export.backend_bench import BACKEND_CHOICES, run_backend_benchmark
     from avatarforcing.plugin.app.paths import user_cache_dir
 
     if args.backend not in BACKEND_CHOICES:

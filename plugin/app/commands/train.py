@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace, context) -> int:
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from avatarforcing.engine.flow_checkpoint import read_flow_config
+    from avatarforcing.engine.checkpoint_format import read_flow_config
     from avatarforcing.engine.training.dataset import DatasetError, read_manifest
     from avatarforcing.engine.training.trainer import TrainConfig, Trainer, resolve_device
 

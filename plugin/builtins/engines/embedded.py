@@ -62,7 +62,7 @@ def load_model(weights: str = "", device: str = "cpu"):
     folder = Path(weights)
     if (folder / WEIGHTS_FILE).is_file():
         return DefaultAvatarModel.from_files(folder / WEIGHTS_FILE, folder / CONFIG_FILE, device)
-    from avatarforcing.engine.flow_checkpoint import load_flow_transformer
+    from avatarforcing.engine.checkpoint_format import load_flow_transformer
 
     transformer, info = load_flow_transformer(folder, device)
     return DefaultAvatarModel(transformer, info)

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -448,138 +446,9 @@ def register_sinks() -> list[SinkSpec]:
     return [VIRTUAL_CAMERA, OBS, MJPEG, PREVIEW, RECORDER, MIC_DELAY]
 
 
-def _check_virtual_camera(options: Any) -> CheckResult:
-    from avatarforcing.integrations.virtual_camera import VirtualCameraError, default_backend, setup_hint
-
-    try:
-        import pyvirtualcam
-    except ImportError:
-        return CheckResult(
-            "sink virtual-camera",
-            "fail",
-            "pyvirtualcam is not installed",
-            "pip install 'avatarforcing[vcam]' (GPL-2.0)",
-        )
-    try:
-        backend = str(options.get("backend", "")) or default_backend()
-    except VirtualCameraError as error:
-        return CheckResult("sink virtual-camera", "fail", str(error), "use the mjpeg or obs sink instead")
-    if backend not in pyvirtualcam.camera.BACKENDS:
-        return CheckResult(
-            "sink virtual-camera",
-            "fail",
-            f"backend {backend!r} is not available here",
-            f"choose one of {', '.join(sorted(pyvirtualcam.camera.BACKENDS))}",
-        )
-    if backend == "v4l2loopback":
-        device = str(options.get("device", ""))
-        base = Path("/sys/devices/virtual/video4linux")
-        found = sorted(f"/dev/{p.name}" for p in base.iterdir()) if base.is_dir() else []
-        if (device and device not in found) or not found:
-            missing = f"device {device} is not a v4l2loopback device" if device else "no v4l2loopback device"
-            return CheckResult(
-                "sink virtual-camera", "fail", f"{missing} (found: {', '.join(found) or 'none'})", setup_hint(backend)
-            )
-        return CheckResult("sink virtual-camera", "ok", f"v4l2loopback: {', '.join(found)}")
-    return CheckResult("sink virtual-camera", "ok", f"backend {backend}; needs: {setup_hint(backend)}")
-
-
-def _check_obs(options: Any) -> CheckResult:
-    from avatarforcing.integrations.obs_control import ObsClient, ObsError
-
-    host, port = str(options.get("host", "127.0.0.1")), int(options.get("port", 4455))
-    password = str(options.get("password", "")) or os.environ.get(OBS_PASSWORD_ENV, "")
-    client = ObsClient(host, port, password, connect_timeout=0.8, request_timeout=0.5)
-    try:
-        version = client.connect().request("GetVersion")
-    except ObsError as error:
-        return CheckResult(
-            "sink obs",
-            "warn",
-            str(error),
-            "start OBS 28+, enable Tools > WebSocket Server Settings, and set the password "
-            f"with ${OBS_PASSWORD_ENV} or sinks.obs.password",
-        )
-    finally:
-        client.close()
-    return CheckResult(
-        "sink obs",
-        "ok",
-        f"OBS {version.get('obsVersion', '?')} at {host}:{port}, "
-        f"obs-websocket {version.get('obsWebSocketVersion', '?')}, authenticated",
-    )
-
-
-def _check_mic_delay(options: Any) -> CheckResult:
-    from avatarforcing.integrations.audio_delay import pulse_available
-
-    if not sys.platform.startswith("linux"):
-        return CheckResult(
-            "sink mic-delay",
-            "ok",
-            f"plays into {options.get('output', 'avatar_mic')!r}; "
-            "install a virtual audio cable (VB-Cable, BlackHole) and name its playback side",
-        )
-    if pulse_available():
-        return CheckResult("sink mic-delay", "ok", "PulseAudio/PipeWire reachable (pactl info)")
-    return CheckResult(
-        "sink mic-delay",
-        "fail",
-        "no PulseAudio/PipeWire server reachable with pactl",
-        "sudo apt-get install pulseaudio-utils libasound2-plugins, and run the desktop's sound server",
-    )
-
-
-def _check_port_free(name: str, host: str, port: int) -> CheckResult:
-    if port == 0:
-        return CheckResult(f"sink {name}", "ok", "serves on a free port chosen at start")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            return CheckResult(
-                f"sink {name}",
-                "fail",
-                f"cannot listen on {host}:{port} ({error.strerror})",
-                f"choose another port: --set sinks.{name}.port=N",
-            )
-    return CheckResult(f"sink {name}", "ok", f"{host}:{port} is free")
-
-
 @hookimpl
 def doctor_checks(config) -> list[CheckResult]:
-    """Checks for the live sinks in ``sinks.use`` (nothing for sinks not in use)."""
-    results = []
-    for name in config.sinks.use:
-        options = config.sinks.options_for(name)
-        if name == "virtual-camera":
-            results.append(_check_virtual_camera(options))
-        elif name == "obs":
-            results.append(_check_obs(options))
-        elif name == "mjpeg":
-            results.append(
-                _check_port_free("mjpeg", str(options.get("host", "127.0.0.1")), int(options.get("port", 8090)))
-            )
-        elif name == "preview":
-            problem = display_problem()
-            results.append(
-                CheckResult("sink preview", "fail", problem, "use the mjpeg sink and a browser")
-                if problem
-                else CheckResult("sink preview", "ok", "a display is available")
-            )
-        elif name == "mic-delay":
-            results.append(_check_mic_delay(options))
-        elif name == "recorder":
-            folder = Path(str(options.get("path", "") or ".")).expanduser().resolve().parent
-            while not folder.exists() and folder != folder.parent:
-                folder = folder.parent
-            ok = os.access(folder, os.W_OK)
-            results.append(
-                CheckResult(
-                    "sink recorder",
-                    "ok" if ok else "fail",
-                    f"{folder} is " + ("writable" if ok else "not writable"),
-                    "" if ok else "choose another path: --set sinks.recorder.path=FILE.mp4",
-                )
-            )
-    return results
+    """What the live sinks can do on this machine, then a check of each sink in ``sinks.use``."""
+    from avatarforcing.plugin.builtins.sinks import diagnostics
+
+    return diagnostics.sink_checks(config)

@@ -53,9 +53,9 @@ class LiveAudioSource:
 
 def _sound_system_down() -> bool:
     """Linux with pactl but no server answering: device names cannot be checked now."""
-    from avatarforcing.integrations.audio_devices import pulse_available
+    from avatarforcing.integrations import pulseaudio
 
-    return sys.platform.startswith("linux") and shutil.which("pactl") is not None and not pulse_available()
+    return sys.platform.startswith("linux") and shutil.which("pactl") is not None and not pulseaudio.available()
 
 
 def _audio_factory(kind: str, loopback: bool):

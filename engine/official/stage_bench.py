@@ -1,22 +1,20 @@
-"""Benchmark of one streaming block per stage: audio features, user motion, generator, decoder.
+"""Benchmark of the official model's streaming block per stage: audio features, user motion,
+generator, decoder (PyTorch, eager).
 
 Weights are the fixtures' formula weights (speed does not depend on the values). A block is
 10 frames = 400 ms of video; the real-time factor is 400 ms / block time (video seconds per
-compute second: >= 1 is real time). `avatarforcing.engine.backend_bench` times the same stages
+compute second: >= 1 is real time). `avatarforcing.engine.export.backend_bench` times the same stages
 per backend (TensorRT, CUDA graphs, eager, ONNX Runtime) on the exported fixed-shape graphs.
 """
 
 from __future__ import annotations
 
-import platform
-import statistics
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from avatarforcing.engine.benchmarking import BenchResult, StageClock, machine_description, realtime_factor, summarize
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.official.model import AvatarForcingModel
 from avatarforcing.engine.official.streaming_audio import StreamingAudioFeatures
@@ -30,61 +28,8 @@ CONFIGS: dict[str, Callable[[], ModelConfig]] = {
 STAGES = ("audio_features", "user_motion", "generator", "decoder")
 
 
-@dataclass
-class StageTiming:
-    """Milliseconds per block of one stage."""
-
-    p50_ms: float
-    p95_ms: float
-    mean_ms: float
-    samples: int
-
-
-@dataclass
-class BenchResult:
-    config: str
-    device: str
-    threads: int
-    nfe: int
-    blocks: int
-    block_seconds: float
-    stages: dict[str, StageTiming] = field(default_factory=dict)
-    total: StageTiming | None = None
-    realtime_factor_p50: float = 0.0  # video seconds / compute seconds (>= 1: real time)
-    peak_gpu_memory_gb: float | None = None
-    machine: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def summarize(values_s: list[float]) -> StageTiming:
-    """p50/p95/mean in milliseconds of per-block durations given in seconds."""
-    ms = sorted(v * 1000.0 for v in values_s)
-    p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
-    return StageTiming(statistics.median(ms), p95, statistics.fmean(ms), len(ms))
-
-
-def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[object, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
-
-
-def machine_description(device: torch.device) -> dict[str, str]:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+def _sync(device: torch.device) -> Callable[[], None] | None:
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
 
 
 @torch.no_grad()
@@ -120,6 +65,7 @@ def run_benchmark(
     stream.push(prime(cfg.clip_frames), prime(cfg.clip_frames), prime(cfg.clip_frames))
     stream.pull()
 
+    clock = StageClock(_sync(dev))
     timings: dict[str, list[float]] = {stage: [] for stage in STAGES}
     totals: list[float] = []
     if dev.type == "cuda":
@@ -131,14 +77,14 @@ def run_benchmark(
             u = user_audio.push(noise.standard_normal(samples_per_block).astype(np.float32) * 0.1)
             return a, u
 
-        (a_feats, u_feats), t_audio = _timed(dev, features)
+        (a_feats, u_feats), t_audio = clock.timed(features)
         user_frames = (torch.rand(cfg.block_frames, 3, size, size, generator=rng) * 2 - 1).to(dev)
-        motion, t_motion = _timed(dev, lambda: mae.encode_motion(user_frames))  # noqa: B023 - called within this iteration
+        motion, t_motion = clock.timed(lambda: mae.encode_motion(user_frames))  # noqa: B023 - called within this iteration
         a_block = a_feats.to(dev) if a_feats.shape[0] == cfg.block_frames else prime(cfg.block_frames)
         u_block = u_feats.to(dev) if u_feats.shape[0] == cfg.block_frames else prime(cfg.block_frames)
         stream.push(a_block, u_block, motion)
-        (block,), t_gen = _timed(dev, stream.pull)
-        _, t_dec = _timed(dev, lambda: mae.decode(block.latents[0], identity))  # noqa: B023 - called within this iteration
+        (block,), t_gen = clock.timed(stream.pull)
+        _, t_dec = clock.timed(lambda: mae.decode(block.latents[0], identity))  # noqa: B023 - called within this iteration
         if index >= warmup:
             for stage, seconds in zip(STAGES, (t_audio, t_motion, t_gen, t_dec)):
                 timings[stage].append(seconds)
@@ -147,6 +93,7 @@ def run_benchmark(
     block_seconds = cfg.block_frames / cfg.fps
     total = summarize(totals)
     return BenchResult(
+        reason="PyTorch eager, formula weights",
         config=config_name,
         device=str(dev),
         threads=torch.get_num_threads(),
@@ -155,7 +102,8 @@ def run_benchmark(
         block_seconds=block_seconds,
         stages={stage: summarize(values) for stage, values in timings.items()},
         total=total,
-        realtime_factor_p50=block_seconds / (total.p50_ms / 1000.0),
+        realtime_factor_p50=realtime_factor(block_seconds, total),
+        realtime_factor_p95=realtime_factor(block_seconds, total, "p95"),
         peak_gpu_memory_gb=(torch.cuda.max_memory_allocated(dev) / 2**30) if dev.type == "cuda" else None,
         machine=machine_description(dev),
     )

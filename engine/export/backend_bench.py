@@ -19,17 +19,16 @@ The real-time factor is video seconds per compute second (``>= 1``: faster than 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from avatarforcing.engine.bench import CONFIGS, StageTiming, machine_description, summarize
+from avatarforcing.engine.benchmarking import BenchResult, StageClock, machine_description, realtime_factor, summarize
 from avatarforcing.engine.export.backend_select import Capabilities, probe_capabilities, select_backend
 from avatarforcing.engine.export.graph_specs import ExportSettings, GraphSpec, build_graph_specs, model_hash
 from avatarforcing.engine.official.model import AvatarForcingModel
+from avatarforcing.engine.official.stage_bench import CONFIGS
 
 BENCH_BACKENDS = ("tensorrt", "cuda-graphs", "eager", "onnxruntime")
 BACKEND_CHOICES = BENCH_BACKENDS + ("auto", "all")
@@ -49,33 +48,6 @@ SELECTOR_NAMES = {
     "onnxruntime_cpu": "onnxruntime",
 }
 Runner = Callable[[Mapping[str, torch.Tensor]], object]
-
-
-@dataclass
-class BackendBenchResult:
-    """One backend's result. When `available` is False only `reason` is meaningful."""
-
-    backend: str
-    available: bool
-    reason: str
-    config: str = ""
-    device: str = ""
-    precision: str = "fp32"
-    threads: int = 0
-    nfe: int = 0
-    blocks: int = 0
-    block_seconds: float = 0.0
-    stages: dict[str, StageTiming] = field(default_factory=dict)
-    total: StageTiming | None = None  # all four stages
-    target_total: StageTiming | None = None  # audio features + generator + decoder
-    realtime_factor_p50: float | None = None  # video seconds / compute seconds, all stages, p50
-    realtime_factor_p95: float | None = None
-    peak_gpu_memory_gb: float | None = None  # torch.cuda.max_memory_allocated (PyTorch's allocator)
-    gpu_memory_in_use_gb: float | None = None  # device-wide used memory at the end (includes TensorRT)
-    machine: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _sync(device: torch.device) -> None:
@@ -166,7 +138,7 @@ def run_backend_benchmark(
     engine_cache: str | Path | None = None,
     precision: str | None = None,
     log: Callable[[str], None] | None = None,
-) -> list[BackendBenchResult]:
+) -> list[BenchResult]:
     """Benchmark `backend` (a name, ``auto`` or ``all``): `blocks` timed blocks after `warmup`
     untimed ones. `onnx_dir` holds ``avatarforcing engine export`` output of the same config
     and NFE (needed by onnxruntime and tensorrt); `precision` (fp32/fp16/bf16) applies to
@@ -186,7 +158,9 @@ def run_backend_benchmark(
     for name, reason in resolve_backends(backend, caps):
         why_not = _unavailable_reason(name, caps)
         if why_not is not None:
-            results.append(BackendBenchResult(name, False, f"not available: {why_not}", config=config_name))
+            results.append(
+                BenchResult(available=False, reason=f"not available: {why_not}", backend=name, config=config_name)
+            )
             continue
         chosen_precision = precision or ("fp16" if name == "tensorrt" else "fp32")
         results.append(
@@ -211,27 +185,24 @@ def run_backend_benchmark(
 
 def _time_backend(
     name, reason, model, caps, settings, cfg, config_name, blocks, warmup, threads, precision, engine_cache, log
-) -> BackendBenchResult:
+) -> BenchResult:
     if caps.gpu_name:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     runners, specs, device = _build_runners(name, model, caps, settings, precision, threads, engine_cache, log)
+    clock = StageClock(lambda: _sync(device))
     timings: dict[str, list[float]] = {stage: [] for stage in STAGE_GRAPHS}
     for index in range(warmup + blocks):
         for stage, graph in STAGE_GRAPHS.items():
-            feeds = specs[graph].example
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(CALLS_PER_BLOCK.get(stage, 1)):
-                runners[graph](feeds)
-            _sync(device)
+            run, feeds, calls = runners[graph], specs[graph].example, CALLS_PER_BLOCK.get(stage, 1)
+            _, seconds = clock.timed(lambda: [run(feeds) for _ in range(calls)])  # noqa: B023 - called within this iteration
             if index >= warmup:
-                timings[stage].append(time.perf_counter() - start)
+                timings[stage].append(seconds)
     block_seconds = cfg.block_frames / cfg.fps
     totals = [sum(values) for values in zip(*timings.values())]
     target = [sum(timings[s][i] for s in TARGET_STAGES) for i in range(blocks)]
     total = summarize(totals)
-    result = BackendBenchResult(
+    result = BenchResult(
         backend=name,
         available=True,
         reason=reason,
@@ -245,8 +216,8 @@ def _time_backend(
         stages={stage: summarize(values) for stage, values in timings.items()},
         total=total,
         target_total=summarize(target),
-        realtime_factor_p50=block_seconds / (total.p50_ms / 1000.0),
-        realtime_factor_p95=block_seconds / (total.p95_ms / 1000.0),
+        realtime_factor_p50=realtime_factor(block_seconds, total),
+        realtime_factor_p95=realtime_factor(block_seconds, total, "p95"),
         machine=machine_description(device),
     )
     if device.type == "cuda":
@@ -257,4 +228,4 @@ def _time_backend(
     return result
 
 
-__all__ = ["BACKEND_CHOICES", "BENCH_BACKENDS", "BackendBenchResult", "resolve_backends", "run_backend_benchmark"]
+__all__ = ["BACKEND_CHOICES", "BENCH_BACKENDS", "BenchResult", "resolve_backends", "run_backend_benchmark"]

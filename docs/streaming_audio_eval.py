@@ -5,7 +5,7 @@ Usage: python docs/streaming_audio_eval.py [--shared PATH] [--part geometry|norm
 Uses the full-size wav2vec2-base encoder with the fixture formula weights (seed 0); real
 weights are not available in this environment, so the numbers describe the method, not the
 released model. Offline reference: `AudioEncoder` on the whole file normalised at once
-(spec §3.1, §4). Streaming: `StreamingAudioFeatures`, `push(whole file)` then `flush()`.
+(whole-utterance normalisation, wav2vec2 over the whole file). Streaming: `StreamingAudioFeatures`, `push(whole file)` then `flush()`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import transformers
 
 from avatarforcing.engine.official.audio_encoder import AudioEncoder, normalize_utterance, pad_to_frames
-from avatarforcing.engine.official.formula_weights import apply_fixture_init
+from avatarforcing.engine.official.formula_weights import apply_formula_weights
 from avatarforcing.engine.official.streaming_audio import (
     StreamingAudioConfig,
     StreamingAudioFeatures,
@@ -110,7 +110,7 @@ def main() -> None:
     audio, rate = soundfile.read(args.shared / "reference" / "samples" / "avatar.wav", dtype="float32")
     assert rate == SR
     encoder = AudioEncoder(transformers.Wav2Vec2Config())
-    apply_fixture_init(encoder, seed=0, prefix="audio_encoder.")
+    apply_formula_weights(encoder, seed=0, prefix="audio_encoder.")
     frames = -(-audio.size // 640)
     with torch.no_grad():
         offline = encoder(torch.from_numpy(normalize_utterance(audio))[None], frames)[0].numpy()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from avatarforcing.engine.checkpoint_io import CheckpointError, read_json_object, read_tensor_file
-from avatarforcing.engine.checkpoint_matching import SourceSpec, load_sources
+from avatarforcing.engine.checkpoint_matching import WeightSource, load_sources
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.flow_transformer import FlowTransformer
 
@@ -98,7 +98,7 @@ def load_parameters(
     """Copy the parameters of ``weights_path`` (written by `write_checkpoint`) into `module`,
     strictly unless asked otherwise; `is_buffer` names what the file need not hold."""
     weights = read_tensor_file(weights_path)
-    spec = SourceSpec(label=weights_path.name, owns=("",), requires=("",))
+    spec = WeightSource(label=weights_path.name, owns=("",), requires=("",))
     load_sources(dict(module.named_parameters()), [(spec, weights)], is_buffer, strict=strict, action=action)
 
 

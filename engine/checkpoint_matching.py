@@ -1,6 +1,6 @@
 """Matching file tensors onto a module's parameters, strictly, with a report by name.
 
-Each weight source (a file or folder) has a `SourceSpec`: which parameter-name prefixes it
+Each weight source (a file or folder) has a `WeightSource`: which parameter-name prefixes it
 owns, which it must provide completely, which key prefixes to strip (`module.` from
 DataParallel) or add (`motion_autoencoder.` for a standalone autoencoder file), and which keys
 it carries that are deliberately unused (`lm_head.` of a CTC checkpoint). Weight-norm names are
@@ -31,7 +31,7 @@ LIST_LIMIT = 10
 
 
 @dataclass(frozen=True)
-class SourceSpec:
+class WeightSource:
     """How one weight source maps onto the module's parameter names."""
 
     label: str  # short name used in messages, e.g. "motion_autoencoder.pth"
@@ -194,7 +194,7 @@ def stripped_forms(key: str, strip_prefixes: Sequence[str]) -> list[str]:
     return forms
 
 
-def candidate_names(key: str, spec: SourceSpec) -> Iterator[str]:
+def candidate_names(key: str, spec: WeightSource) -> Iterator[str]:
     """Parameter names a file key may stand for, most literal first."""
     for base in stripped_forms(key, spec.strip_prefixes):
         for name in (base, *(prefix + base for prefix in spec.add_prefixes)):
@@ -215,7 +215,7 @@ def _compatible(tensor: Tensor, param: Tensor) -> bool:
 
 
 def match_source(
-    spec: SourceSpec,
+    spec: WeightSource,
     file: TensorFile,
     params: Mapping[str, Tensor],
     is_buffer: Callable[[str], bool],
@@ -258,7 +258,7 @@ def match_source(
 
 def assign_missing(
     reports: Sequence[SourceReport],
-    specs: Sequence[SourceSpec],
+    specs: Sequence[WeightSource],
     params: Mapping[str, Tensor],
 ) -> None:
     """Fill each report's `missing`: required parameters no source provided, attributed to the
@@ -293,7 +293,7 @@ def copy_into(params: Mapping[str, Tensor], tensors: Mapping[str, Tensor]) -> No
 
 def load_sources(
     params: Mapping[str, Tensor],
-    sources: Sequence[tuple[SourceSpec, TensorFile]],
+    sources: Sequence[tuple[WeightSource, TensorFile]],
     is_buffer: Callable[[str], bool],
     *,
     strict: bool,

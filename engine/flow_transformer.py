@@ -1,4 +1,4 @@
-"""The flow transformer (spec §6): velocity of motion latents given conditions and time.
+"""The flow transformer: velocity of motion latents given conditions and time.
 
 One network evaluation works on a window of L latent tokens for the three classifier-free
 guidance branches stacked on the batch axis (order [null, avatar audio, user]). Self-attention
@@ -55,7 +55,7 @@ class PatchEmbedder(nn.Module):
 
 
 class ConditionFusion(nn.Module):
-    """`c_embedder` (spec §6.3): fuse avatar audio A, user audio U and user motion R into c.
+    """`c_embedder`: fuse avatar audio A, user audio U and user motion R into c.
 
     User motion queries user audio; avatar audio then queries the fused user stream.
     Bidirectional over the whole window (no mask).
@@ -130,7 +130,7 @@ class AttentionContext:
 
 
 class FlowBlock(nn.Module):
-    """DFoT block (spec §6.4): modulated RoPE self-attention, cross-attention, modulated MLP."""
+    """DFoT block: modulated RoPE self-attention, cross-attention, modulated MLP."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Fixed-shape generator steps with explicit state in and out (spec §8).
+"""Fixed-shape generator steps with explicit state in and out.
 
 `FirstClipStep` samples the 50-frame first clip and fills the caches; `BlockStep` samples one
 10-frame block from 2 context frames and the caches and returns the updated caches. Both are

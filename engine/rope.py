@@ -1,6 +1,6 @@
 """Rotary position embedding with real arithmetic (no complex tensors; ONNX/TensorRT friendly).
 
-Pairing is interleaved (spec §6.5): dims (2i, 2i+1) rotate by angle p * theta_i with
+Pairing is interleaved: dims (2i, 2i+1) rotate by angle p * theta_i with
 theta_i = 10000^(-2i/d).
 """
 

@@ -1,9 +1,9 @@
-"""Flow-matching Euler sampler with 3-way classifier-free guidance (spec §7), apart from the model.
+"""Flow-matching Euler sampler with 3-way classifier-free guidance, apart from the model.
 
 Convention: x_sigma = (1 - sigma) x0 + sigma * eps, velocity v = eps - x0. The official schedule
 evaluates the network at t in linspace(1000, 0, nfe - 1); sigma(t) is looked up on a 1000-point
 grid (quantised, first minimum wins) and the update is an Euler step on that grid. The last
-evaluation (t = 0) cannot change x and is dropped here (bit-exact, spec §13.1).
+evaluation (t = 0) cannot change x and is dropped here (bit-exact).
 """
 
 from __future__ import annotations

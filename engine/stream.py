@@ -1,4 +1,4 @@
-"""Streaming motion generation: conditions in, motion-latent blocks out (spec §8).
+"""Streaming motion generation: conditions in, motion-latent blocks out.
 
 `MotionStream` owns an explicit `StreamState` (caches, context latents, buffered condition
 frames, frame counter, guidance, noise generator state). Condition frames (avatar audio
@@ -134,7 +134,7 @@ class StreamState:
 
 
 @dataclass
-class MotionBlock:
+class LatentBlock:
     """Latents [B, n, 512] of frames start .. start + n - 1."""
 
     start: int
@@ -227,7 +227,7 @@ class MotionStream:
         self.state.guidance = guidance
 
     # -- outputs -----------------------------------------------------------------------------------
-    def pull(self) -> list[MotionBlock]:
+    def pull(self) -> list[LatentBlock]:
         """Compute every block whose condition windows are complete."""
         blocks = []
         while (block := self._try_step()) is not None:
@@ -244,7 +244,7 @@ class MotionStream:
         return [self.state.buffers[name].window(first, stop) for name in STREAMS]
 
     @torch.no_grad()
-    def _try_step(self) -> MotionBlock | None:
+    def _try_step(self) -> LatentBlock | None:
         st, cfg = self.state, self.cfg
         t = st.next_frame
         if st.total_frames is not None and t >= st.total_frames:
@@ -282,7 +282,7 @@ class MotionStream:
         for buf in st.buffers.values():
             buf.drop_before(stop - cfg.context_frames)
         keep = latents.shape[1] if st.total_frames is None else min(stop, st.total_frames) - t
-        return MotionBlock(t, latents[:, :keep])
+        return LatentBlock(t, latents[:, :keep])
 
     # -- persistence -------------------------------------------------------------------------------
     def save_state(self, path: str | Path) -> None:

@@ -12,7 +12,7 @@ The Windows counterpart of installer/install.sh, with the same steps in the same
 Optional steps, each behind its switch, after step 5:
   virtual-camera  OBS Studio (its "OBS Virtual Camera") via winget, or notes for Unity Capture
   audio-loopback  WASAPI loopback of the speakers: nothing to install, explained
-  tensorrt        TensorRT from NVIDIA's index (NVIDIA GPU only), then engine export + build
+  tensorrt        TensorRT from NVIDIA's index (NVIDIA GPU only), then graphs export + build
   weights         avatarforcing weights fetch (official weights, CC BY-NC 4.0)
 Finally `avatarforcing doctor` reports what works (it never fails the install).
 Safe to run again. -DryRun prints every step and command without changing anything.
@@ -305,8 +305,8 @@ function Install-TensorRT {
     Invoke-Step @($VenvPy, "-m", "pip", "install", "--no-input", "--extra-index-url", $NvidiaIndex, $package)
     $exportDir = Join-Path $VenvDir "share\avatarforcing\onnx-official"
     Write-Note "exporting the official-size graphs, then building TensorRT engines for this GPU (minutes)"
-    Invoke-Step @($VenvCli, "engine", "export", "--out", $exportDir, "--config", "official")
-    Invoke-Step @($VenvCli, "engine", "build", $exportDir)
+    Invoke-Step @($VenvCli, "graphs", "export", "--out", $exportDir, "--config", "official")
+    Invoke-Step @($VenvCli, "graphs", "build", $exportDir)
 }
 
 # Optional step: the official weights.

@@ -10,7 +10,7 @@
 # Optional steps, each behind its flag, in this order after step 5:
 #      virtual-camera  v4l2loopback (Linux) / OBS virtual camera (macOS), persisting across reboots
 #      audio-loopback  check (Linux) or install (macOS: BlackHole) a way to capture the call's audio
-#      tensorrt        TensorRT from NVIDIA's index (NVIDIA GPU only), then `engine build` for this GPU
+#      tensorrt        TensorRT from NVIDIA's index (NVIDIA GPU only), then `graphs build` for this GPU
 #      weights         `avatarforcing weights fetch` (official weights, CC BY-NC 4.0)
 # Finally `avatarforcing doctor` reports what works (never fails the install).
 #
@@ -593,8 +593,8 @@ setup_tensorrt() {
     local export_dir="${VENV_DIR}/share/avatarforcing/onnx-official"
     note "exporting the official-size graphs, then building TensorRT engines for this GPU (minutes);"
     note "the engine cache and TensorRT's timing cache make later builds (other weights) fast"
-    run "${VENV_DIR}/bin/avatarforcing" engine export --out "${export_dir}" --config official
-    run "${VENV_DIR}/bin/avatarforcing" engine build "${export_dir}"
+    run "${VENV_DIR}/bin/avatarforcing" graphs export --out "${export_dir}" --config official
+    run "${VENV_DIR}/bin/avatarforcing" graphs build "${export_dir}"
 }
 
 # Optional step: the official weights.

@@ -1,7 +1,7 @@
 """Face crop of the portrait and of user-video frames, as the official preprocessing does
-(spec §3.2 and §3.3), with mediapipe's bundled detector (see ``face_detection``).
+(portraits, and videos with one square for the whole clip), with mediapipe's bundled detector (see ``face_detection``).
 
-Geometry (spec §3.2 steps 3-5), from a face box ``(x1, y1, x2, y2)``:
+Geometry, from a face box ``(x1, y1, x2, y2)``:
 
 1. half sizes ``bsy = int((y2-y1)/2)``, ``bsx = int((x2-x1)/2)``; centre
    ``my = int((y1+y2)/2)``, ``mx = int((x1+x2)/2)``;
@@ -13,7 +13,7 @@ Geometry (spec §3.2 steps 3-5), from a face box ``(x1, y1, x2, y2)``:
    height), else INTER_CUBIC (the official code picks the interpolation from the scale of its
    360-px detection copy, not from the crop's own scale; we keep that rule).
 
-For a video (§3.3) the per-frame half sizes and centres are averaged (float means over the
+For a video the per-frame half sizes and centres are averaged (float means over the
 frames with a detection) and one square is used for the whole clip. Frames without a detection
 are left out of the average; a clip with none raises :class:`NoFaceError`.
 
@@ -71,7 +71,7 @@ class VideoCropPlan:
 
 
 def face_geometry(box: FaceBox) -> FaceGeometry:
-    """§3.2 step 3: integer half sizes and centre of a face box."""
+    """Integer half sizes and centre of a face box."""
     return FaceGeometry(
         half_y=int((box.y2 - box.y1) / 2),
         half_x=int((box.x2 - box.x1) / 2),
@@ -81,7 +81,7 @@ def face_geometry(box: FaceBox) -> FaceGeometry:
 
 
 def crop_square(geometry: FaceGeometry, width: int, height: int, pad_ratio: float = 1.0) -> CropSquare:
-    """§3.2 steps 3-4: the padded square around ``geometry``, clipped to a ``width x height``
+    """The padded square around ``geometry``, clipped to a ``width x height``
     image and re-centred. Raises ValueError when nothing of it lies inside the image."""
     half = int(max(geometry.half_y, geometry.half_x) * (1.0 + pad_ratio))
     mx, my = int(geometry.center_x), int(geometry.center_y)
@@ -96,7 +96,7 @@ def crop_square(geometry: FaceGeometry, width: int, height: int, pad_ratio: floa
 
 
 def resize_interpolation(image_height: int) -> int:
-    """§3.2 step 5: INTER_AREA when ``360 / image_height < 1``, else INTER_CUBIC."""
+    """Resampling filter: INTER_AREA when ``360 / image_height < 1``, else INTER_CUBIC."""
     return cv2.INTER_AREA if DETECTION_HEIGHT / image_height < 1 else cv2.INTER_CUBIC
 
 
@@ -128,7 +128,7 @@ def crop_portrait(
     pad_ratio: float = 1.0,
     detector: FaceDetector | None = None,
 ) -> tuple[np.ndarray, FaceBox]:
-    """Face crop of a portrait (§3.2): returns ``(crop [size, size, 3] uint8, face box)``.
+    """Face crop of a portrait: returns ``(crop [size, size, 3] uint8, face box)``.
 
     Raises :class:`NoFaceError` naming ``source`` when no face is found. A detector is created
     (and closed) when none is given.
@@ -164,7 +164,7 @@ def plan_video_crop(
     detector: FaceDetector | None = None,
     detect_every: int = 1,
 ) -> VideoCropPlan:
-    """§3.3: detect faces in the frames (every ``detect_every``-th one), average half sizes and
+    """Detect faces in the frames (every ``detect_every``-th one), average half sizes and
     centres over the detections, and build one crop square for the clip.
 
     Raises :class:`NoFaceError` naming ``source`` when no scanned frame has a face, and
@@ -223,13 +223,13 @@ def apply_video_crop(frames: Iterable[np.ndarray], plan: VideoCropPlan, size: in
 def crop_video_frames(
     frames: Sequence[np.ndarray], size: int, *, source: str = "<video>", **plan_kwargs
 ) -> tuple[np.ndarray, VideoCropPlan]:
-    """In-memory §3.3 crop: ``(crops [N, size, size, 3] uint8, plan)``."""
+    """In-memory video crop: ``(crops [N, size, size, 3] uint8, plan)``."""
     plan = plan_video_crop(frames, source=source, **plan_kwargs)
     return np.stack(list(apply_video_crop(frames, plan, size))), plan
 
 
 def crop_video_file(path: str | Path, size: int, **plan_kwargs) -> tuple[VideoCropPlan, Iterator[np.ndarray]]:
-    """§3.3 crop of a video file in two passes (detect, then crop), without holding the clip in
+    """Crop of a video file in two passes (detect, then crop), without holding the clip in
     memory: returns the plan and an iterator of ``[size, size, 3]`` uint8 crops, one per frame.
     Errors name the file."""
     plan = plan_video_crop((rgb for _, _, rgb in iter_video_frames(path)), source=str(path), **plan_kwargs)

@@ -1,4 +1,4 @@
-"""AudioEncoder (spec §3.1, §4) against the official fixture `fixture_small`."""
+"""AudioEncoder against the official fixture `fixture_small`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from avatarforcing.engine.official.audio_encoder import (
     pad_to_frames,
 )
 from avatarforcing.engine.official.formula_weights import (
-    apply_fixture_init,
+    apply_formula_weights,
     fixture_values,
     init_rule,
     iter_canonical_parameters,
@@ -40,7 +40,7 @@ def _require_fixture() -> Path:
 def encoder() -> AudioEncoder:
     torch.set_num_threads(2)
     enc = AudioEncoder(transformers.Wav2Vec2Config())
-    apply_fixture_init(enc, seed=0, prefix="audio_encoder.")
+    apply_formula_weights(enc, seed=0, prefix="audio_encoder.")
     return enc
 
 
@@ -106,8 +106,8 @@ def test_legacy_weight_norm_names_get_the_same_fixture_weights():
         warnings.simplefilter("ignore", FutureWarning)
         legacy = torch.nn.utils.weight_norm(torch.nn.Conv1d(8, 8, 4, groups=2), dim=2)
     assert {"weight_g", "weight_v"} <= {name for name, _ in legacy.named_parameters()}
-    apply_fixture_init(modern, seed=0, prefix=prefix)
-    apply_fixture_init(legacy, seed=0, prefix=prefix)
+    apply_formula_weights(modern, seed=0, prefix=prefix)
+    apply_formula_weights(legacy, seed=0, prefix=prefix)
     g = fixture_values(prefix + "weight_g", (1, 1, 4), seed=0)
     np.testing.assert_array_equal(modern.parametrizations.weight.original0.detach().numpy(), g)
     np.testing.assert_array_equal(legacy.weight_g.detach().numpy(), g)

@@ -182,7 +182,7 @@ def test_probe_tells_the_truth_about_this_machine():
         assert caps.cuda_reason and caps.available("cuda_eager").startswith("no CUDA device")
     if importlib.util.find_spec("tensorrt") is None:
         assert caps.tensorrt_version is None and "tensorrt" in caps.tensorrt_reason
-    assert caps.onnx_exports is None and "avatarforcing engine export" in caps.onnx_exports_reason
+    assert caps.onnx_exports is None and "avatarforcing graphs export" in caps.onnx_exports_reason
 
 
 def test_selection_on_this_machine(model, tmp_path):
@@ -196,7 +196,7 @@ def test_selection_on_this_machine(model, tmp_path):
         assert choice.log_line().startswith(f"backend: {choice.backend} (")
     if not torch.cuda.is_available():
         assert with_exports.backend == "onnxruntime_cpu" and "no CUDA device" in with_exports.reason
-        assert without.backend == "torch_cpu" and "avatarforcing engine export" in without.reason
+        assert without.backend == "torch_cpu" and "avatarforcing graphs export" in without.reason
         assert stale.onnx_exports is None and "another model" in stale.onnx_exports_reason
         assert select_backend(stale).backend == "torch_cpu"
 
@@ -213,7 +213,7 @@ def test_selection_order_on_described_machines():
     assert select_backend(no_graphs).backend == "cuda_eager"
     trt_without_exports = Capabilities(**H100, tensorrt_version="10.13.0", tensorrt_reason=None)
     choice = select_backend(trt_without_exports)
-    assert choice.backend == "cuda_graphs" and "engine export" in choice.reason
+    assert choice.backend == "cuda_graphs" and "graphs export" in choice.reason
 
     cpu = Capabilities(
         cuda_reason="PyTorch built without CUDA",

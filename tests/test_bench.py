@@ -61,7 +61,7 @@ def test_eager_on_cpu_writes_per_stage_json_and_reports_gpu_backends_unavailable
             assert results[name]["stages"] == {}  # nothing measured, nothing substituted
     # no export directory given: ONNX Runtime is unavailable, with the command that fixes it
     assert results["onnxruntime"]["available"] is False
-    assert "avatarforcing engine export --out" in results["onnxruntime"]["reason"]
+    assert "avatarforcing graphs export --out" in results["onnxruntime"]["reason"]
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from avatarforcing.engine.checkpoint_matching import stripped_forms, weight_norm
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.official.checkpoint import (
     CheckpointError,
-    load_model,
     load_official_checkpoints,
+    load_saved_model,
     load_wav2vec2_folder,
     save_model,
 )
@@ -539,7 +539,7 @@ def test_own_format_round_trip(source, source_outputs, tmp_path):
     assert config["model_config"] == ModelConfig.fixture_small().to_dict()
     assert config["wav2vec2_config"]["hidden_size"] == 32
 
-    loaded = load_model(tmp_path / "ours")
+    loaded = load_saved_model(tmp_path / "ours")
 
     assert loaded.cfg == source.cfg
     assert loaded.audio_encoder.wav2vec2.config.hidden_size == 32
@@ -555,14 +555,14 @@ def test_own_format_is_strict(source, tmp_path):
     tensors["flow_transformer.extra"] = torch.zeros(1)
     save_file(tensors, str(folder / "model.safetensors"))
     with pytest.raises(CheckpointError) as caught:
-        load_model(folder)
+        load_saved_model(folder)
     assert caught.value.report.missing == ["flow_transformer.final_layer.linear.bias"]
     assert caught.value.report.unexpected == ["flow_transformer.extra"]
 
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | {"format_version": 99}))
     with pytest.raises(CheckpointError, match="format_version 99"):
-        load_model(folder)
+        load_saved_model(folder)
 
 
 # -- key spelling helpers ---------------------------------------------------------------------

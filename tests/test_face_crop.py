@@ -1,4 +1,4 @@
-"""Face detection and the official-style face crop of portraits and videos (spec §3.2/§3.3)."""
+"""Face detection and the official-style face crop of portraits and videos."""
 
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def test_video_crop_of_user_frames(user_frames):
         assert crops.shape == (len(user_frames), 128, 128, 3) and crops.dtype == np.uint8
         assert plan.frames_with_face == plan.frames_scanned == len(user_frames)
         assert plan.interpolation == cv2.INTER_AREA
-        # one square for the clip, built from the mean half sizes and centres (spec §3.3)
+        # one square for the clip, built from the mean half sizes and centres
         geometries = [face_geometry(detector.detect(frame)) for frame in user_frames]
         mean = FaceGeometry(
             *(

@@ -9,7 +9,7 @@ import torch
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.official.fixture_runner import stored_noise
-from avatarforcing.engine.official.formula_weights import apply_fixture_init
+from avatarforcing.engine.official.formula_weights import apply_formula_weights
 from avatarforcing.engine.rope import apply_rope, rope_tables
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 from avatarforcing.engine.stream import MotionStream
@@ -20,7 +20,7 @@ ATOL = 1e-4
 @pytest.fixture(scope="module")
 def transformer():
     tf = FlowTransformer(ModelConfig.fixture_small()).eval()
-    apply_fixture_init(tf, 0, prefix="flow_transformer.")
+    apply_formula_weights(tf, 0, prefix="flow_transformer.")
     return tf
 
 

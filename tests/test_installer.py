@@ -332,8 +332,8 @@ def test_tensorrt_step_on_an_nvidia_machine_installs_from_nvidias_index_then_bui
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "pip install --no-input --extra-index-url https://pypi.nvidia.com tensorrt-cu13" in out
-    export = next(i for i, line in enumerate(out.splitlines()) if "avatarforcing engine export" in line)
-    build = next(i for i, line in enumerate(out.splitlines()) if "avatarforcing engine build" in line)
+    export = next(i for i, line in enumerate(out.splitlines()) if "avatarforcing graphs export" in line)
+    build = next(i for i, line in enumerate(out.splitlines()) if "avatarforcing graphs build" in line)
     assert export < build
 
 

@@ -358,7 +358,7 @@ def test_mic_delay_delays_the_microphone_into_the_virtual_mic(tmp_path, monkeypa
             env={**os.environ},
         )
         session = make_session()
-        session.plugin_state["latency_s"] = 0.2
+        session.latency_s = 0.2
         sink = sink_from_spec(live_sinks.MIC_DELAY, input="fake_mic.monitor", output="avatar_mic", extra_delay_ms=100.0)
         sink.open(session)
         assert "avatar_mic_source" in pulse.pactl("list", "short", "sources")

@@ -1,4 +1,4 @@
-"""Motion autoencoder (spec §5) against the official numbers of `fixture_small` and Appendix A."""
+"""Motion autoencoder against the official numbers of `fixture_small` and Appendix A."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from avatarforcing.engine.config import ModelConfig
-from avatarforcing.engine.official.formula_weights import apply_fixture_init
+from avatarforcing.engine.official.formula_weights import apply_formula_weights
 from avatarforcing.engine.official.motion_autoencoder import MotionAutoencoder, ReferenceIdentity
 from avatarforcing.engine.official.stylegan_layers import upfirdn2d
 
@@ -49,7 +49,7 @@ def arrays() -> dict[str, np.ndarray]:
 def small_mae() -> MotionAutoencoder:
     torch.set_num_threads(2)
     mae = MotionAutoencoder(ModelConfig.fixture_small()).eval()
-    apply_fixture_init(mae, seed=0, prefix=PREFIX)
+    apply_formula_weights(mae, seed=0, prefix=PREFIX)
     mae.refresh_basis()
     return mae
 
@@ -62,7 +62,7 @@ def reference_identity(small_mae: MotionAutoencoder, arrays: dict[str, np.ndarra
 
 # -- upfirdn2d against its definition ----------------------------------------------------------------
 def upfirdn2d_by_definition(x: np.ndarray, kernel: np.ndarray, up: int, down: int, pad: tuple[int, int]) -> np.ndarray:
-    """Spec §5.1 literally: zero-stuff, pad (negative = crop), true 2-D convolution, decimate."""
+    """upfirdn2d literally: zero-stuff, pad (negative = crop), true 2-D convolution, decimate."""
     n, c, h, w = x.shape
     stuffed = np.zeros((n, c, h * up, w * up))
     stuffed[:, :, ::up, ::up] = x

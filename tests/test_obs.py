@@ -136,7 +136,7 @@ def test_obs_sink_streams_frames_syncs_the_mic_and_survives_an_obs_restart(obs, 
     )
     sink = live_sinks.OBS.factory(**options)
     session = SessionInfo("obs-test", AppConfig(), fps=FPS, frame_size=(128, 128))
-    session.plugin_state["latency_s"] = 0.3
+    session.latency_s = 0.3
     control = client_for(obs)
     control.request(
         "CreateInput", sceneName="Scene", inputName="Mic", inputKind="pulse_input_capture", inputSettings={}
@@ -150,7 +150,7 @@ def test_obs_sink_streams_frames_syncs_the_mic_and_survives_an_obs_restart(obs, 
         assert control.request("GetCurrentProgramScene")["currentProgramSceneName"] == "AvatarTest"
         offset = lambda: control.request("GetInputAudioSyncOffset", inputName="Mic")["inputAudioSyncOffset"]
         assert wait_for(lambda: offset() == 300, 5), offset()
-        session.plugin_state["latency_s"] = 0.45  # the session measured a new latency
+        session.latency_s = 0.45  # the session measured a new latency
         assert wait_for(lambda: offset() == 450, 5), offset()
         control.close()
 

@@ -35,7 +35,7 @@ from avatarforcing.plugin.api.errors import CommandError
 from avatarforcing.plugin.app.cli import run_cli
 from avatarforcing.plugin.app.config import load_config
 from avatarforcing.plugin.app.model_loading import (
-    load_model,
+    load_model_from_source,
     load_model_from_spec,
     resolve_model_source,
 )
@@ -339,7 +339,7 @@ def test_motion_autoencoder_renderer_decodes_with_the_engine(clips, formula_mode
     """The built-in renderer (registered through its entry point) returns the engine's own
     decoder output mapped per frame to uint8."""
     from avatarforcing.engine.official.pipeline import AvatarPipeline, images_to_model
-    from avatarforcing.engine.stream import MotionBlock as EngineBlock
+    from avatarforcing.engine.stream import LatentBlock
     from avatarforcing.integrations.media import to_uint8_frame
     from avatarforcing.plugin import MotionBlock, SessionInfo
 
@@ -353,7 +353,7 @@ def test_motion_autoencoder_renderer_decodes_with_the_engine(clips, formula_mode
     renderer.open(session)
     latents = torch.randn(7, 512, generator=torch.Generator().manual_seed(0)) * 0.1
     frames = renderer.render(MotionBlock(4, 120, 7, latents))
-    expected = to_uint8_frame(pipeline.decode(EngineBlock(120, latents[None])))
+    expected = to_uint8_frame(pipeline.decode(LatentBlock(120, latents[None])))
     assert [f.index for f in frames] == list(range(120, 127))
     assert [f.timestamp for f in frames] == pytest.approx([i / 25 for i in range(120, 127)])
     images = np.stack([f.image for f in frames])
@@ -526,7 +526,7 @@ def test_model_specs_formula_official_directory_and_our_format(formula_model, tm
     source = resolve_model_source(str(official), settings)
     assert source.kind == "official" and source.wav2vec2 == official / "wav2vec2-base-960h"
     assert source.model_config() == ModelConfig.fixture_small()
-    loaded = load_model(source)
+    loaded = load_model_from_source(source)
     assert _same_parameters(loaded, formula_model)
 
     ours = save_model(formula_model, tmp_path / "ours")
@@ -543,7 +543,7 @@ def test_model_specs_formula_official_directory_and_our_format(formula_model, tm
     os.link(official / "flow_transformer.pth", wrong / "flow_transformer.pth")
     torch.save({"motion_autoencoder.enc.no_such_layer": torch.zeros(3)}, wrong / "motion_autoencoder.pth")
     with pytest.raises(CommandError) as caught:
-        load_model(resolve_model_source(str(wrong), settings))
+        load_model_from_source(resolve_model_source(str(wrong), settings))
     message = str(caught.value)
     assert message.startswith(f"cannot load official weights in {wrong} (fixture_small size): refusing to load")
     assert "missing" in message and "unexpected" in message and "\n" not in message

@@ -5,7 +5,7 @@ import torch
 
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, combine_guidance, lookup_sigma
 
-# spec §7.2 and Appendix B (float32 sigma values)
+# the official sigma grid (float32 values)
 SIGMA_TABLES = {
     10: [1.0, 0.87487489, 0.74974978, 0.62462461, 0.50050050, 0.37537536, 0.25025025, 0.12512513, 0.0],
     6: [1.0, 0.74974978, 0.50050050, 0.25025025, 0.0],

@@ -7,7 +7,7 @@ import torch
 
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.flow_transformer import FlowTransformer
-from avatarforcing.engine.official.formula_weights import apply_fixture_init
+from avatarforcing.engine.official.formula_weights import apply_formula_weights
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 from avatarforcing.engine.stream import MotionStream, StreamState, generate
 
@@ -15,7 +15,7 @@ from avatarforcing.engine.stream import MotionStream, StreamState, generate
 @pytest.fixture(scope="module")
 def transformer():
     tf = FlowTransformer(ModelConfig.fixture_small()).eval()
-    apply_fixture_init(tf, 0, prefix="flow_transformer.")
+    apply_formula_weights(tf, 0, prefix="flow_transformer.")
     return tf
 
 
@@ -101,7 +101,7 @@ def test_positions_shifted_by_tens_of_thousands_give_the_same_latents(transforme
 
 def test_session_runs_past_the_official_1024_position_table():
     tiny = FlowTransformer(ModelConfig(input_size=64, dim_h=32, num_heads=2, transformer_depth=1)).eval()
-    apply_fixture_init(tiny, 1, prefix="flow_transformer.")
+    apply_formula_weights(tiny, 1, prefix="flow_transformer.")
     frames = 1100  # 44 s at 25 fps; the official RoPE table ends at 1024 positions
     a, u, r = _conditions(frames)
     stream = _stream(tiny, nfe=3)

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from avatarforcing.engine.official.audio_encoder import AudioEncoder, normalize_utterance
-from avatarforcing.engine.official.formula_weights import apply_fixture_init
+from avatarforcing.engine.official.formula_weights import apply_formula_weights
 from avatarforcing.engine.official.streaming_audio import (
     StreamingAudioConfig,
     StreamingAudioFeatures,
@@ -38,7 +38,7 @@ def _small_wav2vec2_config() -> transformers.Wav2Vec2Config:
 def small_encoder() -> AudioEncoder:
     torch.set_num_threads(2)
     encoder = AudioEncoder(_small_wav2vec2_config())
-    apply_fixture_init(encoder, seed=0, prefix="audio_encoder.")
+    apply_formula_weights(encoder, seed=0, prefix="audio_encoder.")
     return encoder
 
 
@@ -216,7 +216,7 @@ def test_streaming_features_follow_offline_features_on_avatar_wav():
     assert rate == SR
     audio = audio[10 * SR : 16 * SR]  # speech, a pause, speech (6 s)
     encoder = AudioEncoder(transformers.Wav2Vec2Config())
-    apply_fixture_init(encoder, seed=0, prefix="audio_encoder.")
+    apply_formula_weights(encoder, seed=0, prefix="audio_encoder.")
     frames = -(-audio.size // 640)
     with torch.no_grad():
         offline = encoder(torch.from_numpy(normalize_utterance(audio))[None], frames)[0]

@@ -140,7 +140,7 @@ def run_backend_benchmark(
     log: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
     """Benchmark `backend` (a name, ``auto`` or ``all``): `blocks` timed blocks after `warmup`
-    untimed ones. `onnx_dir` holds ``avatarforcing engine export`` output of the same config
+    untimed ones. `onnx_dir` holds ``avatarforcing graphs export`` output of the same config
     and NFE (needed by onnxruntime and tensorrt); `precision` (fp32/fp16/bf16) applies to
     tensorrt (default fp16) and cuda-graphs (default fp32)."""
     if config_name not in CONFIGS:

@@ -24,7 +24,7 @@ from avatarforcing.engine.export.graph_specs import GraphSpec
 BACKENDS = ("tensorrt", "cuda_graphs", "cuda_eager", "onnxruntime_cpu", "torch_cpu")
 DEFAULT_CPU_ORDER = ("onnxruntime_cpu", "torch_cpu")
 CPU_ORDER_EVIDENCE = "measured faster than PyTorch CPU for the block step (docs/acceleration.md)"
-NO_EXPORT_DIR = "no ONNX export directory configured (run `avatarforcing engine export --out DIR`)"
+NO_EXPORT_DIR = "no ONNX export directory configured (run `avatarforcing graphs export --out DIR`)"
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _probe_onnx_exports(onnx_dir: str | Path | None, model_hash: str | None) -> 
 
     path = Path(onnx_dir)
     if not (path / MANIFEST_NAME).exists():
-        return None, f"no ONNX exports in {path} (run `avatarforcing engine export --out {path}`)"
+        return None, f"no ONNX exports in {path} (run `avatarforcing graphs export --out {path}`)"
     try:
         manifest = ExportManifest.load(path)
     except (ValueError, KeyError) as error:

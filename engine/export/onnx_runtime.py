@@ -1,5 +1,5 @@
 """ONNX Runtime execution of the exported graphs, parity checks against PyTorch, and the
-`avatarforcing engine export` entry point.
+`avatarforcing graphs export` entry point.
 
 `check_exports(model, out_dir)` runs every graph of the manifest in ONNX Runtime (CPU) on fresh
 example inputs and compares with the PyTorch module: the maximum absolute difference per graph
@@ -282,7 +282,7 @@ def engine_export_main(
     threads: int | None = None,
     log: Log = print,
 ) -> int:
-    """`avatarforcing engine export --out DIR [--check]`: export (and check) the graphs.
+    """`avatarforcing graphs export --out DIR [--check]`: export (and check) the graphs.
 
     Uses `model` when given, else the formula-weight model of `config_name` (speed and parity
     do not depend on the weight values). Without `tolerance`, the per-graph defaults apply with

@@ -492,7 +492,7 @@ def engine_build_main(
     progress: Progress | None = None,
     log: Log = print,
 ) -> int:
-    """`avatarforcing engine build`: build the engines of an export directory for this GPU.
+    """`avatarforcing graphs build`: build the engines of an export directory for this GPU.
 
     `progress(phase, done, total)` drives a progress bar. Returns 0 when every engine is
     ready, 1 when a build failed, 2 when TensorRT cannot be used here (the reason is logged).

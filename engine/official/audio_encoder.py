@@ -1,4 +1,4 @@
-"""Audio encoder of Avatar Forcing (spec §3.1, §4): wav2vec2-base layer outputs -> `wa`.
+"""Audio encoder of Avatar Forcing: wav2vec2-base layer outputs -> `wa`.
 
 The official wrapper replaces the HuggingFace forward: it decimates the conv features to the
 video frame rate *before* the transformer and keeps the outputs of all 12 transformer layers.
@@ -20,7 +20,7 @@ NORMALISATION_EPS = 1e-7  # Wav2Vec2FeatureExtractor's variance epsilon
 
 
 def normalize_utterance(audio: np.ndarray) -> np.ndarray:
-    """Whole-utterance zero-mean / unit-variance normalisation, float32 (spec §3.1 step 2).
+    """Whole-utterance zero-mean / unit-variance normalisation, float32, as wav2vec2's feature extractor does before the official features.
 
     Same arithmetic as `Wav2Vec2FeatureExtractor` (do_normalize=True) under numpy 2:
     `(x - mean(x)) / sqrt(var(x) + 1e-7)` in float32 with the population variance.
@@ -51,7 +51,7 @@ def decimate_conv_frames(conv_features: Tensor, num_frames: int) -> Tensor:
 
     The official code resamples with `F.interpolate(..., size=T, mode="linear",
     align_corners=True)`; because N - 1 = 2(T - 1) the source positions are exactly 0, 2, 4, ...
-    with weights 0/1 (spec §4 step 3, §13.8), so taking every second step is bit-identical and
+    with weights 0/1, so taking every second step is bit-identical and
     exports as a plain strided slice.
     """
     steps = conv_features.shape[-1]

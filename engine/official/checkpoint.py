@@ -1,4 +1,4 @@
-"""Loading the official weights and saving/loading our own format (spec §10, §14, Appendix A).
+"""Loading the official weights and saving/loading our own format (parameter names: the official checkpoints' own, one to one).
 
 Official weights (three sources, each owning part of the parameter names):
 - `motion_autoencoder.pth` -> `motion_autoencoder.*`
@@ -43,7 +43,7 @@ from avatarforcing.engine.checkpoint_matching import (
     LoadReport,
     ShapeMismatch,
     SourceReport,
-    SourceSpec,
+    WeightSource,
     load_sources,
 )
 from avatarforcing.engine.config import ModelConfig
@@ -56,8 +56,8 @@ __all__ = [
     "LoadReport",
     "ShapeMismatch",
     "SourceReport",
-    "load_model",
     "load_official_checkpoints",
+    "load_saved_model",
     "load_wav2vec2_folder",
     "save_model",
 ]
@@ -126,9 +126,9 @@ def _folder_as_file(folder: HFFolder) -> TensorFile:
     return TensorFile(path=folder.path, tensors=folder.tensors)
 
 
-def _wav2vec2_spec(prefix: str) -> SourceSpec:
+def _wav2vec2_spec(prefix: str) -> WeightSource:
     """A HF wav2vec2 folder: CTC keys carry `wav2vec2.`, the CTC head `lm_head.*` is unused."""
-    return SourceSpec(
+    return WeightSource(
         label="wav2vec2",
         owns=(prefix,),
         requires=(prefix,),
@@ -162,7 +162,7 @@ def load_official_checkpoints(
     except ValueError as error:
         raise CheckpointError(f"cannot load the official checkpoints into this model: {error}") from error
     params = dict(model.named_parameters())
-    sources: list[tuple[SourceSpec, TensorFile]] = []
+    sources: list[tuple[WeightSource, TensorFile]] = []
     config_mismatches: dict[str, list[str]] = {}
     if wav2vec2_dir is not None:
         folder = read_hf_folder(wav2vec2_dir)
@@ -170,7 +170,7 @@ def load_official_checkpoints(
         sources.append((_wav2vec2_spec(WAV2VEC2_PREFIX), _folder_as_file(folder)))
     sources.append(
         (
-            SourceSpec(
+            WeightSource(
                 label="motion_autoencoder",
                 owns=(MAE_PREFIX,),
                 requires=(MAE_PREFIX,),
@@ -182,7 +182,7 @@ def load_official_checkpoints(
     ft_requires = (FT_PREFIX, AUDIO_PROJECTION_PREFIX) + (() if wav2vec2_dir is not None else (WAV2VEC2_PREFIX,))
     sources.append(
         (
-            SourceSpec(
+            WeightSource(
                 label="flow_transformer",
                 owns=(FT_PREFIX, AUDIO_PROJECTION_PREFIX, WAV2VEC2_PREFIX),
                 requires=ft_requires,
@@ -268,7 +268,7 @@ def read_model_config(directory: str | os.PathLike) -> tuple[ModelConfig, transf
     return model_config_of(config, directory), wav2vec2_config
 
 
-def load_model(directory: str | os.PathLike, *, strict: bool = True) -> AvatarForcingModel:
+def load_saved_model(directory: str | os.PathLike, *, strict: bool = True) -> AvatarForcingModel:
     """Build an `AvatarForcingModel` from a folder written by `save_model` (strict by default:
     any missing/unexpected/mis-shaped parameter raises `CheckpointError` naming it)."""
     directory = Path(directory)

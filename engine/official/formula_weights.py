@@ -80,7 +80,7 @@ def iter_canonical_parameters(module: nn.Module, prefix: str = "") -> Iterable[t
 
 
 @torch.no_grad()
-def apply_fixture_init(module: nn.Module, seed: int, prefix: str = "") -> int:
+def apply_formula_weights(module: nn.Module, seed: int, prefix: str = "") -> int:
     """Overwrite every parameter of `module` with formula values; returns the count.
 
     `prefix` is prepended to the module's own names to form the official attribute path

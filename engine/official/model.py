@@ -12,7 +12,7 @@ from torch import nn
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.official.audio_encoder import AudioEncoder
-from avatarforcing.engine.official.formula_weights import apply_fixture_init
+from avatarforcing.engine.official.formula_weights import apply_formula_weights
 from avatarforcing.engine.official.motion_autoencoder import MotionAutoencoder
 
 
@@ -40,5 +40,5 @@ class AvatarForcingModel(nn.Module):
     def with_formula_weights(cls, cfg: ModelConfig, seed: int = 0, wav2vec2_config=None) -> AvatarForcingModel:
         """A model whose every parameter is the fixtures' deterministic formula value."""
         model = cls(cfg, wav2vec2_config)
-        apply_fixture_init(model, seed)
+        apply_formula_weights(model, seed)
         return model.refresh()

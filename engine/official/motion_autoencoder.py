@@ -1,4 +1,4 @@
-"""Motion autoencoder (spec §5): LIA-style encoder and flow-warping StyleGAN2-style decoder.
+"""Motion autoencoder: LIA-style encoder and flow-warping StyleGAN2-style decoder.
 
 `MotionAutoencoder` owns `enc` (appearance/motion encoder) and `dec` (synthesis); its parameter
 names equal the official `motion_autoencoder.*` keys (spec Appendix A) without that prefix.
@@ -58,7 +58,7 @@ class ReferenceIdentity:
 
 
 class AppearanceNet(nn.Module):
-    """`net_app`: image `[N, 3, S, S]` → code `[N, 512]` and skip features (spec §5.2)."""
+    """`net_app`: image `[N, 3, S, S]` → code `[N, 512]` and skip features."""
 
     def __init__(self, size: int, dim: int = MOTION_DIM) -> None:
         super().__init__()
@@ -135,7 +135,7 @@ class Direction(nn.Module):
 
 
 class FlowSynthesis(nn.Module):
-    """`dec`: styles `w [N, 512]` + reference skip features → image `[N, 3, S, S]` (spec §5.3).
+    """`dec`: styles `w [N, 512]` + reference skip features → image `[N, 3, S, S]`.
 
     The image is assembled only from warped encoder features; the StyleGAN path only predicts
     each level's flow and mask. `to_rgb1` exists for key compatibility and is never used.
@@ -174,7 +174,7 @@ class FlowSynthesis(nn.Module):
 
 
 class MotionAutoencoder(nn.Module):
-    """The official `motion_autoencoder` (Generator): `enc` and `dec` (spec §5.4 for the usage)."""
+    """The official `motion_autoencoder` (Generator): `enc` (reference and motion codes) and `dec` (frames)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ from avatarforcing.engine.official.model import AvatarForcingModel
 from avatarforcing.engine.official.motion_autoencoder import ReferenceIdentity
 from avatarforcing.engine.official.streaming_audio import StreamingAudioConfig, StreamingAudioFeatures
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
-from avatarforcing.engine.stream import MotionBlock, MotionStream
+from avatarforcing.engine.stream import LatentBlock, MotionStream
 
 
 @dataclass(frozen=True)
@@ -112,10 +112,10 @@ class AvatarPipeline:
         self.motion.set_guidance(guidance)
 
     # -- outputs -------------------------------------------------------------------------------
-    def pull(self) -> list[MotionBlock]:
+    def pull(self) -> list[LatentBlock]:
         return self.motion.pull()
 
     @torch.no_grad()
-    def decode(self, block: MotionBlock) -> Tensor:
+    def decode(self, block: LatentBlock) -> Tensor:
         """Frames [n, 3, S, S] (float, about [-1, 1]) of a motion block (batch 1)."""
         return self.model.motion_autoencoder.decode(block.latents[0], self.identity)

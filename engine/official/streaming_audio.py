@@ -1,6 +1,6 @@
 """Streaming audio features for live use: raw 16 kHz samples in, `wa [n, 512]` frames out.
 
-The official features (spec §4) normalise the whole utterance and let wav2vec2 attend over
+The official features normalise the whole utterance and let wav2vec2 attend over
 the whole clip, which needs the future. This module approximates them causally:
 
 * **Sliding window, cached conv features.** Every `hop_frames` video frames, the transformer

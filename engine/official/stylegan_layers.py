@@ -1,4 +1,4 @@
-"""StyleGAN2-style building blocks of the motion autoencoder (spec §5.1).
+"""StyleGAN2-style building blocks of the motion autoencoder.
 
 Everything is plain torch (padding, grouped / transposed convolutions, grid_sample), so the
 modules run on any device and trace to ONNX. Submodule and parameter names follow the official
@@ -56,7 +56,7 @@ def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> Tensor:
-    """Upsample, FIR-filter, downsample every channel of `x` `[N, C, H, W]` (spec §5.1).
+    """Upsample, FIR-filter, downsample every channel of `x` `[N, C, H, W]` (StyleGAN2's upfirdn2d).
 
     Per channel and both axes: insert `up - 1` zeros after every sample, pad `pad[0]` before
     and `pad[1]` after, convolve with `kernel` `[kh, kw]` (true convolution), keep every
@@ -155,7 +155,7 @@ class FusedLeakyReLU(nn.Module):
 
 
 class ConvLayer(nn.Sequential):
-    """[Blur] → EqualConv2d → [FusedLeakyReLU] (spec §5.1 `ConvLayer`).
+    """[Blur] → EqualConv2d → [FusedLeakyReLU] (StyleGAN2's `ConvLayer`).
 
     With `downsample` the output side is half the input side (blur, then stride-2 conv with
     no padding); otherwise 'same' padding. The conv carries a bias only when `bias and not
@@ -200,7 +200,7 @@ class ResBlock(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-    """Style-modulated convolution (spec §5.1), computed as "scale input, shared conv, scale output".
+    """Style-modulated convolution, computed as "scale input, shared conv, scale output".
 
     For style `w_n`: `s = modulation(w_n) [in]`; effective weight `W·s/√(in·k²)`, demodulated per
     output channel by `1/sqrt(Σ W_n² + 1e-8)`. Since the modulation is per input channel and the
@@ -271,7 +271,7 @@ class StyledConv(nn.Module):
 class ToRGB(nn.Module):
     """`conv(x) + bias (+ Upsample(skip))`, `[N, C, H, W] → [N, 3, H, W]`.
 
-    `conv` is ConvLayer(C→3, 1×1) including its LeakyReLU·√2 (an official quirk, spec §12.12).
+    `conv` is ConvLayer(C→3, 1×1) including its LeakyReLU·√2 (an official quirk: the RGB output keeps the activation).
     """
 
     def __init__(self, channels: int, upsample: bool = True) -> None:
@@ -299,7 +299,7 @@ def identity_grid(resolution: int) -> Tensor:
 
 
 class ToFlow(nn.Module):
-    """Predicts a flow field and mask and warps an encoder feature map (spec §5.1 `ToFlow`).
+    """Predicts a flow field and mask and warps an encoder feature map (the official `ToFlow`).
 
     `o = conv(x, w) + bias (+ Upsample(skip))` (3 channels); grid = identity + tanh(o[:, :2]);
     `warped = grid_sample(feat, grid, bilinear, zeros, align_corners=False) · sigmoid(o[:, 2:3])`.

@@ -277,8 +277,11 @@ class SessionInfo:
     `portrait_path`/`portrait`: the identity image (RGB ``uint8`` or ``None``); `sources`:
     kind -> source name in use (``""`` for none); `renderer`, `sinks`: names in use;
     `engine`: the loaded engine object when there is one (renderers that decode the official
-    motion latents use it), else ``None``; `plugin_state`: a dict in which plugins keep
-    per-session state under their own key (instead of module globals).
+    motion latents use it), else ``None``; `latency_s`: the session's smoothed end-to-end
+    latency in seconds (input captured → frame handed to the sinks), updated while the session
+    runs (0.0 until measured; OBS's audio sync offset and the delayed microphone follow it);
+    `plugin_state`: a dict in which plugins keep per-session state under their own key (instead
+    of module globals).
     """
 
     session_id: str
@@ -292,6 +295,7 @@ class SessionInfo:
     renderer: str = ""
     sinks: Sequence[str] = ()
     engine: Any = None
+    latency_s: float = 0.0
     plugin_state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -355,7 +359,8 @@ class MotionEngine(Protocol):
       shared by all engines come from ``session.config.model`` (nfe, a_cfg_scale, u_cfg_scale,
       seed, device, threads);
     - `warm_up()`: run the compute once so the first live block is not cold; leaves the stream
-      state fresh;
+      state fresh; returns the blocks it computed (the session renders the first frame of the
+      first one to hold until the first live frame; ``[]`` when there is nothing to show);
     - `extract(tick)`: an `InputTick` -> opaque features (face tracking, audio features);
     - `set_guidance(avatar_scale, user_scale)`: applies from the next block;
     - `generate(features)`: push features, return every `MotionBlock` now computable (maybe
@@ -371,7 +376,7 @@ class MotionEngine(Protocol):
 
     def open(self, session: SessionInfo) -> None: ...
 
-    def warm_up(self) -> None: ...
+    def warm_up(self) -> list[MotionBlock]: ...
 
     def extract(self, tick: InputTick) -> Any: ...
 

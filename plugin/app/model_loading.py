@@ -18,7 +18,7 @@ A model spec is one of:
 
 Resolving a spec (`resolve_model_source`) is cheap and checks everything that can be checked
 without reading weights, so a command can fail fast on a bad spec before any heavy work;
-`load_model` then reads the weights (strictly: a file that does not match is refused).
+`load_model_from_source` then reads the weights (strictly: a file that does not match is refused).
 Every failure is a `CommandError` with one line naming the spec or file at fault.
 """
 
@@ -244,21 +244,20 @@ def _checkpoint_failure(source: ModelSource, error: Exception) -> CommandError:
     return CommandError(f"cannot load {source.description}: {detail}")
 
 
-def load_model(source: ModelSource, device: str = "cpu") -> AvatarForcingModel:
+def load_model_from_source(source: ModelSource, device: str = "cpu") -> AvatarForcingModel:
     """Build the model and read its weights (strict), on `device`, in eval mode.
 
     Raises `CommandError` (exit 1) with one line when a weight file is unreadable, unsafe (a
     pickle with code) or does not match the model.
     """
-    from avatarforcing.engine.official.checkpoint import CheckpointError, load_official_checkpoints
-    from avatarforcing.engine.official.checkpoint import load_model as load_our_model
+    from avatarforcing.engine.official.checkpoint import CheckpointError, load_official_checkpoints, load_saved_model
     from avatarforcing.engine.official.model import AvatarForcingModel
 
     try:
         if source.kind == "formula":
             model = AvatarForcingModel.with_formula_weights(source.model_config(), source.seed)
         elif source.kind == "ours":
-            model = load_our_model(source.directory)
+            model = load_saved_model(source.directory)
         else:
             model = AvatarForcingModel(source.model_config())
             load_official_checkpoints(
@@ -281,17 +280,17 @@ def load_model_from_spec(
     environ: Mapping[str, str] | None = None,
     device: str | None = None,
 ) -> tuple[AvatarForcingModel, ModelSource]:
-    """`resolve_model_source` then `load_model` on `device` (default: ``[model] device``,
+    """`resolve_model_source` then `load_model_from_source` on `device` (default: ``[model] device``,
     ``auto`` picking CUDA when usable). Returns ``(model, source)``."""
     source = resolve_model_source(spec, settings, environ)
     chosen = device or pick_device(getattr(settings, "device", "auto"))
-    return load_model(source, chosen), source
+    return load_model_from_source(source, chosen), source
 
 
 __all__ = [
     "FORMULA_PRESETS",
     "ModelSource",
-    "load_model",
+    "load_model_from_source",
     "load_model_from_spec",
     "official_files_in",
     "pick_device",

@@ -6,11 +6,11 @@ Steps (`prepare_inputs`, then `render_video`):
 1. Audio: both tracks decoded to 16 kHz mono float32 (`integrations.media.load_audio`); the
    user audio defaults to the user video's own track (silence when it has none).
    ``T = ceil(max(avatar samples, user samples) * 25 / 16000)`` frames — the official length.
-2. Portrait: face crop as the official preprocessing (spec §3.2, mediapipe detector), or a
+2. Portrait: face crop as the official preprocessing (mediapipe detector), or a
    centre-square crop (``face_crop=False``, for inputs that are already face-centred), resized
    to the model's S×S.
 3. User video: one crop for the whole clip from the face boxes averaged over every frame (spec
-   §3.3), or a centre square; frames resampled to 25 fps (nearest earlier frame) and cropped
+   one square for the clip), or a centre square; frames resampled to 25 fps (nearest earlier frame) and cropped
    lazily. A video shorter than T frames ends its stream early and the engine repeats its last
    frame (official padding); frames past T are not decoded.
 4. Streaming: both audio tracks are padded to ``T * 640`` samples by repeating their last sample
@@ -121,7 +121,7 @@ class RenderResult:
 # Inputs
 # --------------------------------------------------------------------------------------------
 def frame_count(avatar_samples: int, user_samples: int) -> int:
-    """T = ceil(max(avatar, user samples) * 25 / 16000) (official, spec §2 step 5)."""
+    """T = ceil(max(avatar, user samples) * 25 / 16000) (the official length)."""
     return math.ceil(max(avatar_samples, user_samples) * FRAME_RATE / SAMPLE_RATE)
 
 

@@ -60,7 +60,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="`avatarforcing engine export --out DIR` output (onnxruntime and tensorrt need it)",
+        help="`avatarforcing graphs export --out DIR` output (onnxruntime and tensorrt need it)",
     )
     parser.add_argument(
         "--engine-cache",

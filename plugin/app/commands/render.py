@@ -98,7 +98,7 @@ def _progress(context, total_blocks: int):
 
 
 def _run(args: argparse.Namespace, context) -> int:
-    from avatarforcing.plugin.app.model_loading import load_model, pick_device, resolve_model_source
+    from avatarforcing.plugin.app.model_loading import load_model_from_source, pick_device, resolve_model_source
     from avatarforcing.plugin.app.render import RenderInputs, block_count, prepare_inputs, render_video
 
     overrides = [(option, getattr(args, name)) for name, option in _OVERRIDES if getattr(args, name) is not None]
@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace, context) -> int:
         console.print(f"[yellow]note:[/] {escape(note)}")
     device = pick_device(config.model.device)
     console.print(escape(f"loading {source.description} on {device}"))
-    model = load_model(source, device)
+    model = load_model_from_source(source, device)
     pipeline_config = PipelineConfig(
         nfe=config.model.nfe,
         guidance=GuidanceScales(config.model.a_cfg_scale, config.model.u_cfg_scale),

@@ -249,10 +249,10 @@ def _verify(args: argparse.Namespace, context) -> int:
     failed = [s for s in statuses if not s.usable]
     load_error = ""
     if args.load and not failed:
-        from avatarforcing.plugin.app.model_loading import load_model, source_from_directory
+        from avatarforcing.plugin.app.model_loading import load_model_from_source, source_from_directory
 
         try:
-            load_model(source_from_directory(directory, config.model.preset, "weights verify"))
+            load_model_from_source(source_from_directory(directory, config.model.preset, "weights verify"))
         except CommandError as error:
             load_error = str(error)
     if args.json:

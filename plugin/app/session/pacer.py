@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avatarforcing.plugin.api.types import AudioChunk, Frame
+from avatarforcing.plugin.api.types import AudioChunk, Frame, SessionInfo
 from avatarforcing.plugin.app.session.clock import SessionClock
 from avatarforcing.plugin.app.session.queues import END, StageQueue
 from avatarforcing.plugin.app.session.sinks import SinkWorker
@@ -48,9 +48,9 @@ class RenderedFrame:
 class FramePacer(threading.Thread):
     """Sends `queue`'s frames to `sinks` on `clock`, starting at tick 0, until `END` (after
     the queue is drained) or `stop`. `initial` is the image shown before the first frame (the
-    warm-up render), or None to send nothing until then. `shared_state` (the session's
-    `plugin_state`) receives ``"latency_s"``: the smoothed end-to-end latency in seconds, which
-    sinks such as OBS (audio sync offset) and mic-delay read."""
+    warm-up render), or None to send nothing until then. `session` (a `SessionInfo`) gets the
+    smoothed end-to-end latency in seconds in its `latency_s`, which sinks such as OBS (audio
+    sync offset) and mic-delay read."""
 
     def __init__(
         self,
@@ -62,7 +62,7 @@ class FramePacer(threading.Thread):
         initial: np.ndarray | None = None,
         sample_rate: int = SAMPLE_RATE,
         hold_log_interval_s: float = 5.0,
-        shared_state: dict | None = None,
+        session: SessionInfo | None = None,
     ) -> None:
         super().__init__(name="pacer", daemon=True)
         self.clock, self.queue, self.sinks, self.stats, self.stop = clock, queue, sinks, stats, stop
@@ -74,7 +74,7 @@ class FramePacer(threading.Thread):
         self._holds_since_log = 0
         self._last_hold_log = 0.0
         self.finished = False
-        self.shared_state = shared_state
+        self.session = session
         self._latency_s: float | None = None
         self.catch_up_ticks = 2 * queue.capacity
         self._full_ticks = 0
@@ -135,11 +135,11 @@ class FramePacer(threading.Thread):
             log.info("output lags the engine: dropped %d frame(s) to catch up", self.caught_up)
 
     def _publish_latency(self, seconds: float, smoothing: float = 0.05) -> None:
-        """Exponential moving average of the end-to-end latency into `shared_state`."""
+        """Exponential moving average of the end-to-end latency into the session's `latency_s`."""
         previous = self._latency_s
         self._latency_s = seconds if previous is None else previous + smoothing * (seconds - previous)
-        if self.shared_state is not None:
-            self.shared_state["latency_s"] = round(self._latency_s, 4)
+        if self.session is not None:
+            self.session.latency_s = round(self._latency_s, 4)
 
     def _log_hold(self, now: float) -> None:
         self._holds_since_log += 1

@@ -211,7 +211,7 @@ class LiveSession:
     def _warm_up(self) -> np.ndarray | None:
         """engine.warm_up() and one render; returns the image to hold until the first frame."""
         started = time.perf_counter()
-        blocks = self.engine.warm_up() or []
+        blocks = self.engine.warm_up()
         image = None
         if blocks:
             first: MotionBlock = blocks[0]
@@ -381,7 +381,7 @@ class LiveSession:
                 self.stats,
                 self.stop,
                 initial,
-                shared_state=self.session.plugin_state,
+                session=self.session,
             )
             self._threads.append(pacer)
             stages = [

@@ -21,7 +21,7 @@ import numpy as np
 
 from avatarforcing.plugin.api.markers import hookimpl
 from avatarforcing.plugin.api.types import EngineSpec, InputTick, MotionBlock, OptionSpec, SessionInfo
-from avatarforcing.schemas.media_rates import SAMPLE_RATE, SAMPLES_PER_FRAME
+from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 ENGINE_NAME = "default"
 
@@ -52,7 +52,7 @@ def _check_weights(value: str) -> str | None:
     return None
 
 
-def load_model(weights: str = "", device: str = "cpu"):
+def load_embedded_model(weights: str = "", device: str = "cpu"):
     """The packaged default avatar, or the one in folder `weights` (shipped layout
     default_avatar.safetensors/.json, or a trainer checkpoint folder)."""
     from avatarforcing.engine.embedded.model import CONFIG_FILE, WEIGHTS_FILE, DefaultAvatarModel, load_default
@@ -71,7 +71,7 @@ def load_model(weights: str = "", device: str = "cpu"):
 class DefaultEngine:
     """The default avatar's streaming engine (see the module docstring)."""
 
-    fps = 25
+    fps = FRAME_RATE
     sample_rate = SAMPLE_RATE
     first_block_frames = 25
     block_frames = 4
@@ -103,7 +103,7 @@ class DefaultEngine:
         self._device = "cpu" if model_cfg.device == "auto" else model_cfg.device
         if model_cfg.threads:
             torch.set_num_threads(model_cfg.threads)
-        self._model = load_model(self._weights, self._device)
+        self._model = load_embedded_model(self._weights, self._device)
         self._settings = StreamSettings(
             nfe=self._nfe_option or model_cfg.nfe,
             avatar_scale=model_cfg.a_cfg_scale,
@@ -125,15 +125,17 @@ class DefaultEngine:
             self._blocks = 0
             self._ended = False
 
-    def warm_up(self) -> None:
-        """Run the first clip and one block on silence, then start a fresh stream."""
+    def warm_up(self) -> list[MotionBlock]:
+        """Run the first clip and one block on silence (returned for a renderer warm-up), then
+        start a fresh stream."""
         from avatarforcing.engine.embedded.audio_features import log_mel_features
 
         frames = self.first_block_frames + self.block_frames
         rows = log_mel_features(np.zeros(frames * SAMPLES_PER_FRAME, np.float32))
         features = DefaultFeatures(0, rows, rows, np.zeros((frames, 13), np.float32))
-        self.generate(features)
+        blocks = self.generate(features)
         self._reset_stream()
+        return blocks
 
     def close(self) -> None:
         if self._faces is not None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from avatarforcing.plugin.api.markers import hookimpl
 from avatarforcing.plugin.api.types import EngineSpec, InputTick, MotionBlock, OptionSpec, SessionInfo
-from avatarforcing.schemas.media_rates import SAMPLE_RATE
+from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 NAME = "official"
@@ -42,7 +42,7 @@ class OfficialEngine:
     """See the module docstring. Settings from ``session.config.model``: nfe, a_cfg_scale,
     u_cfg_scale, seed, device, threads."""
 
-    fps = 25
+    fps = FRAME_RATE
     sample_rate = SAMPLE_RATE
 
     def __init__(self, model: str, face_tracking: bool) -> None:
@@ -78,7 +78,7 @@ class OfficialEngine:
         note = (
             ""
             if choice.backend == runs
-            else f"; the live engine runs {runs} on {device} (the {choice.backend} graphs are not wired into live sessions yet)"
+            else f"; this engine runs {runs} on {device} ({choice.backend} runs in `avatarforcing bench --backend`)"
         )
         log.info("engine official: %s; %s%s", source.description, choice.log_line(), note)
         self._portrait = self._crop_portrait(session.portrait, cfg.input_size)
@@ -115,7 +115,7 @@ class OfficialEngine:
     def warm_up(self) -> list[MotionBlock]:
         """The first clip on silence (its blocks are returned for a renderer warm-up), then a
         fresh stream."""
-        silence = np.zeros(self.first_block_frames * 640, np.float32)
+        silence = np.zeros(self.first_block_frames * SAMPLES_PER_FRAME, np.float32)
         tick = InputTick(0, self.first_block_frames, silence, silence, [None] * self.first_block_frames)
         blocks = self.generate(self.extract(tick)) + self.finish()
         self._new_pipeline()

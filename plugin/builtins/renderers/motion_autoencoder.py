@@ -1,9 +1,8 @@
-"""Built-in plugin ``renderers``: the ``motion-autoencoder`` renderer.
+"""Built-in plugin ``motion_autoencoder``: the ``motion-autoencoder`` renderer.
 
 Decodes the official engine's motion latents into RGB frames with the model's own
 motion-autoencoder decoder: style ``s_r + r_d[t]`` of the session's identity (the portrait
-encoded when the session's engine was built), then the flow-warping synthesis network (spec
-§5.3, §9.1). Frames map from [-1, 1] to ``uint8`` with the fixed per-frame mapping
+encoded when the session's engine was built), then the flow-warping synthesis network. Frames map from [-1, 1] to ``uint8`` with the fixed per-frame mapping
 (`avatarforcing.integrations.media.to_uint8_frame`), never the official per-clip min-max.
 
 It needs ``session.engine``: an `avatarforcing.engine.official.pipeline.AvatarPipeline` (anything with
@@ -46,7 +45,7 @@ class MotionAutoencoderRenderer:
             raise PluginError(f"renderer {NAME!r}: render() before open()")
         import torch
 
-        from avatarforcing.engine.stream import MotionBlock as EngineBlock
+        from avatarforcing.engine.stream import LatentBlock
         from avatarforcing.integrations.media import to_uint8_frame
 
         latents = block.latents
@@ -59,7 +58,7 @@ class MotionAutoencoderRenderer:
         frames: list[Frame] = []
         for offset in range(0, block.num_frames, self.batch_frames):
             part = latents[offset : offset + self.batch_frames]
-            images = to_uint8_frame(self._engine.decode(EngineBlock(block.first_frame + offset, part[None])))
+            images = to_uint8_frame(self._engine.decode(LatentBlock(block.first_frame + offset, part[None])))
             for k, image in enumerate(images):
                 index = block.first_frame + offset + k
                 frames.append(Frame(image=image, index=index, timestamp=index / self._fps))

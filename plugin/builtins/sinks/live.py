@@ -7,7 +7,7 @@ microphone). Setup per OS: docs/sinks.md.
 
 The session calls ``write_frame`` from its pacer thread 25 times a second, so every sink here
 only hands the frame to its own thread (`LatestValue` / `DropOldestQueue`) and returns. The
-avatar latency (seconds) is read from ``session.plugin_state["latency_s"]`` (0 when absent).
+avatar latency (seconds) is the session's ``latency_s``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from avatarforcing.plugin.api.types import AudioChunk, CheckResult, Frame, Optio
 log = logging.getLogger(__name__)
 
 OBS_PASSWORD_ENV = "AVATARFORCING_OBS_PASSWORD"
-LATENCY_KEY = "latency_s"
 
 
 def session_latency(session: SessionInfo | None) -> float:
@@ -35,7 +34,7 @@ def session_latency(session: SessionInfo | None) -> float:
     if session is None:
         return 0.0
     try:
-        value = float(session.plugin_state.get(LATENCY_KEY, 0.0))
+        value = float(session.latency_s)
     except (TypeError, ValueError):
         return 0.0
     return value if value == value and value >= 0 else 0.0
@@ -315,7 +314,7 @@ class MicDelaySink:
         ).start()
 
     def write_frame(self, frame: Frame) -> None:
-        pass  # audio only: the delay follows session.plugin_state["latency_s"]
+        pass  # audio only: the delay follows session.latency_s
 
     def close(self) -> None:
         if self.delay is not None:

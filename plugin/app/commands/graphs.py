@@ -1,4 +1,4 @@
-"""``avatarforcing engine export --out DIR [--check]`` and ``avatarforcing engine build``.
+"""``avatarforcing graphs export --out DIR [--check]`` and ``avatarforcing graphs build``.
 
 `export` writes the fixed-shape ONNX graphs (generator first clip and block step with the
 caches in and out, decoder, motion encoder, streaming audio window) and, with ``--check``,
@@ -16,7 +16,7 @@ from avatarforcing.plugin.app.paths import user_cache_dir
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="engine_action", metavar="ACTION", required=True)
+    actions = parser.add_subparsers(dest="graphs_action", metavar="ACTION", required=True)
     export = actions.add_parser("export", help="export the per-block graphs to ONNX", allow_abbrev=False)
     export.add_argument("--out", type=Path, required=True, metavar="DIR")
     export.add_argument("--check", action="store_true", help="compare every graph with PyTorch in ONNX Runtime")
@@ -35,7 +35,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace, context) -> int:
-    if args.engine_action == "export":
+    if args.graphs_action == "export":
         from avatarforcing.engine.export.onnx_runtime import engine_export_main
 
         return engine_export_main(args.out, args.model_config, args.check, args.tolerance, log=context.console.print)
@@ -54,5 +54,5 @@ def _run(args: argparse.Namespace, context) -> int:
 
 
 COMMAND = CommandSpec(
-    name="engine", help="export ONNX graphs and build TensorRT engines", configure=_configure, run=_run
+    name="graphs", help="export ONNX graphs and build TensorRT engines from them", configure=_configure, run=_run
 )

@@ -394,6 +394,7 @@ def test_real_install_in_a_scratch_copy_then_doctor(tmp_path: Path):
             "-c",
             "import avatarforcing.plugin, torch; print(avatarforcing.plugin.__file__, torch.__version__)",
         ],
+        cwd=tmp_path,  # not this checkout: `python -c` imports the avatarforcing/ folder of its cwd first
         capture_output=True,
         text=True,
         timeout=120,

@@ -235,3 +235,12 @@ def crop_video_file(path: str | Path, size: int, **plan_kwargs) -> tuple[VideoCr
     plan = plan_video_crop((rgb for _, _, rgb in iter_video_frames(path)), source=str(path), **plan_kwargs)
     crops = apply_video_crop((rgb for _, _, rgb in iter_video_frames(path)), plan, size)
     return plan, crops
+
+
+def centre_square(image: np.ndarray, size: int) -> np.ndarray:
+    """The centred ``min(H, W)`` square of an RGB uint8 image, resized to ``[size, size, 3]``
+    (same interpolation rule as the face crop)."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    square = CropSquare(x=(width - side) // 2, y=(height - side) // 2, side=side)
+    return apply_crop(image, square, size, resize_interpolation(height))

@@ -59,20 +59,25 @@ class LatestValue(Generic[T]):
 
 
 class DropOldestQueue(Generic[T]):
-    """A FIFO of at most `capacity` items; `put` on a full queue drops the oldest (`dropped`)."""
+    """A FIFO of at most `capacity` items; `put` on a full queue drops the oldest (`dropped`),
+    or, with ``wait_when_full`` (offline work, where every item counts), waits for room."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, wait_when_full: bool = False) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self._items: collections.deque[T] = collections.deque()
         self._capacity = capacity
         self._condition = threading.Condition()
         self._closed = False
+        self.wait_when_full = wait_when_full
         self.dropped = 0
 
     def put(self, item: T) -> None:
-        """Append `item`, dropping the oldest when full; never blocks for long."""
+        """Append `item`, dropping the oldest when full (never blocks for long), or waiting for
+        room with ``wait_when_full``."""
         with self._condition:
+            if self.wait_when_full:
+                self._condition.wait_for(lambda: len(self._items) < self._capacity or self._closed)
             if len(self._items) >= self._capacity:
                 self._items.popleft()
                 self.dropped += 1
@@ -90,7 +95,9 @@ class DropOldestQueue(Generic[T]):
                 if remaining is not None and remaining <= 0:
                     return None
                 self._condition.wait(remaining)
-            return self._items.popleft()
+            item = self._items.popleft()
+            self._condition.notify_all()
+            return item
 
     def __len__(self) -> int:
         with self._condition:

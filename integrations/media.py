@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from avatarforcing.schemas.media_rates import SAMPLE_RATE
+from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE
 
 
 class MediaError(RuntimeError):
@@ -75,6 +75,20 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
 
 
+def audio_duration(path: str | Path) -> float:
+    """Seconds of the first audio stream of ``path`` as its container states them (cheap: no
+    decoding); :class:`MediaError` naming the file when it is unreadable or has no audio."""
+    with _open_input(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"no audio stream in {path}")
+        stream = container.streams.audio[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / av.time_base
+        return 0.0
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """Facts about a video file. ``fps`` is the stream's average rate; ``frame_count`` is
@@ -123,6 +137,32 @@ def video_info(path: str | Path) -> VideoInfo:
             duration=duration,
             has_audio=bool(container.streams.audio),
         )
+
+
+def frames_at_rate(frames: Iterable[tuple[float, np.ndarray]], fps: float = FRAME_RATE) -> Iterator[np.ndarray]:
+    """Resample ``(pts seconds, image)`` frames to `fps` by nearest frame: output frame k (time
+    k/fps from the first pts) is the latest input frame with ``pts < (k + 0.5) / fps``, for
+    every k whose time lies within the clip (the last frame lasts as long as the gap before
+    it). Frames are repeated or dropped, never blended; a 25 fps input passes through
+    unchanged, even with jittery timestamps."""
+    step = 1.0 / fps
+    tick = 0
+    held: np.ndarray | None = None
+    first: float | None = None
+    previous = last = 0.0
+    for pts, image in frames:
+        first = pts if first is None else first
+        t = pts - first
+        while held is not None and t >= (tick + 0.5) * step - 1e-9:
+            yield held
+            tick += 1
+        held, previous, last = image, last, t
+    if held is None:
+        return
+    end = last + (last - previous if last > previous else step)
+    while (tick + 0.5) * step < end - 1e-9:
+        yield held
+        tick += 1
 
 
 def iter_video_frames(path: str | Path) -> Iterator[tuple[int, float, np.ndarray]]:

@@ -110,9 +110,9 @@ def test_layer_check_catches_a_forbidden_import():
     assert layer_violations("integrations", "x.py", "from avatarforcing.engine.stream import MotionStream\n")
     assert not layer_violations("integrations", "x.py", "from avatarforcing.schemas.motion_space import MOTION_SPACE\n")
     assert not layer_violations("plugin", "x.py", "from avatarforcing.engine.stream import MotionStream\n")
-    assert layer_violations("plugin/api", "types.py", "from ..app.session import LiveSession\n") == [
+    assert layer_violations("plugin/api", "types.py", "from ..app.session import Session\n") == [
         "plugin/api/types.py:1 imports avatarforcing.plugin.app.session",
-        "plugin/api/types.py:1 imports avatarforcing.plugin.app.session.LiveSession",
+        "plugin/api/types.py:1 imports avatarforcing.plugin.app.session.Session",
     ]
     assert not layer_violations("plugin/api", "types.py", "from ..app.config import AppConfig\n")
 

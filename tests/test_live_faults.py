@@ -1,6 +1,6 @@
 """Faults in a live session, with real components end to end.
 
-A `LiveSession` of the embedded ``default`` engine listens to a real PulseAudio server (the
+A `Session` of the embedded ``default`` engine listens to a real PulseAudio server (the
 ``loopback`` source on the monitor of the null sink ``meeting_out``, fed with ``paplay``),
 watches a real window on a private Xvfb (the ``screen`` source capturing ``ffplay user.mp4`` by
 its title) and sends its frames to a real OBS 29 (the ``obs`` sink, under its own Xvfb) and to a
@@ -37,7 +37,7 @@ import pytest
 from avatarforcing.integrations.obs_control import ObsClient, ObsRequestError, ObsUnavailable
 from avatarforcing.plugin import SinkSpec, hookimpl
 from avatarforcing.plugin.app.config import load_config
-from avatarforcing.plugin.app.session import LiveSession
+from avatarforcing.plugin.app.session import Session
 from avatarforcing.plugin.builtins.engines import embedded as default_avatar
 from avatarforcing.plugin.builtins.sinks import live as live_sinks
 from avatarforcing.plugin.host import build_plugin_host
@@ -237,7 +237,7 @@ def test_session_survives_sound_server_obs_and_window_faults(
     speech = remote_voice(samples_dir, tmp_path)
     window = show_window(samples_dir / "user.mp4")
     players: list[subprocess.Popen] = []
-    session = LiveSession(host, config, duration=DURATION)
+    session = Session(host, config, duration=DURATION)
     outcome: dict = {}
 
     def run_session() -> None:

@@ -31,7 +31,7 @@ from avatarforcing.plugin import (
 from avatarforcing.plugin.api.types import AudioChunk
 from avatarforcing.plugin.app.cli import run_cli
 from avatarforcing.plugin.app.config import load_config
-from avatarforcing.plugin.app.session import LiveSession, SpeakListenPolicy, StageQueue, VoiceActivityDetector
+from avatarforcing.plugin.app.session import Session, SpeakListenPolicy, StageQueue, VoiceActivityDetector
 from avatarforcing.plugin.app.session.queues import END, Aborted
 from avatarforcing.plugin.builtins.sources import files as files_plugin
 from avatarforcing.plugin.host import build_plugin_host
@@ -241,7 +241,7 @@ def assert_paced(label):
 # --------------------------------------------------------------------------------------------
 def test_pacing_holds_frames_while_a_slow_engine_is_late(host, tmp_path):
     stats_file = tmp_path / "stats.json"
-    session = LiveSession(host, config("engines.loudness.block_s=0.7"), duration=4.0, stats_path=stats_file)
+    session = Session(host, config("engines.loudness.block_s=0.7"), duration=4.0, stats_path=stats_file)
     stats = session.run()
     assert stats["error"] is None
     assert_paced("a")
@@ -258,7 +258,7 @@ def test_pacing_holds_frames_while_a_slow_engine_is_late(host, tmp_path):
 
 
 def test_back_pressure_keeps_the_frame_queue_within_one_block(host):
-    session = LiveSession(host, config("engines.loudness.block=10", "session.queue_frames=10"), duration=2.0)
+    session = Session(host, config("engines.loudness.block=10", "session.queue_frames=10"), duration=2.0)
     stats = session.run()
     assert stats["error"] is None
     assert 1 <= stats["max_frame_queue"] <= 10
@@ -293,14 +293,14 @@ def test_end_of_file_inputs_ends_the_session(host, tmp_path):
         "session.warm_up=false",
     )
     started = time.monotonic()
-    stats = LiveSession(host, cfg).run()
+    stats = Session(host, cfg).run()
     assert stats["error"] is None and time.monotonic() - started < 15
     assert 20 <= stats["rendered"] <= 45  # 1.6 s of audio (its first moments go before live)
     assert stats["blocks"] >= 3
 
 
 def test_a_failing_stage_is_reported_with_its_name_and_exit_status(host, tmp_path):
-    stats = LiveSession(host, config("engines.loudness.fail_at=1", "engines.loudness.block=5"), duration=5.0).run()
+    stats = Session(host, config("engines.loudness.fail_at=1", "engines.loudness.block=5"), duration=5.0).run()
     assert stats["error"] == "generator: RuntimeError: the engine broke"
     out, err = io.StringIO(), io.StringIO()
     status = run_cli(
@@ -335,7 +335,7 @@ def test_a_failing_source_counts_as_silence_and_is_reopened(host):
     cfg = config(
         "sources.avatar_audio.use=flaky-tone", "sources.avatar_audio.fail_after=20", "session.retry_initial_s=0.3"
     )
-    session = LiveSession(host, cfg, duration=3.0)
+    session = Session(host, cfg, duration=3.0)
     stats = session.run()
     assert stats["error"] is None
     assert stats["source_faults"] == {"avatar_audio:flaky-tone": 1}
@@ -346,7 +346,7 @@ def test_a_failing_source_counts_as_silence_and_is_reopened(host):
 
 def test_a_failing_sink_is_reopened_while_the_others_continue(host):
     cfg = config("sinks.use=timed-a,timed-b", "sinks.timed-a.fail_at=15", "session.retry_initial_s=0.2")
-    stats = LiveSession(host, cfg, duration=3.0).run()
+    stats = Session(host, cfg, duration=3.0).run()
     assert stats["error"] is None and stats["sink_faults"] == {"timed-a": 1}
     assert TimedSink.opened["a"] == 2
     assert_paced("b")
@@ -370,7 +370,7 @@ def test_voice_activity_switches_with_attack_and_release():
 
 
 def test_guidance_follows_the_avatar_voice(host):
-    session = LiveSession(
+    session = Session(
         host, config("sources.avatar_audio.use=flaky-tone", "sources.avatar_audio.fail_after=1000"), duration=2.0
     )
     assert session.run()["error"] is None
@@ -438,7 +438,7 @@ def test_two_minute_session_keeps_25_fps(engine, samples_dir, tmp_path):
         ],
         environ={},
     )
-    stats = LiveSession(host, cfg, duration=120.0, stats_path=tmp_path / "stats.json").run()
+    stats = Session(host, cfg, duration=120.0, stats_path=tmp_path / "stats.json").run()
     assert stats["error"] is None
     gaps = intervals("a")
     assert abs(statistics.median(gaps) - 40.0) < 2.0 and np.all(np.abs(gaps - 40.0) <= 40.0)

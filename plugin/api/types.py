@@ -280,6 +280,8 @@ class SessionInfo:
     motion latents use it), else ``None``; `latency_s`: the session's smoothed end-to-end
     latency in seconds (input captured → frame handed to the sinks), updated while the session
     runs (0.0 until measured; OBS's audio sync offset and the delayed microphone follow it);
+    `offline`: True for renders (files read as fast as the engine goes, every frame kept: a sink
+    may wait for its own work instead of dropping frames), False live;
     `plugin_state`: a dict in which plugins keep per-session state under their own key (instead
     of module globals).
     """
@@ -296,6 +298,7 @@ class SessionInfo:
     sinks: Sequence[str] = ()
     engine: Any = None
     latency_s: float = 0.0
+    offline: bool = False
     plugin_state: dict[str, Any] = field(default_factory=dict)
 
 

@@ -10,7 +10,7 @@ Input layouts (one conversation each):
 - ``two-tracks``: two videos (party A, party B), each with its own audio.
 
 Everything runs at 25 fps: video frames are resampled by nearest frame
-(`avatarforcing.plugin.app.render.frames_at_rate`), audio is 16 kHz mono with 640 samples per
+(`avatarforcing.integrations.media.frames_at_rate`), audio is 16 kHz mono with 640 samples per
 frame; a conversation has T = min(video frames, audio samples // 640) frames. Each
 conversation gives two items, ``<id>-a`` (party A / left is the avatar) and ``<id>-b`` (the
 reverse). Held-out conversations: the ``ceil(N * fraction)`` ones whose id has the smallest
@@ -191,8 +191,7 @@ def attribute_mono_speech(
 
 def video_frames_25fps(path: Path) -> Iterator[np.ndarray]:
     """RGB uint8 frames of `path` resampled to 25 fps (nearest frame)."""
-    from avatarforcing.integrations.media import iter_video_frames
-    from avatarforcing.plugin.app.render import frames_at_rate
+    from avatarforcing.integrations.media import frames_at_rate, iter_video_frames
 
     return frames_at_rate(((pts, rgb) for _, pts, rgb in iter_video_frames(path)), FRAME_RATE)
 

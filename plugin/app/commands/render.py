@@ -1,29 +1,40 @@
-"""``avatarforcing render``: portrait + avatar audio + user video -> mp4, through the streaming
-engine (`avatarforcing.plugin.app.render`).
+"""``avatarforcing render``: the avatar's audio (+ the other party's video and voice) -> an mp4.
 
-    avatarforcing render --portrait IMG --avatar-audio WAV --user-video VIDEO [--user-audio WAV]
-                         --out MP4 [--model SPEC] [--renderer NAME] [--nfe N] [--a-cfg X]
-                         [--u-cfg X] [--seed N] [--threads N] [--no-face-crop]
+    avatarforcing render --avatar-audio WAV --out MP4 [--user-video VIDEO] [--user-audio WAV]
+                         [--portrait IMG] [--engine NAME] [--renderer NAME] [--model SPEC]
+                         [--nfe N] [--a-cfg X] [--u-cfg X] [--seed N] [--threads N]
+                         [--no-face-crop]
+
+A render is the same `Session` as ``avatarforcing run``, offline: the files are read as fast as
+the engine goes, nothing is paced or dropped, and the ``recorder`` sink writes every frame with
+the avatar's audio (H.264 + AAC, 25 fps). Its length is the longer of the two voices (the
+official length). Any registered engine renders: ``--engine default`` (the embedded avatar,
+nothing to download; the configured ``[model] engine`` otherwise), ``--engine official`` (the
+Avatar Forcing weights; ``--model SPEC`` picks them and implies it), or a plugin's.
 
 Flags override the configuration (``--nfe`` -> ``model.nfe``, ``--a-cfg`` ->
 ``model.a_cfg_scale``, ``--u-cfg`` -> ``model.u_cfg_scale``, ``--seed`` -> ``model.seed``,
 ``--threads`` -> ``model.threads``, ``--renderer`` -> ``render.use``, ``--portrait`` ->
-``session.portrait``) and are validated like them. ``--model``: see
-`avatarforcing.plugin.app.model_loading`. Everything that can be checked cheaply (files, renderer
-name, model spec, faces) is checked before the model is loaded. Exit status: 0 written,
-1 failure (no face, unreadable media, weights that do not load), 2 usage (missing file, bad
-option or model spec).
+``session.portrait``, ``--engine`` -> ``model.engine``, ``--model`` ->
+``engines.official.model``, ``--no-face-crop`` -> ``engines.official.face_tracking = false``) and
+are validated like them. Every file and the output folder are checked before anything loads.
+Exit status: 0 written, 1 failure (unreadable media, no face, weights that do not load), 2
+usage (missing file, bad option).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import time
 from pathlib import Path
 
 from rich.markup import escape
 
-from avatarforcing.plugin.api.errors import CommandError, ConfigError
+from avatarforcing.plugin.api.errors import CommandError
 from avatarforcing.plugin.api.types import CommandSpec
+from avatarforcing.schemas.media_rates import FRAME_RATE
 
 # flag attribute -> configuration option it overrides
 _OVERRIDES = (
@@ -34,30 +45,26 @@ _OVERRIDES = (
     ("threads", "model.threads"),
     ("renderer", "render.use"),
     ("portrait", "session.portrait"),
+    ("engine", "model.engine"),
+    ("model", "engines.official.model"),
 )
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--portrait", metavar="IMG", help="identity image (default: [session] portrait)")
-    parser.add_argument(
-        "--avatar-audio", metavar="WAV", type=Path, required=True, help="the avatar's voice (any audio file)"
-    )
-    parser.add_argument("--user-video", metavar="VIDEO", type=Path, required=True, help="the other participant's video")
-    parser.add_argument(
-        "--user-audio",
-        metavar="WAV",
-        type=Path,
-        help="the other participant's voice (default: the video's audio track)",
-    )
+    parser.add_argument("--avatar-audio", metavar="WAV", type=Path, required=True, help="the avatar's voice")
     parser.add_argument("--out", metavar="MP4", type=Path, required=True, help="output video (H.264 + AAC, 25 fps)")
+    parser.add_argument("--user-video", metavar="VIDEO", type=Path, help="the other participant's video")
+    parser.add_argument(
+        "--user-audio", metavar="WAV", type=Path, help="the other participant's voice (default: the video's track)"
+    )
+    parser.add_argument("--portrait", metavar="IMG", help="identity image (default: [session] portrait)")
+    parser.add_argument("--engine", metavar="NAME", help="motion engine (default: [model] engine; see `plugins`)")
+    parser.add_argument("--renderer", metavar="NAME", help="renderer plugin (default: the engine's own)")
     parser.add_argument(
         "--model",
         metavar="SPEC",
-        help="formula:fixture_small | formula:official | a directory with the official files or "
-        "model.safetensors + config.json (default: the weights directory, see `weights path`)",
-    )
-    parser.add_argument(
-        "--renderer", metavar="NAME", help="renderer plugin (default: [render] use, motion-autoencoder)"
+        help="official weights: formula:fixture_small | formula:official | a directory with the official "
+        "files or model.safetensors + config.json (implies --engine official)",
     )
     parser.add_argument("--nfe", metavar="N", help="sampler steps (default: [model] nfe)")
     parser.add_argument("--a-cfg", metavar="X", help="avatar-audio guidance (default: [model] a_cfg_scale)")
@@ -68,90 +75,125 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "--no-face-crop",
         dest="face_crop",
         action="store_false",
-        help="centre-square crops instead of face detection (inputs already face-centred)",
+        help="official engine: no face tracking of the user video (null user motion)",
     )
 
 
-def _progress(context, total_blocks: int):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _existing(flag: str, path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    path = path.expanduser()
+    if not path.is_file():
+        raise CommandError(f"{flag}: file not found: {path}", exit_code=2)
+    return path
+
+
+def _check_output(out: Path) -> Path:
+    """The output path, checked before any work: an .mp4 in a writable folder."""
+    out = out.expanduser()
+    if out.is_dir():
+        raise CommandError(f"--out: {out} is a directory", exit_code=2)
+    if out.suffix.lower() != ".mp4":
+        raise CommandError(f"--out: {out} must end in .mp4", exit_code=2)
+    if not out.parent.is_dir():
+        raise CommandError(f"--out: folder does not exist: {out.parent}", exit_code=2)
+    if not os.access(out.parent, os.W_OK):
+        raise CommandError(f"--out: folder is not writable: {out.parent}", exit_code=2)
+    return out
+
+
+def _media_overrides(args: argparse.Namespace) -> tuple[list[tuple[str, object]], float]:
+    """Source options for the files (read as fast as the engine goes) and the seconds of audio
+    that set the render's length. Unreadable media: one line naming the file (exit 1)."""
+    from avatarforcing.integrations.media import MediaError, audio_duration, video_info
+
+    avatar_audio = _existing("--avatar-audio", args.avatar_audio)
+    user_video = _existing("--user-video", args.user_video)
+    user_audio = _existing("--user-audio", args.user_audio)
+    out: list[tuple[str, object]] = []
+    try:
+        seconds = [audio_duration(avatar_audio)]
+        if user_video is not None:
+            video_info(user_video)  # a file without a readable video stream fails here, not mid-render
+            if user_audio is None and video_info(user_video).has_audio:
+                user_audio = user_video
+        if user_audio is not None:
+            seconds.append(audio_duration(user_audio))
+    except MediaError as error:
+        raise CommandError(str(error)) from None
+    for kind, path, name in (
+        ("avatar_audio", avatar_audio, "audio-file"),
+        ("user_audio", user_audio, "audio-file"),
+        ("user_video", user_video, "video-file"),
+    ):
+        if path is None:
+            out.append((f"sources.{kind}.use", ""))  # silence / no video
+            continue
+        out += [(f"sources.{kind}.use", name), (f"sources.{kind}.path", str(path)), (f"sources.{kind}.realtime", False)]
+    return out, max(seconds)
+
+
+def _progress(context, total_frames: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = context.err_console
     progress = Progress(
         TextColumn("rendering"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("blocks"),
+        TextColumn("frames"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
         console=console,
         disable=not console.is_terminal,
     )
-    task = progress.add_task("render", total=total_blocks)
-    return progress, lambda done, total: progress.update(task, completed=done, total=total)
+    task = progress.add_task("render", total=total_frames)
+    return progress, lambda done: progress.update(task, completed=done)
 
 
 def _run(args: argparse.Namespace, context) -> int:
-    from avatarforcing.plugin.app.model_loading import load_model_from_source, pick_device, resolve_model_source
-    from avatarforcing.plugin.app.render import RenderInputs, block_count, prepare_inputs, render_video
+    from avatarforcing.plugin.app.session import Session
 
     overrides = [(option, getattr(args, name)) for name, option in _OVERRIDES if getattr(args, name) is not None]
+    if args.model is not None and args.engine is None:
+        overrides.append(("model.engine", "official"))
+    if not args.face_crop:
+        overrides.append(("engines.official.face_tracking", False))
+    out = _check_output(args.out)
+    media, seconds = _media_overrides(args)
+    overrides += media
+    # written under a temporary name, renamed when complete: a failed render leaves no file
+    partial = out.with_name(f".{out.stem}.partial.mp4")
+    overrides += [("sinks.use", ("recorder",)), ("sinks.recorder.path", str(partial))]
     config = context.load_config(overrides)
-    if not config.session.portrait:
-        raise CommandError("--portrait is required (or set [session] portrait)", exit_code=2)
-    inputs = RenderInputs(
-        portrait=Path(config.session.portrait).expanduser(),
-        avatar_audio=args.avatar_audio.expanduser(),
-        user_video=args.user_video.expanduser(),
-        user_audio=args.user_audio.expanduser() if args.user_audio else None,
-        face_crop=args.face_crop,
-    )
-    inputs.check_files()
-    out = args.out.expanduser()
-    if not out.parent.is_dir():
-        raise CommandError(f"--out: folder does not exist: {out.parent}", exit_code=2)
-    if out.is_dir():
-        raise CommandError(f"--out: {out} is a directory", exit_code=2)
-    context.host.lookup("renderers", config.render.use)  # unknown renderer: fail before any work
-    source = resolve_model_source(args.model, config.model, context.environ)
-    size = source.model_config().input_size
-
-    import torch
-
-    from avatarforcing.engine.official.pipeline import PipelineConfig
-    from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
-
-    try:  # the engine's own limits, checked before any heavy work
-        FlowMatchingEulerSampler(config.model.nfe)
-    except ValueError as error:
-        raise ConfigError("model.nfe", str(error)) from None
-    if config.model.threads:
-        torch.set_num_threads(config.model.threads)
+    if config.session.portrait and not Path(config.session.portrait).expanduser().is_file():
+        raise CommandError(f"--portrait: file not found: {config.session.portrait}", exit_code=2)
+    context.host.lookup("engines", config.model.engine)  # unknown names fail before any work
+    if config.render.chosen:
+        context.host.lookup("renderers", config.render.use)
     console = context.err_console
-    prepared = prepare_inputs(inputs, size)
-    for note in prepared.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
-    device = pick_device(config.model.device)
-    console.print(escape(f"loading {source.description} on {device}"))
-    model = load_model_from_source(source, device)
-    pipeline_config = PipelineConfig(
-        nfe=config.model.nfe,
-        guidance=GuidanceScales(config.model.a_cfg_scale, config.model.u_cfg_scale),
-        seed=config.model.seed,
+    total = max(1, math.ceil(seconds * FRAME_RATE))
+    progress, on_frame = _progress(context, total)
+    started = time.perf_counter()
+    session = Session(
+        context.host, config, offline=True, on_frame=on_frame, console_log=lambda line: console.print(escape(line))
     )
-    progress, on_block = _progress(context, block_count(prepared.total_frames))
-    with progress:
-        result = render_video(prepared, out, model, context.host, config, pipeline_config, on_block=on_block)
+    try:
+        with progress:
+            stats = session.run()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    if stats["error"]:
+        partial.unlink(missing_ok=True)
+        raise CommandError(f"render failed: {stats['error']}")
+    partial.replace(out)
+    frames = int(stats.get("frames") or 0)
+    wall = time.perf_counter() - started
     context.console.print(
         escape(
-            f"wrote {result.output}: {result.frames} frames ({result.duration_s:.2f} s at 25 fps) "
-            f"with the avatar audio, {result.blocks} block(s), in {result.wall_s:.1f} s"
+            f"wrote {out}: {frames} frames ({frames / FRAME_RATE:.2f} s at {FRAME_RATE} fps) with the avatar audio; "
+            f"engine {stats.get('engine')}, renderer {stats.get('renderer')}, {wall:.1f} s "
+            f"({frames / FRAME_RATE / wall:.2f} video s per compute s)"
         )
     )
     return 0
@@ -159,7 +201,7 @@ def _run(args: argparse.Namespace, context) -> int:
 
 COMMAND = CommandSpec(
     name="render",
-    help="render an mp4 from a portrait, the avatar's audio and the other participant's video",
+    help="render an mp4: the avatar speaking the given audio and reacting to the other party",
     configure=_configure,
     run=_run,
 )

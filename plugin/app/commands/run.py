@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace, context) -> int:
     from rich.markup import escape
 
     from avatarforcing.plugin.api.errors import CommandError
-    from avatarforcing.plugin.app.session import LiveSession
+    from avatarforcing.plugin.app.session import Session
 
     if args.duration < 0:
         raise CommandError("--duration must be >= 0", exit_code=2)
@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace, context) -> int:
     for name in config.sinks.use:
         context.host.lookup("sinks", name)
     console = context.err_console
-    session = LiveSession(
+    session = Session(
         context.host,
         config,
         duration=args.duration,

@@ -21,34 +21,60 @@ log = logging.getLogger(__name__)
 
 
 class AudioInbox:
-    """16 kHz mono samples with their capture times, discarded until `go_live()`.
+    """16 kHz mono samples with their capture times.
 
-    `take(n)` returns exactly `n` samples (zeros where none arrived: silence never blocks the
-    clock), the capture time of the newest sample taken (0.0 if none), and drops a backlog of
-    more than `max_backlog` samples so latency cannot build up."""
+    Live (``lossless=False``): samples are discarded until `go_live()`; `take(n)` returns
+    exactly `n` samples at once (zeros where none arrived: silence never blocks the clock), and a
+    backlog of more than `max_backlog` samples is dropped so latency cannot build up.
 
-    def __init__(self, max_backlog: int = SAMPLE_RATE // 2) -> None:
+    Offline (``lossless=True``, renders): nothing is dropped. `add` waits while `max_backlog`
+    samples are pending (the source is read only as fast as the engine goes) and `take(n)` waits
+    until `n` samples arrived or the source ended; `close()` releases every waiter."""
+
+    def __init__(self, max_backlog: int = SAMPLE_RATE // 2, lossless: bool = False) -> None:
         self._chunks: deque[tuple[np.ndarray, float]] = deque()
         self._size = 0
-        self._lock = threading.Lock()
-        self._live = False
+        self._cond = threading.Condition()
+        self._live = lossless
+        self._closed = False
+        self.lossless = lossless
         self.max_backlog = max_backlog
-        self.ended = False
+        self._ended = False
         self.dropped_samples = 0
 
     def go_live(self) -> None:
-        with self._lock:
-            self._chunks.clear()
-            self._size = 0
+        with self._cond:
+            if not self.lossless:
+                self._chunks.clear()
+                self._size = 0
             self._live = True
 
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @ended.setter
+    def ended(self, value: bool) -> None:
+        with self._cond:
+            self._ended = value
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Release `add` and `take` waiters for good (the session stops)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
     def add(self, samples: np.ndarray, captured_at: float) -> None:
-        with self._lock:
+        with self._cond:
             if not self._live or samples.size == 0:
                 return
+            if self.lossless:
+                self._cond.wait_for(lambda: self._size < self.max_backlog or self._closed)
             self._chunks.append((samples, captured_at))
             self._size += samples.size
-            while self._size - self._chunks[0][0].size >= self.max_backlog:
+            self._cond.notify_all()
+            while not self.lossless and self._size - self._chunks[0][0].size >= self.max_backlog:
                 old, _ = self._chunks.popleft()
                 self._size -= old.size
                 self.dropped_samples += old.size
@@ -56,14 +82,17 @@ class AudioInbox:
     @property
     def drained(self) -> bool:
         """The source ended and every sample was taken."""
-        with self._lock:
-            return self.ended and self._size == 0
+        with self._cond:
+            return self._ended and self._size == 0
 
     def take(self, n: int) -> tuple[np.ndarray, float, int]:
-        """``(samples (n,), newest capture time, real samples in it)``."""
+        """``(samples (n,), newest capture time, real samples in it)``; offline it first waits
+        for `n` samples (fewer only at the end of the source, zero-padded)."""
         out = np.zeros(n, np.float32)
         filled, newest = 0, 0.0
-        with self._lock:
+        with self._cond:
+            if self.lossless:
+                self._cond.wait_for(lambda: self._size >= n or self._ended or self._closed)
             while filled < n and self._chunks:
                 samples, captured = self._chunks[0]
                 part = samples[: n - filled]
@@ -75,41 +104,86 @@ class AudioInbox:
                 else:
                     self._chunks[0] = (samples[part.size :], captured)
                 self._size -= part.size
+            self._cond.notify_all()
         return out, newest, filled
 
 
 class VideoInbox:
-    """The latest user frame (RGB uint8) and when it arrived; None when stale or absent."""
+    """User frames (RGB uint8).
 
-    def __init__(self, stale_after_s: float = 1.0) -> None:
-        self._lock = threading.Lock()
+    Live: the latest frame and when it arrived (`latest(now)`: None when stale or absent).
+    Offline (``lossless=True``): frames with their stream times (seconds from the source's
+    start), read in order with `frame_at(t)`, which waits until the source has passed `t` and
+    returns the newest frame at or before it (frames are repeated or skipped, never blended);
+    `add` waits while `capacity` frames are pending."""
+
+    def __init__(self, stale_after_s: float = 1.0, lossless: bool = False, capacity: int = 50) -> None:
+        self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
         self._arrived = 0.0
+        self._timeline: deque[tuple[float, np.ndarray]] = deque()
+        self._closed = False
         self.stale_after_s = stale_after_s
-        self.ended = False
+        self.lossless = lossless
+        self.capacity = capacity
+        self._ended = False
         self.frames_in = 0
 
     def go_live(self) -> None:
         pass  # the latest frame stays useful
 
-    def add(self, image: np.ndarray, captured_at: float) -> None:
-        with self._lock:
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @ended.setter
+    def ended(self, value: bool) -> None:
+        with self._cond:
+            self._ended = value
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def add(self, image: np.ndarray, captured_at: float, stream_time: float = 0.0) -> None:
+        with self._cond:
+            if self.lossless:
+                self._cond.wait_for(lambda: len(self._timeline) < self.capacity or self._closed)
+                self._timeline.append((stream_time, image))
+                self._cond.notify_all()
             self._frame, self._arrived = image, captured_at
             self.frames_in += 1
 
     def clear(self) -> None:
-        with self._lock:
+        with self._cond:
             self._frame = None
 
     @property
     def drained(self) -> bool:
-        return self.ended
+        return self._ended
 
     def latest(self, now: float) -> np.ndarray | None:
-        with self._lock:
+        with self._cond:
             if self._frame is None or now - self._arrived > self.stale_after_s:
                 return None
             return self._frame
+
+    def frame_at(self, t: float) -> np.ndarray | None:
+        """Offline: the newest frame whose stream time is at or before `t` (None before the
+        first frame or when the source has none)."""
+        eps = 1e-6
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._closed or self._ended or (self._timeline and self._timeline[-1][0] > t + eps)
+            )
+            while len(self._timeline) > 1 and self._timeline[1][0] <= t + eps:
+                self._timeline.popleft()
+            self._cond.notify_all()
+            if self._timeline and self._timeline[0][0] <= t + eps:
+                return self._timeline[0][1]
+            return None
 
 
 class CaptureThread(threading.Thread):
@@ -117,7 +191,9 @@ class CaptureThread(threading.Thread):
 
     Failures (opening or iterating) are logged once per streak, counted in
     ``stats.source_faults[name]``, and retried after `retry_initial_s`, doubling up to
-    `retry_max_s`; meanwhile the inbox gets nothing (silence / no video)."""
+    `retry_max_s`; meanwhile the inbox gets nothing (silence / no video). With `on_failure`
+    (offline renders read files, which do not come back) the first failure is handed to it and
+    the thread ends instead."""
 
     def __init__(
         self,
@@ -129,8 +205,10 @@ class CaptureThread(threading.Thread):
         stop: threading.Event,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 5.0,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         super().__init__(name=f"capture-{kind}", daemon=True)
+        self.on_failure = on_failure
         self.source_name, self.kind = name, kind
         self.open_source, self.inbox, self.stats, self.stop = open_source, inbox, stats, stop
         self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
@@ -156,7 +234,7 @@ class CaptureThread(threading.Thread):
             if resampler is not None:
                 self.inbox.add(resampler.convert(item), now)
             else:
-                self.inbox.add(item.image, now)
+                self.inbox.add(item.image, now, float(item.timestamp))
 
     def run(self) -> None:
         delay = self.retry_initial_s
@@ -177,6 +255,11 @@ class CaptureThread(threading.Thread):
                 return
             except Exception as error:  # a vanished device: report, count, retry
                 count = self.stats.fault("source_faults", f"{self.kind}:{self.source_name}")
+                if self.on_failure is not None:
+                    self.close_source()
+                    self.inbox.ended = True
+                    self.on_failure(error)
+                    return
                 if not failing:
                     what = "silence" if isinstance(self.inbox, AudioInbox) else "no face"
                     log.warning(

@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from avatarforcing.plugin.api.types import AudioChunk, Frame, SessionInfo
 from avatarforcing.plugin.app.session.clock import SessionClock
-from avatarforcing.plugin.app.session.queues import END, StageQueue
+from avatarforcing.plugin.app.session.queues import END, Aborted, StageQueue
 from avatarforcing.plugin.app.session.sinks import SinkWorker
 from avatarforcing.plugin.app.session.stats import SessionStats
 from avatarforcing.schemas.media_rates import SAMPLE_RATE
@@ -102,9 +102,22 @@ class FramePacer(threading.Thread):
                 self.stats.count("dropped")
             chosen = head
 
-    def _send(self, tick: int, image: np.ndarray, audio: np.ndarray | None, held: bool, source: int | None) -> None:
+    def _send(
+        self,
+        tick: int,
+        image: np.ndarray,
+        audio: np.ndarray | None,
+        held: bool,
+        source: int | None,
+        metadata: dict | None = None,
+    ) -> None:
+        """Offer the frame of `tick` to every sink; `metadata`: the rendered frame's (e.g. the
+        motion parameters the VMC sink sends), plus ``held`` and ``rendered_index``."""
         frame = Frame(
-            image=image, index=tick, timestamp=tick / self.clock.fps, metadata={"held": held, "rendered_index": source}
+            image=image,
+            index=tick,
+            timestamp=tick / self.clock.fps,
+            metadata={**(metadata or {}), "held": held, "rendered_index": source},
         )
         chunk = AudioChunk(
             audio if audio is not None else np.zeros(self.samples_per_frame, np.float32),
@@ -161,7 +174,7 @@ class FramePacer(threading.Thread):
                     self.stats.observe("end_to_end", now - chosen.captured_at)
                     self._publish_latency(now - chosen.captured_at)
                 self.stats.count("rendered")
-                self._send(tick, self.image, chosen.audio, False, chosen.frame.index)
+                self._send(tick, self.image, chosen.audio, False, chosen.frame.index, chosen.frame.metadata)
             elif ended:
                 self.finished = True
                 return
@@ -176,3 +189,54 @@ class FramePacer(threading.Thread):
                 skipped = int(late * self.clock.fps)
                 log.warning("the pacer fell %.0f ms behind the clock; skipping %d tick(s)", late * 1000, skipped)
                 tick += skipped
+
+
+class OfflinePacer(threading.Thread):
+    """Offline (renders): every rendered frame of `queue` goes to `sinks` in order, as fast as
+    they take it — no clock, no holds, no drops — until `END` or `stop`. The rendered frame `k`
+    is sent as frame `k` with its 40 ms of avatar audio. `on_frame(count)` reports progress."""
+
+    def __init__(
+        self,
+        queue: StageQueue,
+        sinks: Sequence[SinkWorker],
+        stats: SessionStats,
+        stop: threading.Event,
+        fps: int,
+        sample_rate: int = SAMPLE_RATE,
+        on_frame: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(name="pacer", daemon=True)
+        self.queue, self.sinks, self.stats, self.stop = queue, sinks, stats, stop
+        self.fps, self.sample_rate = fps, sample_rate
+        self.samples_per_frame = sample_rate // fps
+        self.on_frame = on_frame
+        self.finished = False
+        self.sent = 0
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                item = self.queue.get(timeout=0.5)
+                if item is None:
+                    continue
+                if item is END:
+                    self.finished = True
+                    return
+                self._send(item)
+        except Aborted:
+            return
+
+    def _send(self, item: RenderedFrame) -> None:
+        rendered = item.frame
+        index, timestamp = rendered.index, rendered.index / self.fps
+        frame = Frame(rendered.image, index, timestamp, {**rendered.metadata, "held": False, "rendered_index": index})
+        audio = item.audio if item.audio is not None else np.zeros(self.samples_per_frame, np.float32)
+        chunk = AudioChunk(audio, self.sample_rate, timestamp, index)
+        for worker in self.sinks:
+            worker.offer(frame, chunk)
+        self.stats.count("frames")
+        self.stats.count("rendered")
+        self.sent += 1
+        if self.on_frame is not None:
+            self.on_frame(self.sent)

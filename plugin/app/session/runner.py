@@ -1,5 +1,6 @@
-"""`LiveSession`: sources -> features -> generator -> renderer -> pacer -> sinks, one thread
-per stage, on a 25 fps session clock (see docs/session.md)."""
+"""`Session`: sources -> features -> generator -> renderer -> pacer -> sinks, one thread per
+stage — live on a 25 fps session clock (``avatarforcing run``) or offline, as fast as the engine
+goes (``avatarforcing render``). See docs/session.md."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from avatarforcing.plugin.api.types import SOURCE_KINDS, InputTick, MotionBlock,
 from avatarforcing.plugin.app.config import AppConfig
 from avatarforcing.plugin.app.session.capture import AudioInbox, CaptureThread, VideoInbox
 from avatarforcing.plugin.app.session.clock import SessionClock
-from avatarforcing.plugin.app.session.pacer import FramePacer, RenderedFrame
+from avatarforcing.plugin.app.session.pacer import FramePacer, OfflinePacer, RenderedFrame
 from avatarforcing.plugin.app.session.queues import END, Aborted, StageQueue
 from avatarforcing.plugin.app.session.sinks import SinkWorker
 from avatarforcing.plugin.app.session.stats import SessionStats
@@ -63,11 +64,20 @@ class _FirstThenFactory:
         return self.make()
 
 
-class LiveSession:
-    """One live session. `run()` blocks until the inputs end, `duration` seconds of live time
-    pass, `request_stop()` is called (Ctrl-C) or a stage fails, and returns the stats dict
+class Session:
+    """One session. `run()` blocks until the inputs end, `duration` seconds of live time pass,
+    `request_stop()` is called (Ctrl-C) or a stage fails, and returns the stats dict
     (``stats["error"]`` is None on success). `stats_path`: JSON written every stats interval
-    and at the end."""
+    and at the end.
+
+    Live (default): sources are read as they come, the features thread ticks on the 25 fps
+    clock, the pacer sends one frame per tick (holding late frames, dropping stale ones).
+
+    Offline (``offline=True``, renders): the same stages with nothing paced and nothing dropped —
+    sources (files) are read as fast as the engine takes them, every tick waits for its inputs,
+    every frame reaches the sinks in order, and the session ends with the avatar's and the
+    user's audio. A source or sink that fails ends it with an error (no retry: a file does not
+    come back). `on_frame(count)` reports progress."""
 
     def __init__(
         self,
@@ -77,8 +87,11 @@ class LiveSession:
         duration: float = 0.0,
         stats_path: str | Path | None = None,
         console_log: Callable[[str], None] | None = None,
+        offline: bool = False,
+        on_frame: Callable[[int], None] | None = None,
     ) -> None:
         self.host, self.config = host, config
+        self.offline, self.on_frame = offline, on_frame
         self.duration = duration
         self.stats_path = Path(stats_path) if stats_path else None
         self.say = console_log or log.info
@@ -107,6 +120,8 @@ class LiveSession:
         self.stop.set()
         for queue in self._queues():
             queue.abort()
+        for inbox in self._inboxes.values():
+            inbox.close()
 
     def _queues(self) -> list[StageQueue]:
         return [q for q in (getattr(self, n, None) for n in ("features_queue", "blocks_queue", "frames_queue")) if q]
@@ -157,6 +172,7 @@ class LiveSession:
             renderer=renderer,
             sinks=tuple(config.sinks.use),
             engine=self.engine,
+            offline=self.offline,
         )
         self.stats.engine, self.stats.renderer = engine_spec.name, renderer
         for kind in SOURCE_KINDS:
@@ -164,7 +180,13 @@ class LiveSession:
             if not slot.use:
                 continue
             make = lambda k=kind, s=slot: self.host.create(k, s.use, s.options, f"sources.{k}")
-            inbox = VideoInbox() if kind == "user_video" else AudioInbox()
+            inbox = (
+                VideoInbox(lossless=self.offline)
+                if kind == "user_video"
+                else AudioInbox(
+                    max_backlog=10 * SAMPLE_RATE if self.offline else SAMPLE_RATE // 2, lossless=self.offline
+                )
+            )
             self._inboxes[kind] = inbox
             capture = CaptureThread(
                 slot.use,
@@ -175,6 +197,7 @@ class LiveSession:
                 self.capture_stop,
                 config.session.retry_initial_s,
                 config.session.retry_max_s,
+                on_failure=(lambda error, k=kind: self._fail(f"sources.{k}", error)) if self.offline else None,
             )
             self._captures.append(capture)
         self._sink_specs = sink_specs
@@ -205,6 +228,8 @@ class LiveSession:
                     self.config.session.retry_initial_s,
                     self.config.session.retry_max_s,
                     sink=sink,
+                    lossless=self.offline,
+                    on_failure=(lambda error, n=spec.name: self._fail(f"sinks.{n}", error)) if self.offline else None,
                 )
             )
 
@@ -229,14 +254,20 @@ class LiveSession:
         total = int(round(self.duration * FRAME_RATE)) if self.duration > 0 else None
         audio = {kind: self._inboxes.get(kind) for kind in ("avatar_audio", "user_audio")}
         video = self._inboxes.get("user_video")
+        # offline, the audio sets the length (the official length: the longer of the two tracks)
+        ending = [i for i in audio.values() if i is not None] if self.offline else list(self._inboxes.values())
+        ending = ending or list(self._inboxes.values())
         k = 0
         while True:
             if total is not None and k >= total:
                 break
-            if self._inboxes and all(inbox.drained for inbox in self._inboxes.values()):
+            if ending and all(inbox.drained for inbox in ending):
                 log.info("every source ended")
                 break
-            if not self.clock.wait_until_due(k + n, self.stop):
+            if self.offline:
+                if self.stop.is_set():
+                    return
+            elif not self.clock.wait_until_due(k + n, self.stop):
                 return
             now = time.monotonic()
             tracks, newest = {}, 0.0
@@ -246,16 +277,20 @@ class LiveSession:
                     continue
                 tracks[kind], captured, _ = inbox.take(n * SAMPLES_PER_FRAME)
                 newest = max(newest, captured)
-            captured_at = newest or self.clock.due(k + n)
-            self.stats.observe("capture_to_features", max(0.0, now - captured_at))
-            image = video.latest(now) if video is not None else None
+            if self.offline:  # no capture clock: latency is not a property of a render
+                captured_at = 0.0
+                images = [video.frame_at((k + i) / FRAME_RATE) if video is not None else None for i in range(n)]
+            else:
+                captured_at = newest or self.clock.due(k + n)
+                self.stats.observe("capture_to_features", max(0.0, now - captured_at))
+                images = [video.latest(now) if video is not None else None] * n
             voice = self.vad.update(tracks["avatar_audio"])
             tick = InputTick(
                 k,
                 n,
                 tracks["avatar_audio"],
                 tracks["user_audio"],
-                [image] * n,
+                images,
                 avatar_voice=voice,
                 captured_at=captured_at,
             )
@@ -325,7 +360,8 @@ class LiveSession:
             if block is END:
                 self.frames_queue.put(END)
                 return
-            block = self._live_edge(block)
+            if not self.offline:
+                block = self._live_edge(block)
             t = time.perf_counter()
             frames = list(self.renderer.render(block))
             self.stats.observe("render", time.perf_counter() - t)
@@ -364,25 +400,33 @@ class LiveSession:
         try:
             self._build()
             self._open()
+            if self.offline:  # nothing read before the clock starts is discarded
+                for inbox in self._inboxes.values():
+                    inbox.go_live()
             for capture in self._captures:
                 capture.start()
-            initial = self._warm_up() if self.config.session.warm_up else None
+            initial = self._warm_up() if self.config.session.warm_up and not self.offline else None
             block_frames = max(1, int(getattr(self.engine, "block_frames", 10)))
             n = self.config.session.feature_frames
-            self.features_queue = StageQueue(max(2, -(-2 * block_frames // n)), drop_oldest=True)
+            self.features_queue = StageQueue(max(2, -(-2 * block_frames // n)), drop_oldest=not self.offline)
             self.blocks_queue = StageQueue(2)
             self.frames_queue = StageQueue(self.config.session.queue_frames or block_frames)
             self.events.started(self.session)
             started_hooks = True
-            pacer = FramePacer(
-                self.clock,
-                self.frames_queue,
-                self._sink_workers,
-                self.stats,
-                self.stop,
-                initial,
-                session=self.session,
-            )
+            if self.offline:
+                pacer = OfflinePacer(
+                    self.frames_queue, self._sink_workers, self.stats, self.stop, FRAME_RATE, SAMPLE_RATE, self.on_frame
+                )
+            else:
+                pacer = FramePacer(
+                    self.clock,
+                    self.frames_queue,
+                    self._sink_workers,
+                    self.stats,
+                    self.stop,
+                    initial,
+                    session=self.session,
+                )
             self._threads.append(pacer)
             stages = [
                 self._stage("features", self._features),
@@ -397,15 +441,15 @@ class LiveSession:
             for thread in (*stages, pacer):
                 thread.start()
             self.say(
-                f"live: engine {self.stats.engine}, renderer {self.stats.renderer}, "
-                f"sinks {', '.join(self.session.sinks) or 'none'}"
+                f"{'offline' if self.offline else 'live'}: engine {self.stats.engine}, "
+                f"renderer {self.stats.renderer}, sinks {', '.join(self.session.sinks) or 'none'}"
             )
             interval = self.config.session.stats_interval
             next_report = time.monotonic() + (interval or 5.0)
             while pacer.is_alive() and not self.stop.is_set():
                 pacer.join(0.2)
                 self.stats.live_s = time.monotonic() - live_start
-                if self.duration > 0 and self.stats.live_s > self.duration + DRAIN_GRACE_S:
+                if not self.offline and self.duration > 0 and self.stats.live_s > self.duration + DRAIN_GRACE_S:
                     log.warning("the last blocks did not arrive %.0f s after --duration; stopping", DRAIN_GRACE_S)
                     break
                 if time.monotonic() >= next_report:

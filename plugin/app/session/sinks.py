@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 class SinkWorker(threading.Thread):
     """Owns one sink. `offer(frame, audio)` replaces any item not yet written (a slow sink
     skips frames, counted in ``stats.sink_skipped``); `finish()` writes what is pending, closes
-    the sink and ends the thread."""
+    the sink and ends the thread. Offline (``lossless=True``) `offer` waits until the previous
+    item was taken, so every frame is written, and a failing sink is handed to `on_failure`
+    instead of being reopened (a render's file is its only output)."""
 
     def __init__(
         self,
@@ -30,6 +32,8 @@ class SinkWorker(threading.Thread):
         retry_initial_s: float = 0.5,
         retry_max_s: float = 5.0,
         sink: Any = None,
+        lossless: bool = False,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         super().__init__(name=f"sink-{name}", daemon=True)
         self.sink_name, self.make_sink, self.accepts_audio = name, make_sink, accepts_audio
@@ -39,6 +43,7 @@ class SinkWorker(threading.Thread):
         self._cond = threading.Condition()
         self._pending: tuple[Frame, AudioChunk | None] | None = None
         self._finishing = False
+        self.lossless, self.on_failure = lossless, on_failure
         self._retry_at = 0.0
         self._delay = retry_initial_s
         self.failing = False
@@ -47,6 +52,8 @@ class SinkWorker(threading.Thread):
 
     def offer(self, frame: Frame, audio: AudioChunk | None) -> None:
         with self._cond:
+            if self.lossless:
+                self._cond.wait_for(lambda: self._pending is None or self._finishing or self.failing)
             if self._pending is not None:
                 with self.stats._lock:
                     self.stats.sink_skipped[self.sink_name] = self.stats.sink_skipped.get(self.sink_name, 0) + 1
@@ -63,6 +70,14 @@ class SinkWorker(threading.Thread):
         import time
 
         self.stats.fault("sink_faults", self.sink_name)
+        if self.on_failure is not None:
+            with self._cond:
+                self.failing = True
+                self._retry_at = float("inf")  # never reopened: the session ends
+                self._cond.notify_all()
+            self._close_quietly()
+            self.on_failure(error)
+            return
         if not self.failing:
             log.warning(
                 "sink %r failed while %s (%s: %s); the others continue, reopening it",
@@ -109,6 +124,7 @@ class SinkWorker(threading.Thread):
                 self._cond.wait_for(lambda: self._pending is not None or self._finishing)
                 item, self._pending = self._pending, None
                 finishing = self._finishing
+                self._cond.notify_all()
             if item is not None and self._ensure_open():
                 frame, audio = item
                 try:

@@ -89,8 +89,7 @@ class OfficialEngine:
             self._tracker = FaceTracker(cfg.input_size)
 
     def _crop_portrait(self, image: np.ndarray | None, size: int) -> np.ndarray:
-        from avatarforcing.integrations.face_crop import crop_portrait
-        from avatarforcing.plugin.app.render import centre_square
+        from avatarforcing.integrations.face_crop import centre_square, crop_portrait
 
         if image is None:
             raise ValueError("the official engine needs a portrait: set [session] portrait (--portrait IMG)")

@@ -238,7 +238,8 @@ class RecorderSink:
         self._writer = VideoWriter(
             self.path, session.fps, audio_sample_rate=self._rate, crf=self.crf, preset=self.preset
         )
-        self._queue = DropOldestQueue(max(8, int(self.queue_seconds * session.fps * 2)))
+        # offline (renders) every frame counts: the queue waits for the encoder instead of dropping
+        self._queue = DropOldestQueue(max(8, int(self.queue_seconds * session.fps * 2)), wait_when_full=session.offline)
         self._audio_samples = 0
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()

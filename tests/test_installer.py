@@ -367,7 +367,7 @@ def test_real_install_in_a_scratch_copy_then_doctor(tmp_path: Path):
         pytest.skip("the CI run of install.sh is on Linux")
     root = tmp_path / "clone"
     ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.pyc", "*.egg-info", "tests", "docs")
-    for name in ("engine", "plugin", "integrations", "installer"):
+    for name in ("engine", "plugin", "integrations", "schemas", "installer"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=ignore)
     shutil.copytree(REPO_ROOT / "avatarforcing", root / "avatarforcing", symlinks=True, ignore=ignore)
     for name in ("pyproject.toml", "README.md", "LICENSE", "THIRD_PARTY.md"):

@@ -18,15 +18,15 @@ The real-time factor is video seconds per compute second (``>= 1``: faster than 
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from avatarforcing.engine.benchmarking import BenchResult, StageClock, machine_description, realtime_factor, summarize
 from avatarforcing.engine.export.backend_select import Capabilities, probe_capabilities, select_backend
-from avatarforcing.engine.export.graph_specs import ExportSettings, GraphSpec, build_graph_specs, model_hash
+from avatarforcing.engine.export.graph_specs import ExportSettings, model_hash
+from avatarforcing.engine.export.runners import build_runners
 from avatarforcing.engine.official.model import AvatarForcingModel
 from avatarforcing.engine.official.stage_bench import CONFIGS
 
@@ -47,65 +47,11 @@ SELECTOR_NAMES = {
     "torch_cpu": "eager",
     "onnxruntime_cpu": "onnxruntime",
 }
-Runner = Callable[[Mapping[str, torch.Tensor]], object]
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _specs_on(model: AvatarForcingModel, device: torch.device, settings: ExportSettings) -> dict[str, GraphSpec]:
-    moved = model if device.type == "cpu" else copy.deepcopy(model).to(device)
-    specs = build_graph_specs(moved, settings, tuple(STAGE_GRAPHS.values()))
-    return {spec.name: spec for spec in specs}
-
-
-def _eager_runner(spec: GraphSpec) -> Runner:
-    def run(feeds: Mapping[str, torch.Tensor]):
-        with torch.no_grad():
-            return spec.run_eager(feeds)
-
-    return run
-
-
-def _build_runners(
-    backend: str,
-    model: AvatarForcingModel,
-    caps: Capabilities,
-    settings: ExportSettings,
-    precision: str,
-    threads: int | None,
-    engine_cache: Path | None,
-    log: Callable[[str], None] | None,
-) -> tuple[dict[str, Runner], dict[str, GraphSpec], torch.device]:
-    """{graph: runner}, {graph: spec with example feeds on the runner's device}, device."""
-    cuda = torch.device("cuda")
-    if backend == "onnxruntime":
-        from avatarforcing.engine.export.onnx_runtime import OrtRunner
-
-        specs = _specs_on(model, torch.device("cpu"), settings)
-        runners = {name: OrtRunner(caps.onnx_exports / f"{name}.onnx", threads) for name in specs}
-        return runners, specs, torch.device("cpu")
-    if backend == "eager":
-        device = cuda if caps.gpu_name else torch.device("cpu")
-        specs = _specs_on(model, device, settings)
-        return {name: _eager_runner(spec) for name, spec in specs.items()}, specs, device
-    specs = _specs_on(model, cuda, settings)
-    if backend == "cuda-graphs":
-        from avatarforcing.engine.export.cuda_graphs import StaticGraphRunner
-
-        return (
-            {name: StaticGraphRunner.from_spec(spec, cuda, precision=precision) for name, spec in specs.items()},
-            specs,
-            cuda,
-        )
-    from avatarforcing.engine.export.tensorrt_backend import BuildOptions, load_or_build_engines
-
-    if engine_cache is None:
-        raise ValueError("the tensorrt backend needs an engine cache directory")
-    runners = load_or_build_engines(caps.onnx_exports, engine_cache, tuple(specs), BuildOptions(precision), log=log)
-    return dict(runners), specs, cuda
 
 
 def _unavailable_reason(backend: str, caps: Capabilities) -> str | None:
@@ -189,7 +135,7 @@ def _time_backend(
     if caps.gpu_name:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    runners, specs, device = _build_runners(name, model, caps, settings, precision, threads, engine_cache, log)
+    runners, specs, device = build_runners(name, model, caps, settings, precision, threads, engine_cache, log)
     clock = StageClock(lambda: _sync(device))
     timings: dict[str, list[float]] = {stage: [] for stage in STAGE_GRAPHS}
     for index in range(warmup + blocks):

@@ -5,9 +5,10 @@ skipped only for a stated reason (no CUDA device, `tensorrt` not importable, no 
 for this model, ...), and the reason of every skip that matters is in the log line, so a
 silent fallback to the CPU cannot happen.
 
-The CPU order comes from measurement (`compare_cpu_backends`, docs/acceleration.md): on the
-2-core dev machine ONNX Runtime ran the block step several times faster than PyTorch eager at
-fixture_small size and faster at official size, so it goes first.
+The default CPU order puts ONNX Runtime first because it ran the block step faster than PyTorch
+eager on the 2-core machine of docs/benchmarks.md (`compare_cpu_backends` measures it on any
+machine; `avatarforcing bench --backend all` too). The log line says that, not that it was
+measured here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from avatarforcing.engine.export.graph_specs import GraphSpec
 
 BACKENDS = ("tensorrt", "cuda_graphs", "cuda_eager", "onnxruntime_cpu", "torch_cpu")
 DEFAULT_CPU_ORDER = ("onnxruntime_cpu", "torch_cpu")
-CPU_ORDER_EVIDENCE = "measured faster than PyTorch CPU for the block step (docs/acceleration.md)"
+CPU_ORDER_EVIDENCE = (
+    "first in the default CPU order (faster than PyTorch on the machine of docs/benchmarks.md; "
+    "`avatarforcing bench --backend all` measures this one)"
+)
 NO_EXPORT_DIR = "no ONNX export directory configured (run `avatarforcing graphs export --out DIR`)"
 
 

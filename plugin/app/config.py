@@ -16,6 +16,7 @@ File layout (every key optional)::
     a_cfg_scale = 2.0
     u_cfg_scale = 1.0
     device = "auto"               # auto | cpu | cuda | cuda:N | mps
+    backend = "auto"              # auto | tensorrt | cuda_graphs | cuda_eager | onnxruntime_cpu | torch_cpu
     threads = 0                   # 0 = let the engine choose
     seed = 20
 
@@ -132,6 +133,11 @@ class ModelSettings:
     a_cfg_scale: float = _option(2.0, "avatar-audio guidance scale", minimum=0.0, maximum=50.0)
     u_cfg_scale: float = _option(1.0, "user guidance scale", minimum=0.0, maximum=50.0)
     device: str = _option("auto", "compute device", check=_check_device)
+    backend: str = _option(
+        "auto",
+        "what runs the generator graphs (auto = the fastest usable here; a named one that cannot run is an error)",
+        choices=("auto", "tensorrt", "cuda_graphs", "cuda_eager", "onnxruntime_cpu", "torch_cpu"),
+    )
     threads: int = _option(0, "CPU threads for torch (0 = automatic)", minimum=0, maximum=1024)
     seed: int = _option(20, "noise seed", minimum=0, maximum=2**63 - 1)
 

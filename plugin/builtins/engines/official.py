@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from avatarforcing.plugin.api.errors import PluginError
 from avatarforcing.plugin.api.markers import hookimpl
 from avatarforcing.plugin.api.types import EngineSpec, InputTick, MotionBlock, OptionSpec, SessionInfo
 from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -45,9 +46,10 @@ class OfficialEngine:
     fps = FRAME_RATE
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, model: str, face_tracking: bool) -> None:
+    def __init__(self, model: str, face_tracking: bool, onnx_dir: str) -> None:
         self.model_spec = model
         self.face_tracking = face_tracking
+        self.onnx_dir = onnx_dir
         self.first_block_frames = 50
         self.block_frames = 10
         self.backend = ""
@@ -61,7 +63,6 @@ class OfficialEngine:
     def open(self, session: SessionInfo) -> None:
         import torch
 
-        from avatarforcing.engine.export.backend_select import select_backend
         from avatarforcing.plugin.app.model_loading import load_model_from_spec
 
         settings = session.config.model
@@ -71,22 +72,38 @@ class OfficialEngine:
         self.model, source = load_model_from_spec(self.model_spec or None, settings)
         cfg = self.model.cfg
         self.first_block_frames, self.block_frames = cfg.clip_frames, cfg.block_frames
-        device = str(next(self.model.parameters()).device)
-        choice = select_backend()
-        runs = "torch_cpu" if device == "cpu" else "cuda_eager"
-        self.backend = runs
-        note = (
-            ""
-            if choice.backend == runs
-            else f"; this engine runs {runs} on {device} ({choice.backend} runs in `avatarforcing bench --backend`)"
-        )
-        log.info("engine official: %s; %s%s", source.description, choice.log_line(), note)
+        self._backend = self._choose_backend(settings)
+        self.backend = self._backend.name
+        log.info("engine official: %s; %s", source.description, self._backend.choice.log_line())
         self._portrait = self._crop_portrait(session.portrait, cfg.input_size)
         self._new_pipeline()
         if self.face_tracking:
             from avatarforcing.integrations.face_tracking import FaceTracker
 
             self._tracker = FaceTracker(cfg.input_size)
+
+    def _choose_backend(self, settings: Any):
+        """The fastest usable backend for the generator graphs (``[model] backend``; a requested
+        one that cannot run is a `PluginError`), exporting the graphs on first use."""
+        from pathlib import Path
+
+        from avatarforcing.engine.export.graph_specs import ExportSettings
+        from avatarforcing.engine.export.live_backend import BackendUnavailable, choose_live_backend
+        from avatarforcing.plugin.app.paths import user_cache_dir
+
+        self._export_settings = ExportSettings(nfe=settings.nfe)
+        export_dir = Path(self.onnx_dir).expanduser() if self.onnx_dir else None
+        try:
+            return choose_live_backend(
+                self.model,
+                self._export_settings,
+                settings.backend,
+                user_cache_dir() / "avatarforcing" / "graphs",
+                export_dir,
+                log=log.info,
+            )
+        except BackendUnavailable as error:
+            raise PluginError(f"engine {NAME!r}: {error}") from error
 
     def _crop_portrait(self, image: np.ndarray | None, size: int) -> np.ndarray:
         from avatarforcing.integrations.face_crop import centre_square, crop_portrait
@@ -106,10 +123,22 @@ class OfficialEngine:
         s = self._settings
         config = PipelineConfig(nfe=s.nfe, guidance=GuidanceScales(s.a_cfg_scale, s.u_cfg_scale), seed=s.seed)
         self.pipeline = AvatarPipeline(self.model, images_to_model(self._portrait), config)
+        self._accelerate(self.pipeline)
         with self._lock:
             self._frame_map.clear()
             self._mapped_from = 0
         self._blocks = 0
+
+    def _accelerate(self, pipeline: Any) -> None:
+        """Run the pipeline's generator steps on the chosen backend (runners built once)."""
+        from avatarforcing.engine.export.live_backend import accelerate_stream
+        from avatarforcing.plugin.app.paths import user_cache_dir
+
+        threads = self._settings.threads or None
+        engines = user_cache_dir() / "avatarforcing" / "engines"
+        accelerate_stream(
+            pipeline.motion, self.model, self._backend, self._export_settings, threads, engines, log=log.info
+        )
 
     def warm_up(self) -> list[MotionBlock]:
         """The first clip on silence (its blocks are returned for a renderer warm-up), then a
@@ -195,6 +224,13 @@ OFFICIAL = EngineSpec(
     options=(
         OptionSpec("model", str, "", 'model spec: a weights directory or formula:PRESET ("" = the weights directory)'),
         OptionSpec("face_tracking", bool, True, "track the user's face in the video (off: null user motion)"),
+        OptionSpec(
+            "onnx_dir",
+            str,
+            "",
+            'ONNX exports of this model (`avatarforcing graphs export --out DIR`; "" = exported on first use '
+            "into the per-user cache)",
+        ),
     ),
     default_renderer="motion-autoencoder",
 )

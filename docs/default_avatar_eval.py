@@ -63,8 +63,8 @@ def bench(args: argparse.Namespace) -> None:
     print(
         f"nfe {args.nfe}, {args.threads} thread(s): extract {ms(extract):.1f} ms/frame, generate {ms(generate):.1f} ms/block "
         f"(p90 {1000 * np.percentile(generate, 90):.1f}), puppet render {ms(render):.1f} ms/block; "
-        f"generate + render {block:.1f} ms per 160 ms block = real-time factor {block / 160:.2f} "
-        f"({(block + 4 * ms(extract)) / 160:.2f} with the feature extraction on the same core)"
+        f"generate + render + extract {block + 4 * ms(extract):.1f} ms per 160 ms block: real-time factor "
+        f"{160 / (block + 4 * ms(extract)):.2f} video s per compute s (feature extraction counted)"
     )
 
 

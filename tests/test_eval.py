@@ -66,3 +66,54 @@ def test_evaluate_builds_the_table():
     assert "lip_sync_pcc" not in official
     with pytest.raises(ValueError, match="no conversations"):
         evaluate([], GROUPS)
+
+
+def _dataset(root, jittery: bool, frames: int = 120):
+    """Two held-out sides in the embedded avatar's space whose true motion is smooth (slow
+    sines) or the same plus frame-to-frame noise."""
+    from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
+    from avatarforcing.engine.training.dataset import create_dataset, write_item
+
+    create_dataset(root, "default", LOG_MEL_DIM, 13)
+    rng, noise = np.random.default_rng(3), np.random.default_rng(4)  # same conditions in both datasets
+    t = np.arange(frames)[:, None] / 25.0
+    for index in range(2):
+        smooth = 0.3 * np.sin(2 * np.pi * (0.3 + 0.1 * np.arange(13)) * t + index)
+        motion = smooth + (0.2 * noise.standard_normal(smooth.shape) if jittery else 0.0)
+        tensors = {
+            "avatar_audio": rng.standard_normal((frames, LOG_MEL_DIM)) * 0.1,
+            "user_audio": rng.standard_normal((frames, LOG_MEL_DIM)) * 0.1,
+            "avatar_motion": motion,
+            "user_motion": np.roll(smooth, 7, axis=0),
+            "reference": np.zeros(13),
+            "avatar_energy": np.abs(rng.standard_normal(frames)),
+        }
+        write_item(root, f"side{index}", tensors, "heldout")
+    return root
+
+
+def test_eval_command_reports_generated_and_true_jitter_of_the_packaged_model(tmp_path):
+    """Without --checkpoint the packaged embedded avatar is evaluated; --json holds every metric
+    for the generated motion and the ground truth, and jitter tells a jittery track from a
+    smooth one."""
+    import io
+    import json
+
+    from avatarforcing.plugin.app.cli import run_cli
+    from avatarforcing.plugin.host import build_plugin_host
+
+    reports = {}
+    for name, jittery in (("smooth", False), ("jittery", True)):
+        data = _dataset(tmp_path / name, jittery)
+        out, err = io.StringIO(), io.StringIO()
+        argv = ["eval", "--data", str(data), "--json", str(tmp_path / f"{name}.json"), "--nfe", "3"]
+        assert run_cli(argv, build_plugin_host({}), out, err) == 0, err.getvalue()
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    for report in reports.values():
+        for group in ("pose", "expression"):
+            assert set(report[f"jitter_{group}"]) == {"generated", "ground_truth"}
+    for group in ("pose", "expression"):
+        smooth, jittery = (reports[n][f"jitter_{group}"]["ground_truth"] for n in ("smooth", "jittery"))
+        assert jittery > 10 * smooth, (group, smooth, jittery)
+        # the model's own motion does not depend on the truth it is compared with
+        assert reports["smooth"][f"jitter_{group}"]["generated"] == reports["jittery"][f"jitter_{group}"]["generated"]

@@ -14,7 +14,7 @@ from avatarforcing.engine.training.metrics import ConversationMotion, evaluate, 
 
 def evaluate_checkpoint(
     data: str | os.PathLike,
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
     split: str = "heldout",
     drop_user: bool = False,
     nfe: int = 10,
@@ -22,12 +22,20 @@ def evaluate_checkpoint(
     seed: int = 0,
     device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
-    """Metric table (see `metrics.evaluate`) of the checkpoint's samples on `split`.
+    """Metric table (see `metrics.evaluate`) of the checkpoint's samples on `split`: each metric
+    for the generated motion and, where it has one, for the ground truth.
+    `checkpoint` None: the embedded avatar shipped in the package.
     drop_user: sample with the user's conditions null (what the stage-2 losers are)."""
     dataset = ConversationDataset(data, split)
     if not len(dataset):
         raise ValueError(f"{data}: the {split!r} split is empty")
-    model, _ = load_flow_transformer(checkpoint, device)
+    if checkpoint is None:
+        from avatarforcing.engine.embedded.model import packaged_files
+
+        weights, config = packaged_files()
+        model, _ = load_flow_transformer(weights.parent, device, weights_file=weights.name, config_file=config.name)
+    else:
+        model, _ = load_flow_transformer(checkpoint, device)
     h = dataset.header
     if (model.cfg.dim_a, model.cfg.dim_w) != (h.dim_a, h.dim_w):
         raise ValueError(

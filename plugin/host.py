@@ -50,6 +50,7 @@ REGISTRIES: dict[str, tuple[str, type]] = {
     "avatar_audio": ("register_avatar_audio_sources", SourceSpec),
     "user_audio": ("register_user_audio_sources", SourceSpec),
     "user_video": ("register_user_video_sources", SourceSpec),
+    "avatar_video": ("register_avatar_video_sources", SourceSpec),
     "renderers": ("register_renderers", RendererSpec),
     "sinks": ("register_sinks", SinkSpec),
     "engines": ("register_engines", EngineSpec),
@@ -175,8 +176,8 @@ class PluginHost:
     # -- registries -----------------------------------------------------------------------------
     def provided(self, registry: str) -> list[Provided]:
         """Every spec of a registry (``avatar_audio``, ``user_audio``, ``user_video``,
-        ``renderers``, ``sinks``, ``engines``, ``commands``) with the plugin that provided it, in call
-        order. Raises `PluginError` if a plugin returns something that is not a list of the
+        ``avatar_video``, ``renderers``, ``sinks``, ``engines``, ``commands``) with the plugin that
+        provided it, in call order. Raises `PluginError` if a plugin returns something that is not a list of the
         registry's spec type."""
         hook_name, spec_type = REGISTRIES[registry]
         out: list[Provided] = []
@@ -295,6 +296,7 @@ _REGISTRY_LABEL = {
     "avatar_audio": "avatar-audio source",
     "user_audio": "user-audio source",
     "user_video": "user-video source",
+    "avatar_video": "avatar-video source",
     "renderers": "renderer",
     "sinks": "sink",
     "engines": "engine",

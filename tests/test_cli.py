@@ -54,6 +54,7 @@ def test_plugins_json_lists_builtins_with_hooks_and_provided_names(capsys):
     assert files["distribution"] == "avatarforcing"
     assert files["hooks"] == [
         "register_avatar_audio_sources",
+        "register_avatar_video_sources",
         "register_user_audio_sources",
         "register_user_video_sources",
     ]
@@ -61,6 +62,7 @@ def test_plugins_json_lists_builtins_with_hooks_and_provided_names(capsys):
         "avatar_audio": ["audio-file", "silence"],
         "user_audio": ["audio-file", "silence"],
         "user_video": ["video-file"],
+        "avatar_video": ["video-file"],
     }
     assert data["restricted_to"] is None and data["missing"] == [] and data["load_errors"] == {}
 

@@ -362,6 +362,7 @@ def test_builtin_plugin_registers_through_its_entry_point():
     info = {i.name: i for i in host.plugin_infos()}["files"]
     assert info.distribution == "avatarforcing" and info.version
     assert info.provides["user_video"] == ("video-file",)
+    assert info.provides["avatar_video"] == ("video-file",)
 
 
 def test_plugins_environment_variable_restricts_loading():
@@ -534,6 +535,43 @@ def test_hook_register_user_video_sources(tmp_path):
     assert first_60[25].timestamp == pytest.approx(1.0)
     assert first_60[25].image.mean() == pytest.approx(levels[0], abs=6)
     assert list(iterator) == []  # closed
+
+
+def test_hook_register_avatar_video_sources(tmp_path):
+    class StillPlugin:
+        """A video source of `count` copies of one grey level (the user's face, for the test)."""
+
+        @hookimpl
+        def register_avatar_video_sources(self):
+            def still(level, count):
+                image = np.full((8, 8, 3), level, np.uint8)
+                return [Frame(image, i, i / 25) for i in range(count)]
+
+            options = (OptionSpec("level", int, 128, "grey level"), OptionSpec("count", int, 3, "frames"))
+            return [SourceSpec("still", "one grey frame, repeated", still, options)]
+
+    host = host_with(files=files_plugin, still=StillPlugin())
+    names = {(e.plugin, e.spec.name) for e in host.provided("avatar_video")}
+    assert names == {("files", "video-file"), ("still", "still")}
+    assert load_config(environ={}).sources.avatar_video.use == ""  # no avatar video by default
+    assert host.create_source("avatar_video", load_config(environ={})) is None
+
+    levels = [40, 80, 120, 160, 200]
+    video = write_video(tmp_path / "me.mp4", levels, fps=5)
+    config = load_config(
+        overrides=["sources.avatar_video.use=video-file", f"sources.avatar_video.path={video}"], environ={}
+    )
+    frames = list(host.create_source("avatar_video", config))
+    assert len(frames) == 25  # 1 s at 25 fps
+    assert [f.index for f in frames] == list(range(25))
+    assert frames[-1].image.mean() == pytest.approx(levels[-1], abs=6)
+
+    config = load_config(overrides=["sources.avatar_video.use=still", "sources.avatar_video.count=2"], environ={})
+    assert [f.image.mean() for f in host.create_source("avatar_video", config)] == [128, 128]
+    with pytest.raises(PluginError, match=r"no avatar-video source named 'cam' \(available: still, video-file\)"):
+        host.create_source("avatar_video", load_config(overrides=["sources.avatar_video.use=cam"], environ={}))
+    with pytest.raises(ConfigError, match=r"sources.avatar_video.path: required"):
+        host.create_source("avatar_video", load_config(overrides=["sources.avatar_video.use=video-file"], environ={}))
 
 
 def test_realtime_source_stops_when_closed_from_another_thread():

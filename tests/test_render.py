@@ -321,7 +321,7 @@ def test_render_drives_the_renderer_plugin_and_fires_the_session_hooks(clips, tm
     assert probe.events[1] == (
         "started",
         "probe",
-        {"avatar_audio": "audio-file", "user_audio": "audio-file", "user_video": "video-file"},
+        {"avatar_audio": "audio-file", "user_audio": "audio-file", "user_video": "video-file", "avatar_video": ""},
     )
     assert [e for e in probe.events if e[0] == "frame"] == [("frame", i) for i in range(total)]
     assert probe.events[-1] == ("stopped", total, None)

@@ -13,8 +13,9 @@ Hooks at a glance:
 
 - registries, called whenever the lists are needed (``avatarforcing plugins``, a session
   resolving names from the config): `register_avatar_audio_sources`,
-  `register_user_audio_sources`, `register_user_video_sources`, `register_renderers`,
-  `register_sinks`, `register_engines`, `register_commands`;
+  `register_user_audio_sources`, `register_user_video_sources`,
+  `register_avatar_video_sources`, `register_renderers`, `register_sinks`, `register_engines`,
+  `register_commands`;
 - configuration and diagnostics: `configure`, `doctor_checks`;
 - session lifecycle and events, in this order: `session_started`, then per block
   `block_generated` and per frame `filter_frame` then `frame_rendered`, then
@@ -83,6 +84,24 @@ def register_user_video_sources() -> list[SourceSpec]:
     `Frame`s with increasing timestamps (any size and rate; the session crops and resamples to
     the model's 25 fps). Names must be unique among user-video sources; users pick one with
     ``[sources.user_video] use = "NAME"``.
+
+    Firstresult: no. Historic: no.
+    """
+
+
+@hookspec
+def register_avatar_video_sources() -> list[SourceSpec]:
+    """Name the sources of the avatar's video (the local user's own face: the person the avatar
+    represents, e.g. a webcam pointed at you).
+
+    Parameters: none.
+
+    Returns: a list of `SourceSpec`; each factory returns a `VideoSource` yielding RGB `Frame`s
+    with increasing timestamps (any size and rate; the session resamples to 25 fps and hands
+    them to the engine as ``InputTick.avatar_frames``). Engines that do not drive the avatar
+    from a face (``default``, ``official``) ignore them; ``mirror`` copies the face onto the
+    avatar. Names must be unique among avatar-video sources; users pick one with
+    ``[sources.avatar_video] use = "NAME"`` (default ``""``: none).
 
     Firstresult: no. Historic: no.
     """

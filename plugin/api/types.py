@@ -32,8 +32,10 @@ if TYPE_CHECKING:  # pragma: no cover - for annotations only
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 OPTION_TYPES = (str, int, float, bool)
 CheckStatus = Literal["ok", "warn", "fail"]
-SourceKind = Literal["avatar_audio", "user_audio", "user_video"]
-SOURCE_KINDS: tuple[str, ...] = ("avatar_audio", "user_audio", "user_video")
+SourceKind = Literal["avatar_audio", "user_audio", "user_video", "avatar_video"]
+SOURCE_KINDS: tuple[str, ...] = ("avatar_audio", "user_audio", "user_video", "avatar_video")
+VIDEO_SOURCE_KINDS: tuple[str, ...] = ("user_video", "avatar_video")
+FACE_PARAMS_SPACE = "face-13"  # `EngineSpec.motion_space` of the 13 named face parameters
 
 
 def _check_name(what: str, name: str) -> None:
@@ -83,7 +85,7 @@ class SourceSpec:
     """A named input source, returned by the ``register_*_sources`` hooks.
 
     `factory(**options)` returns an `AudioSource` (avatar/user audio) or a `VideoSource` (user
-    video). `name` is unique among the sources of its kind.
+    video, avatar video). `name` is unique among the sources of its kind.
     """
 
     name: str
@@ -134,7 +136,12 @@ class EngineSpec:
     `factory(**options)` returns a `MotionEngine`; `options` are read from the TOML table
     ``[engines.NAME]`` (``--set engines.NAME.key=value``). `default_renderer` is the renderer
     name used when the config does not choose one (e.g. ``"motion-autoencoder"``,
-    ``"puppet"``); ``""`` means the config's ``[render] use``.
+    ``"puppet"``); ``""`` means the config's ``[render] use``. `motion_space` names what
+    ``MotionBlock.latents`` holds: ``"face-13"`` (`FACE_PARAMS_SPACE`) for ``float32
+    [num_frames, 13]`` denormalized parameters of `avatarforcing.schemas.motion_space` (any
+    renderer of face parameters can draw them: with a portrait given and a renderer named
+    ``portrait`` installed, a session picks that one); ``""`` for anything else (e.g. the
+    official engine's 512-d latents, which only its own decoder reads).
     """
 
     name: str
@@ -142,11 +149,14 @@ class EngineSpec:
     factory: Callable[..., Any]
     options: tuple[OptionSpec, ...] = ()
     default_renderer: str = ""
+    motion_space: str = ""
 
     def __post_init__(self) -> None:
         _check_name("engine", self.name)
         if self.default_renderer:
             _check_name("renderer", self.default_renderer)
+        if self.motion_space and not NAME_PATTERN.match(self.motion_space):
+            raise ValueError(f"engine {self.name!r}: motion_space {self.motion_space!r} must be a lower-case name")
 
 
 @dataclass(frozen=True)
@@ -256,7 +266,9 @@ class InputTick:
     participant (any size) or ``None`` where no video is available; `avatar_voice`: voice
     activity of `avatar_audio` in [0, 1]; `captured_at`: ``time.monotonic()`` when the newest
     audio sample of the tick was captured (0.0 when unknown; the session measures end-to-end
-    latency from it).
+    latency from it); `avatar_frames`: like `user_frames`, the local user's own face (the
+    person the avatar represents, ``[sources.avatar_video]``) — `num_frames` entries, ``None``
+    where there is none; left out, it is ``[None] * num_frames``.
     """
 
     first_frame: int
@@ -266,6 +278,12 @@ class InputTick:
     user_frames: list
     avatar_voice: float = 0.0
     captured_at: float = 0.0
+    avatar_frames: list | None = None
+
+    def __post_init__(self) -> None:
+        # after the fields with defaults, so ticks built without it stay valid: no video
+        if self.avatar_frames is None:
+            self.avatar_frames = [None] * self.num_frames
 
 
 @dataclass

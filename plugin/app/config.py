@@ -40,13 +40,15 @@ File layout (every key optional)::
     retry_initial_s = 0.5         # a failed source/sink is reopened after this, doubling...
     retry_max_s = 5.0             # ...up to this
 
-    [sources.avatar_audio]        # the same for user_audio and user_video
+    [sources.avatar_audio]        # the same for user_audio, user_video and avatar_video
     use = "microphone"            # a source name (see `avatarforcing plugins`); "" = none
     path = "me.wav"               # every other key is an option of the chosen source
+                                  # defaults: microphone, loopback, screen, "" (no avatar video)
 
     [render]
     use = "motion-autoencoder"    # a renderer name; other keys are the renderer's options
-                                  # (live sessions: unset = the engine's default renderer)
+                                  # (unset: "portrait" for face-parameter engines given a
+                                  # portrait, when installed; else the engine's default renderer)
 
     [sinks]
     use = ["png-dir"]             # any number of sink names
@@ -181,11 +183,13 @@ class SourceSlot:
 
 @dataclass(frozen=True)
 class SourcesSettings:
-    """``[sources]``: one slot per kind of input."""
+    """``[sources]``: one slot per kind of input. `avatar_video` (the local user's own face,
+    for engines such as ``mirror``) has no source unless one is chosen."""
 
     avatar_audio: SourceSlot = field(default_factory=lambda: SourceSlot("microphone"))
     user_audio: SourceSlot = field(default_factory=lambda: SourceSlot("loopback"))
     user_video: SourceSlot = field(default_factory=lambda: SourceSlot("screen"))
+    avatar_video: SourceSlot = field(default_factory=lambda: SourceSlot(""))
 
     def slot(self, kind: str) -> SourceSlot:
         if kind not in SOURCE_KINDS:
@@ -196,7 +200,8 @@ class SourcesSettings:
 @dataclass(frozen=True)
 class RenderSettings:
     """``[render]``: the chosen renderer and its options. `chosen`: the configuration names
-    the renderer itself (a live session otherwise uses its engine's default renderer)."""
+    the renderer itself (a session otherwise picks one for its engine and portrait:
+    `avatarforcing.plugin.app.session.runner.choose_renderer`)."""
 
     use: str = "motion-autoencoder"
     options: Mapping[str, Any] = field(default_factory=dict)

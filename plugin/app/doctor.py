@@ -401,7 +401,7 @@ def check_plugins(ctx: DoctorContext) -> list[CheckResult]:
         )
     try:
         _, refused = plugin_commands(host, {c.name for c in builtins})
-        for registry in ("avatar_audio", "user_audio", "user_video", "renderers", "sinks"):
+        for registry in ("avatar_audio", "user_audio", "user_video", "avatar_video", "renderers", "sinks"):
             host.provided(registry)
     except Exception as error:  # a plugin returned garbage from a register_* hook
         results.append(

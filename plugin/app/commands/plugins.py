@@ -14,6 +14,7 @@ _LABELS = {
     "avatar_audio": "avatar-audio sources",
     "user_audio": "user-audio sources",
     "user_video": "user-video sources",
+    "avatar_video": "avatar-video sources",
     "renderers": "renderers",
     "sinks": "sinks",
     "engines": "engines",

@@ -1,16 +1,20 @@
 """``avatarforcing render``: the avatar's audio (+ the other party's video and voice) -> an mp4.
 
     avatarforcing render --avatar-audio WAV --out MP4 [--user-video VIDEO] [--user-audio WAV]
-                         [--portrait IMG] [--engine NAME] [--renderer NAME] [--model SPEC]
-                         [--nfe N] [--a-cfg X] [--u-cfg X] [--seed N] [--threads N]
-                         [--no-face-crop]
+                         [--avatar-video VIDEO] [--portrait IMG] [--engine NAME]
+                         [--renderer NAME] [--model SPEC] [--nfe N] [--a-cfg X] [--u-cfg X]
+                         [--seed N] [--threads N] [--no-face-crop]
+    avatarforcing render --engine mirror --avatar-video VIDEO --out MP4 [--portrait IMG]
 
 A render is the same `Session` as ``avatarforcing run``, offline: the files are read as fast as
 the engine goes, nothing is paced or dropped, and the ``recorder`` sink writes every frame with
 the avatar's audio (H.264 + AAC, 25 fps). Its length is the longer of the two voices (the
 official length). Any registered engine renders: ``--engine default`` (the embedded avatar,
 nothing to download; the configured ``[model] engine`` otherwise), ``--engine official`` (the
-Avatar Forcing weights; ``--model SPEC`` picks them and implies it), or a plugin's.
+Avatar Forcing weights; ``--model SPEC`` picks them and implies it), ``--engine mirror`` (the
+face of ``--avatar-video``, the person the avatar represents, copied onto the avatar), or a
+plugin's. The avatar's audio is ``--avatar-audio``, else the audio track of ``--avatar-video``
+(one of them must give audio: it sets the render's length with the user's voice).
 
 Flags override the configuration (``--nfe`` -> ``model.nfe``, ``--a-cfg`` ->
 ``model.a_cfg_scale``, ``--u-cfg`` -> ``model.u_cfg_scale``, ``--seed`` -> ``model.seed``,
@@ -51,11 +55,19 @@ _OVERRIDES = (
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--avatar-audio", metavar="WAV", type=Path, required=True, help="the avatar's voice")
+    parser.add_argument(
+        "--avatar-audio", metavar="WAV", type=Path, help="the avatar's voice (default: the --avatar-video's track)"
+    )
     parser.add_argument("--out", metavar="MP4", type=Path, required=True, help="output video (H.264 + AAC, 25 fps)")
     parser.add_argument("--user-video", metavar="VIDEO", type=Path, help="the other participant's video")
     parser.add_argument(
         "--user-audio", metavar="WAV", type=Path, help="the other participant's voice (default: the video's track)"
+    )
+    parser.add_argument(
+        "--avatar-video",
+        metavar="VIDEO",
+        type=Path,
+        help="your own face, the person the avatar represents (drives the avatar with --engine mirror)",
     )
     parser.add_argument("--portrait", metavar="IMG", help="identity image (default: [session] portrait)")
     parser.add_argument("--engine", metavar="NAME", help="motion engine (default: [model] engine; see `plugins`)")
@@ -102,16 +114,36 @@ def _check_output(out: Path) -> Path:
     return out
 
 
+def _avatar_audio(avatar_audio: Path | None, avatar_video: Path | None) -> Path:
+    """The avatar's audio: `avatar_audio`, else the audio track of `avatar_video`; neither gives
+    any: one usage error (exit 2). Raises `MediaError` for a video that cannot be read."""
+    from avatarforcing.integrations.media import video_info
+
+    if avatar_audio is not None:
+        return avatar_audio
+    if avatar_video is not None and video_info(avatar_video).has_audio:
+        return avatar_video
+    if avatar_video is not None:
+        raise CommandError(
+            f"no avatar audio: --avatar-video {avatar_video} has no audio track; give --avatar-audio", exit_code=2
+        )
+    raise CommandError("no avatar audio: give --avatar-audio, or an --avatar-video with an audio track", exit_code=2)
+
+
 def _media_overrides(args: argparse.Namespace) -> tuple[list[tuple[str, object]], float]:
     """Source options for the files (read as fast as the engine goes) and the seconds of audio
     that set the render's length. Unreadable media: one line naming the file (exit 1)."""
     from avatarforcing.integrations.media import MediaError, audio_duration, video_info
 
     avatar_audio = _existing("--avatar-audio", args.avatar_audio)
+    avatar_video = _existing("--avatar-video", args.avatar_video)
     user_video = _existing("--user-video", args.user_video)
     user_audio = _existing("--user-audio", args.user_audio)
     out: list[tuple[str, object]] = []
     try:
+        if avatar_video is not None:
+            video_info(avatar_video)  # a file without a readable video stream fails here, not mid-render
+        avatar_audio = _avatar_audio(avatar_audio, avatar_video)
         seconds = [audio_duration(avatar_audio)]
         if user_video is not None:
             video_info(user_video)  # a file without a readable video stream fails here, not mid-render
@@ -125,6 +157,7 @@ def _media_overrides(args: argparse.Namespace) -> tuple[list[tuple[str, object]]
         ("avatar_audio", avatar_audio, "audio-file"),
         ("user_audio", user_audio, "audio-file"),
         ("user_video", user_video, "video-file"),
+        ("avatar_video", avatar_video, "video-file"),
     ):
         if path is None:
             out.append((f"sources.{kind}.use", ""))  # silence / no video

@@ -8,6 +8,9 @@ Presets choose sources and sinks; explicit flags and ``--set`` win over them:
   none is given) -> ``preview`` when a display exists, else ``recorder``.
 
 File flags select the built-in ``audio-file``/``video-file`` sources paced to the wall clock.
+``--avatar-video FILE`` is your own face from a file (``[sources.avatar_video]``), which the
+``mirror`` engine copies onto the avatar (``--engine mirror``; live, ``--set
+sources.avatar_video.use=webcam`` takes the camera instead).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import argparse
 import signal
 from pathlib import Path
 
-from avatarforcing.plugin.api.types import CommandSpec
+from avatarforcing.plugin.api.types import VIDEO_SOURCE_KINDS, CommandSpec
 
 PRESETS = ("meeting", "stream", "demo")
 LIVE_SOURCES = {"avatar_audio": "microphone", "user_audio": "loopback", "user_video": "screen"}
@@ -30,6 +33,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--user-audio", metavar="FILE", help="the other party's voice from a file")
     parser.add_argument("--user-video", metavar="FILE", help="the other party's video from a file")
+    parser.add_argument(
+        "--avatar-video", metavar="FILE", help="your own face from a file (drives the avatar with --engine mirror)"
+    )
     parser.add_argument("--loop", action="store_true", help="loop the file sources")
     parser.add_argument("--portrait", metavar="IMG", help="identity image ([session] portrait)")
     parser.add_argument("--engine", metavar="NAME", help="motion engine ([model] engine)")
@@ -55,7 +61,12 @@ def preset_overrides(args: argparse.Namespace, environ) -> list[tuple[str, objec
 
     out: list[tuple[str, object]] = []
     preset = args.preset
-    files = {"avatar_audio": args.avatar_audio, "user_audio": args.user_audio, "user_video": args.user_video}
+    files = {
+        "avatar_audio": args.avatar_audio,
+        "user_audio": args.user_audio,
+        "user_video": args.user_video,
+        "avatar_video": args.avatar_video,
+    }
     if preset in ("meeting", "stream"):
         out += [(f"sources.{kind}.use", name) for kind, name in LIVE_SOURCES.items()]
     elif preset == "demo":
@@ -69,7 +80,7 @@ def preset_overrides(args: argparse.Namespace, environ) -> list[tuple[str, objec
             continue
         if not Path(path).expanduser().is_file():
             raise CommandError(f"--{kind.replace('_', '-')}: file not found: {path}", exit_code=2)
-        name = "video-file" if kind == "user_video" else "audio-file"
+        name = "video-file" if kind in VIDEO_SOURCE_KINDS else "audio-file"
         out += [
             (f"sources.{kind}.use", name),
             (f"sources.{kind}.path", str(Path(path).expanduser())),

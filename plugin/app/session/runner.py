@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from avatarforcing.plugin.api.errors import AvatarForcingError, ConfigError, PluginError
-from avatarforcing.plugin.api.types import SOURCE_KINDS, InputTick, MotionBlock, SessionInfo
+from avatarforcing.plugin.api.types import (
+    FACE_PARAMS_SPACE,
+    SOURCE_KINDS,
+    VIDEO_SOURCE_KINDS,
+    InputTick,
+    MotionBlock,
+    SessionInfo,
+)
 from avatarforcing.plugin.app.config import AppConfig
 from avatarforcing.plugin.app.session.capture import AudioInbox, CaptureThread, VideoInbox
 from avatarforcing.plugin.app.session.clock import SessionClock
@@ -32,6 +39,7 @@ from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_P
 log = logging.getLogger(__name__)
 
 DRAIN_GRACE_S = 5.0  # how long the last blocks may take after --duration
+PORTRAIT_RENDERER = "portrait"  # draws face parameters onto the session's portrait
 
 
 @dataclass
@@ -43,11 +51,40 @@ class TickRecord:
     audio: np.ndarray
 
 
-def renderer_name(config: AppConfig, engine_spec: Any) -> str:
-    """``[render] use`` when the config names it, else the engine's default renderer."""
-    if config.render.chosen or not getattr(engine_spec, "default_renderer", ""):
-        return config.render.use
-    return engine_spec.default_renderer
+@dataclass(frozen=True)
+class RendererChoice:
+    """The renderer a session runs (`name`) and why (`reason`, for one line of the log)."""
+
+    name: str
+    reason: str
+
+
+def choose_renderer(config: AppConfig, engine_spec: Any, renderers: Collection[str] = ()) -> RendererChoice:
+    """The session's renderer, in this order: ``[render] use`` when the config names it; the
+    `PORTRAIT_RENDERER` when the engine emits face parameters (``motion_space`` ``"face-13"``),
+    a portrait is given (``[session] portrait``) and a renderer of that name is among
+    `renderers` (the registered names); else the engine's default renderer; else ``[render]
+    use``'s default."""
+    engine = getattr(engine_spec, "name", "?")
+    if config.render.chosen:
+        return RendererChoice(config.render.use, "chosen by [render] use")
+    face_params = getattr(engine_spec, "motion_space", "") == FACE_PARAMS_SPACE
+    if face_params and config.session.portrait and PORTRAIT_RENDERER in renderers:
+        return RendererChoice(PORTRAIT_RENDERER, f"a portrait is given and engine {engine} emits face parameters")
+    default = getattr(engine_spec, "default_renderer", "")
+    if not default:
+        return RendererChoice(config.render.use, f"engine {engine} names no renderer: the [render] use default")
+    why = f"the default renderer of engine {engine}"
+    if face_params and config.session.portrait:  # say why the portrait is not drawn
+        why += f" (a portrait is given, but no renderer named {PORTRAIT_RENDERER!r} is installed)"
+    elif face_params:
+        why += " (no portrait given)"
+    return RendererChoice(default, why)
+
+
+def renderer_name(config: AppConfig, engine_spec: Any, renderers: Collection[str] = ()) -> str:
+    """The name `choose_renderer` picks."""
+    return choose_renderer(config, engine_spec, renderers).name
 
 
 class _FirstThenFactory:
@@ -149,7 +186,10 @@ class Session:
     def _build(self) -> None:
         config = self.config
         engine_spec, self.engine = self.host.create_engine(config)
-        renderer = renderer_name(config, engine_spec)
+        registered = {entry.spec.name for entry in self.host.provided("renderers")}
+        choice = choose_renderer(config, engine_spec, registered)
+        renderer = choice.name
+        self.say(f"renderer {renderer}: {choice.reason}")
         self.renderer = self.host.create("renderers", renderer, config.render.options, "render")
         sink_specs = [self.host.lookup("sinks", name).spec for name in config.sinks.use]
         portrait = None
@@ -182,7 +222,7 @@ class Session:
             make = lambda k=kind, s=slot: self.host.create(k, s.use, s.options, f"sources.{k}")
             inbox = (
                 VideoInbox(lossless=self.offline)
-                if kind == "user_video"
+                if kind in VIDEO_SOURCE_KINDS
                 else AudioInbox(
                     max_backlog=10 * SAMPLE_RATE if self.offline else SAMPLE_RATE // 2, lossless=self.offline
                 )
@@ -248,12 +288,22 @@ class Session:
         return image
 
     # -- stages --------------------------------------------------------------------------------
+    def _video_frames(self, kind: str, k: int, n: int, now: float) -> list[np.ndarray | None]:
+        """The images of video source `kind` for frames ``k .. k+n-1``: offline the frame of each
+        frame's stream time, live the latest one (None where there is none: no source, or its
+        frame is stale)."""
+        inbox = self._inboxes.get(kind)
+        if inbox is None:
+            return [None] * n
+        if self.offline:
+            return [inbox.frame_at((k + i) / FRAME_RATE) for i in range(n)]
+        return [inbox.latest(now)] * n
+
     def _features(self) -> None:
         engine, config = self.engine, self.config
         n = config.session.feature_frames
         total = int(round(self.duration * FRAME_RATE)) if self.duration > 0 else None
         audio = {kind: self._inboxes.get(kind) for kind in ("avatar_audio", "user_audio")}
-        video = self._inboxes.get("user_video")
         # offline, the audio sets the length (the official length: the longer of the two tracks)
         ending = [i for i in audio.values() if i is not None] if self.offline else list(self._inboxes.values())
         ending = ending or list(self._inboxes.values())
@@ -279,20 +329,19 @@ class Session:
                 newest = max(newest, captured)
             if self.offline:  # no capture clock: latency is not a property of a render
                 captured_at = 0.0
-                images = [video.frame_at((k + i) / FRAME_RATE) if video is not None else None for i in range(n)]
             else:
                 captured_at = newest or self.clock.due(k + n)
                 self.stats.observe("capture_to_features", max(0.0, now - captured_at))
-                images = [video.latest(now) if video is not None else None] * n
             voice = self.vad.update(tracks["avatar_audio"])
             tick = InputTick(
                 k,
                 n,
                 tracks["avatar_audio"],
                 tracks["user_audio"],
-                images,
+                self._video_frames("user_video", k, n, now),
                 avatar_voice=voice,
                 captured_at=captured_at,
+                avatar_frames=self._video_frames("avatar_video", k, n, now),
             )
             with self._records_lock:
                 for i in range(n):

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from avatarforcing.plugin.api.markers import hookimpl
-from avatarforcing.plugin.api.types import EngineSpec, InputTick, MotionBlock, OptionSpec, SessionInfo
+from avatarforcing.plugin.api.types import (
+    FACE_PARAMS_SPACE,
+    EngineSpec,
+    InputTick,
+    MotionBlock,
+    OptionSpec,
+    SessionInfo,
+)
 from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 ENGINE_NAME = "default"
@@ -251,5 +258,6 @@ def register_engines() -> list[EngineSpec]:
                 ),
             ),
             default_renderer="puppet",
+            motion_space=FACE_PARAMS_SPACE,
         )
     ]

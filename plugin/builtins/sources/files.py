@@ -2,7 +2,8 @@
 
 - avatar audio and user audio: ``audio-file`` (any file with an audio track: WAV, FLAC, MP3, the
   audio of an MP4...) and ``silence``;
-- user video: ``video-file`` (any video file), resampled to a fixed frame rate.
+- user video and avatar video: ``video-file`` (any video file), resampled to a fixed frame
+  rate.
 
 Each source can pace itself to the wall clock (``realtime = true``, what a live session wants
 from a file) or deliver as fast as it is read (offline render), and can loop. Decoding is
@@ -229,4 +230,9 @@ def register_user_audio_sources() -> list[SourceSpec]:
 
 @hookimpl
 def register_user_video_sources() -> list[SourceSpec]:
+    return [VIDEO_FILE]
+
+
+@hookimpl
+def register_avatar_video_sources() -> list[SourceSpec]:
     return [VIDEO_FILE]

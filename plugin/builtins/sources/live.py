@@ -4,7 +4,8 @@
 - user audio: ``loopback`` (what the speakers play: the remote participant's voice; Linux
   PulseAudio/PipeWire monitor, Windows WASAPI loopback, macOS BlackHole & co.) and
   ``microphone`` (a remote voice can come from any input);
-- user video: ``screen`` (a window found by title, a region, or a monitor; mss) and ``webcam``.
+- user video: ``screen`` (a window found by title, a region, or a monitor; mss) and ``webcam``;
+- avatar video (your own face, for the ``mirror`` engine): ``webcam``.
 
 Live audio sources never raise because the device went away: they yield nothing while it is
 down (the session treats missing audio as silence) and reopen it in the background. Chunk
@@ -161,14 +162,31 @@ def _screen(window: str, region: str, monitor: int, fps: float) -> LiveVideoSour
     return LiveVideoSource(ScreenCapture(ScreenSettings(window_title=window, region=region, monitor=monitor, fps=fps)))
 
 
-def _webcam(index: int, width: int, height: int, fps: float) -> LiveVideoSource:
-    from avatarforcing.integrations.webcam import Webcam, WebcamError, WebcamSettings
+def _webcam_factory(kind: str):
+    """The ``webcam`` factory of source kind `kind` (its errors name ``sources.KIND.index``)."""
 
-    try:
-        camera = Webcam(WebcamSettings(index=index, width=width, height=height, fps=fps)).open()
-    except WebcamError as error:
-        raise ConfigError("sources.user_video.index", str(error)) from None
-    return LiveVideoSource(camera)
+    def create(index: int, width: int, height: int, fps: float) -> LiveVideoSource:
+        from avatarforcing.integrations.webcam import Webcam, WebcamError, WebcamSettings
+
+        try:
+            camera = Webcam(WebcamSettings(index=index, width=width, height=height, fps=fps)).open()
+        except WebcamError as error:
+            raise ConfigError(f"sources.{kind}.index", str(error)) from None
+        return LiveVideoSource(camera)
+
+    return create
+
+
+WEBCAM_OPTIONS = (
+    OptionSpec("index", int, 0, "camera index (0 = first)", minimum=0),
+    OptionSpec("width", int, 0, "requested width in pixels (0 = camera default)", minimum=0),
+    OptionSpec("height", int, 0, "requested height in pixels (0 = camera default)", minimum=0),
+    OptionSpec("fps", float, 0.0, "requested frame rate (0 = camera default)", minimum=0.0, maximum=240.0),
+)
+
+
+def _webcam(kind: str) -> SourceSpec:
+    return SourceSpec("webcam", "a camera (OpenCV)", _webcam_factory(kind), WEBCAM_OPTIONS)
 
 
 SCREEN = SourceSpec(
@@ -186,17 +204,6 @@ SCREEN = SourceSpec(
         OptionSpec("fps", float, 25.0, "frames per second", minimum=1.0, maximum=120.0),
     ),
 )
-WEBCAM = SourceSpec(
-    "webcam",
-    "a camera (OpenCV)",
-    _webcam,
-    (
-        OptionSpec("index", int, 0, "camera index (0 = first)", minimum=0),
-        OptionSpec("width", int, 0, "requested width in pixels (0 = camera default)", minimum=0),
-        OptionSpec("height", int, 0, "requested height in pixels (0 = camera default)", minimum=0),
-        OptionSpec("fps", float, 0.0, "requested frame rate (0 = camera default)", minimum=0.0, maximum=240.0),
-    ),
-)
 
 
 # -- hooks -------------------------------------------------------------------------------------------
@@ -212,7 +219,12 @@ def register_user_audio_sources() -> list[SourceSpec]:
 
 @hookimpl
 def register_user_video_sources() -> list[SourceSpec]:
-    return [SCREEN, WEBCAM]
+    return [SCREEN, _webcam("user_video")]
+
+
+@hookimpl
+def register_avatar_video_sources() -> list[SourceSpec]:
+    return [_webcam("avatar_video")]
 
 
 @hookimpl

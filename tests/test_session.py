@@ -460,6 +460,7 @@ def test_official_engine_uses_the_null_condition_without_a_face(samples_dir):
             "engines.official.model=formula:fixture_small",
             "model.nfe=3",
             "model.device=cpu",
+            "model.backend=torch_cpu",  # the backends have their own tests (test_live_backend.py)
         ],
         environ={},
     )

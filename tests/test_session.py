@@ -238,6 +238,20 @@ def assert_paced(label):
     assert gaps.max() < 80.0 and gaps.min() > 0.0, (gaps.min(), gaps.max())
 
 
+def live_quality_problems(stats: dict, max_latency_ms: float = 400.0) -> list[str]:
+    """What keeps a live session from being watchable: held or dropped frames after start-up
+    beyond 2 % of the frames, or an end-to-end latency p50 above `max_latency_ms`."""
+    problems = []
+    frames = max(1, stats["frames"])
+    for counter in ("held", "dropped"):
+        if stats[counter] > 0.02 * frames:
+            problems.append(f"{stats[counter]} {counter} of {frames} frames")
+    latency = stats["latency"]["end_to_end"]["p50_ms"]
+    if latency is None or latency > max_latency_ms:
+        problems.append(f"end-to-end p50 {latency} ms > {max_latency_ms} ms")
+    return problems
+
+
 # --------------------------------------------------------------------------------------------
 def test_pacing_holds_frames_while_a_slow_engine_is_late(host, tmp_path):
     stats_file = tmp_path / "stats.json"
@@ -246,6 +260,7 @@ def test_pacing_holds_frames_while_a_slow_engine_is_late(host, tmp_path):
     assert stats["error"] is None
     assert_paced("a")
     assert stats["held"] > 10 and stats["rendered"] > 10
+    assert live_quality_problems(stats)  # the bounds of the two-minute test reject a too-slow engine
     indices = [i for _, i, _ in TimedSink.log["a"]]
     assert indices == list(range(indices[0], indices[0] + len(indices)))  # one frame per tick
     written = json.loads(stats_file.read_text())
@@ -443,6 +458,9 @@ def test_two_minute_session_keeps_25_fps(engine, samples_dir, tmp_path):
     gaps = intervals("a")
     assert abs(statistics.median(gaps) - 40.0) < 2.0 and np.all(np.abs(gaps - 40.0) <= 40.0)
     assert stats["latency"]["generate"]["count"] > 0
+    # steady output: held and dropped frames and the latency bounded (a too-slow engine fails here)
+    assert not live_quality_problems(stats), (live_quality_problems(stats), stats)
+    assert stats["frames"] >= 0.98 * 25 * 120
 
 
 def test_official_engine_uses_the_null_condition_without_a_face(samples_dir):

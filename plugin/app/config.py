@@ -26,7 +26,7 @@ File layout (every key optional)::
     [session]
     portrait = ""                 # identity image
     warm_up = true                # run the engine and renderer once before going live
-    queue_frames = 0              # rendered frames waiting for the pacer (0 = one engine block)
+    queue_frames = 0              # rendered frames waiting for the pacer (0 = four engine blocks, at least 25)
     feature_frames = 1            # frames per InputTick handed to the engine
     stats_interval = 10.0         # seconds between stats lines in the log (0 = never)
     guidance = "voice"            # "voice": scales follow the avatar's voice; "fixed": [model] scales
@@ -151,7 +151,9 @@ class SessionSettings:
 
     portrait: str = _option("", "identity image (portrait) path")
     warm_up: bool = _option(True, "run the engine and renderer once before going live")
-    queue_frames: int = _option(0, "rendered frames queued for output (0 = one engine block)", minimum=0, maximum=1000)
+    queue_frames: int = _option(
+        0, "rendered frames queued for output (0 = four engine blocks, at least 25)", minimum=0, maximum=1000
+    )
     feature_frames: int = _option(1, "frames per engine input tick", minimum=1, maximum=50)
     stats_interval: float = _option(
         10.0, "seconds between stats lines in the log (0 = never)", minimum=0.0, maximum=3600.0

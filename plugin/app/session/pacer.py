@@ -25,6 +25,7 @@ import numpy as np
 
 from avatarforcing.plugin.api.types import AudioChunk, Frame, SessionInfo
 from avatarforcing.plugin.app.session.clock import SessionClock
+from avatarforcing.plugin.app.session.delay import DelayController
 from avatarforcing.plugin.app.session.queues import END, Aborted, StageQueue
 from avatarforcing.plugin.app.session.sinks import SinkWorker
 from avatarforcing.plugin.app.session.stats import SessionStats
@@ -46,11 +47,19 @@ class RenderedFrame:
 
 
 class FramePacer(threading.Thread):
-    """Sends `queue`'s frames to `sinks` on `clock`, starting at tick 0, until `END` (after
-    the queue is drained) or `stop`. `initial` is the image shown before the first frame (the
-    warm-up render), or None to send nothing until then. `session` (a `SessionInfo`) gets the
-    smoothed end-to-end latency in seconds in its `latency_s`, which sinks such as OBS (audio
-    sync offset) and mic-delay read."""
+    """Sends `queue`'s frames to `sinks` on `clock`, one per tick from tick 0, until `END` (after
+    the queue is drained) or `stop`.
+
+    Frame ``k`` (complete at tick ``k + 1``) is shown at tick ``k + delay``, where the delay is
+    the smallest that keeps frames on time (`DelayController`: learned from how late frames
+    become ready). The first block starts at its newest frame (older ones are `skipped_stale`).
+    A frame not ready at its tick is held (the previous image repeats) and the delay grows by one;
+    when a smaller delay has sufficed for a while, one frame is dropped to lower it. Ticks before
+    the first frame and in the `settle_ticks` after it, while the delay settles on the first
+    blocks, count as `startup_ticks`, not as held. `initial` is
+    the image shown before the first frame (the warm-up render), or None to send nothing until
+    then. `session` (a `SessionInfo`) gets the smoothed end-to-end latency in seconds in its
+    `latency_s`, which sinks such as OBS (audio sync offset) and mic-delay read."""
 
     def __init__(
         self,
@@ -63,44 +72,81 @@ class FramePacer(threading.Thread):
         sample_rate: int = SAMPLE_RATE,
         hold_log_interval_s: float = 5.0,
         session: SessionInfo | None = None,
+        delay: DelayController | None = None,
+        settle_ticks: int = 25,
     ) -> None:
         super().__init__(name="pacer", daemon=True)
         self.clock, self.queue, self.sinks, self.stats, self.stop = clock, queue, sinks, stats, stop
         self.image = initial
         self.samples_per_frame = sample_rate // clock.fps
         self.sample_rate = sample_rate
-        self.offset: int | None = None
+        self.delay = delay or DelayController(period_s=1.0 / clock.fps)
         self.hold_log_interval_s = hold_log_interval_s
         self._holds_since_log = 0
         self._last_hold_log = 0.0
+        self._observed = -1  # newest frame index whose lag was observed
+        self._first_tick = 0  # when the first rendered frame was shown
+        self._missing = False  # this tick's frame has not arrived (set by _due_frame)
+        self.settle_ticks = settle_ticks
         self.finished = False
         self.session = session
         self._latency_s: float | None = None
-        self.catch_up_ticks = 2 * queue.capacity
-        self._full_ticks = 0
-        self.caught_up = 0  # frames dropped to catch up (also counted in stats.dropped)
 
-    def _due_frames(self, tick: int) -> tuple[RenderedFrame | None, bool]:
-        """The frame for `tick` (dropping older late ones) and whether END was reached."""
-        chosen: RenderedFrame | None = None
+    @property
+    def started(self) -> bool:
+        """True once the first rendered frame was shown."""
+        return self.delay.delay > 0
+
+    def _observe_arrivals(self, items: list) -> None:
+        """Learn the lag of each newly queued frame: ready this long after its input tick."""
+        for item in items:
+            if item is END or item.frame.index <= self._observed:
+                continue
+            self._observed = item.frame.index
+            self.delay.observe(item.queued_at - self.clock.due(item.frame.index + 1))
+
+    def _due_frame(self, tick: int) -> tuple[RenderedFrame | None, bool]:
+        """The frame for `tick` (dropping ones whose tick has passed) and whether END was reached."""
+        items = self.queue.peek_all()
+        self._observe_arrivals(items)
+        frames = [item for item in items if item is not END]
+        if not self.started:
+            if not frames:
+                if items and items[0] is END:
+                    self.queue.get_nowait()
+                    return None, True
+                return None, False
+            self.delay.start(tick - frames[-1].frame.index)  # the live edge: the newest frame is shown now
+            self._first_tick = tick
+        want = tick - self.delay.delay
         while True:
             items = self.queue.peek_all()
             if not items:
-                return chosen, False
+                self._missing = True  # the frame due now has not arrived yet
+                return None, False
             head = items[0]
             if head is END:
-                if chosen is None:
-                    self.queue.get_nowait()
-                    return None, True
-                return chosen, False
-            if self.offset is None:
-                self.offset = tick - head.frame.index
-            if head.frame.index + self.offset > tick:
-                return chosen, False  # early: its tick has not come
-            self.queue.get_nowait()
-            if chosen is not None:
-                self.stats.count("dropped")
-            chosen = head
+                self.queue.get_nowait()
+                return None, True
+            if head.frame.index >= want:
+                break
+            self.queue.get_nowait()  # its tick has passed
+            self.stats.count("dropped" if self.stats.rendered else "skipped_stale")
+        if head.frame.index == want:
+            return self.queue.get_nowait(), False
+        return None, False  # a gap in the frame indices (an input tick was dropped): nothing is due
+
+    def _lower_delay(self) -> None:
+        """Drop one frame to lower the delay by a tick, when a smaller one has sufficed."""
+        if not self.delay.should_lower():
+            return
+        items = self.queue.peek_all()
+        if not items or items[0] is END:
+            return
+        self.queue.get_nowait()
+        self.stats.count("dropped")
+        self.delay.lowered()
+        log.info("output ahead of need: one frame dropped, delay now %d ticks", self.delay.delay)
 
     def _send(
         self,
@@ -129,24 +175,6 @@ class FramePacer(threading.Thread):
             worker.offer(frame, chunk)
         self.stats.count("frames")
 
-    def _catch_up(self) -> None:
-        """Drop the oldest queued frame when the queue has been full for `catch_up_ticks`."""
-        items = [item for item in self.queue.peek_all() if item is not END]
-        if len(items) < self.queue.capacity:
-            self._full_ticks = 0
-            return
-        self._full_ticks += 1
-        if self._full_ticks < self.catch_up_ticks or self.offset is None:
-            return
-        if self.queue.peek_all()[0] is END:
-            return
-        self.queue.get_nowait()
-        self.offset -= 1
-        self.caught_up += 1
-        self.stats.count("dropped")
-        if self.caught_up == 1 or self.caught_up % 25 == 0:
-            log.info("output lags the engine: dropped %d frame(s) to catch up", self.caught_up)
-
     def _publish_latency(self, seconds: float, smoothing: float = 0.05) -> None:
         """Exponential moving average of the end-to-end latency into the session's `latency_s`."""
         previous = self._latency_s
@@ -158,14 +186,17 @@ class FramePacer(threading.Thread):
         self._holds_since_log += 1
         if now - self._last_hold_log >= self.hold_log_interval_s:
             log.info(
-                "the next block is late: holding the last frame (%d held since the last note)", self._holds_since_log
+                "the next block is late: holding the last frame (%d held since the last note; delay now %d ticks)",
+                self._holds_since_log,
+                self.delay.delay,
             )
             self._last_hold_log, self._holds_since_log = now, 0
 
     def run(self) -> None:
         tick = 0
         while self.clock.wait_until_due(tick, self.stop):
-            chosen, ended = self._due_frames(tick)
+            self._missing = False
+            chosen, ended = self._due_frame(tick)
             now = time.monotonic()
             if chosen is not None:
                 self.image = chosen.frame.image
@@ -175,14 +206,21 @@ class FramePacer(threading.Thread):
                     self._publish_latency(now - chosen.captured_at)
                 self.stats.count("rendered")
                 self._send(tick, self.image, chosen.audio, False, chosen.frame.index, chosen.frame.metadata)
+                self._lower_delay()
             elif ended:
                 self.finished = True
                 return
-            elif self.image is not None:
-                self.stats.count("held")
-                self._log_hold(now)
-                self._send(tick, self.image, None, True, None)
-            self._catch_up()
+            else:
+                if self._missing:  # the frame due now is late: show it (and the rest) a tick later
+                    self.delay.late()
+                if self.started and tick - self._first_tick >= self.settle_ticks:
+                    self.stats.count("held")
+                    self._log_hold(now)
+                else:  # before the first frame, and while the delay settles on the first blocks
+                    self.stats.count("startup_ticks")
+                if self.image is not None:
+                    self._send(tick, self.image, None, True, None)
+            self.stats.delay_ticks = self.delay.delay
             late = time.monotonic() - self.clock.due(tick)
             tick += 1
             if late > 1.0 / self.clock.fps:  # this thread itself stalled: skip the missed ticks

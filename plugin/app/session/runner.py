@@ -383,22 +383,21 @@ class Session:
 
     def _live_edge(self, block: MotionBlock) -> MotionBlock:
         """The first block (the engine's first clip, e.g. 25 frames that all come out at once, a
-        clip after their inputs began) keeps only its newest frames: showing the whole clip would
-        lock the output a clip behind the inputs for the rest of the session. Later blocks pass
-        unchanged. The stale frames are counted as dropped."""
-        keep = 2 * self.frames_queue.capacity
-        if block.index != 0 or block.num_frames <= keep:
+        clip after their inputs began) keeps only its newest frame: the pacer starts there, at
+        the live edge, instead of a clip behind the inputs. The stale frames are counted as
+        `skipped_stale`. Later blocks pass unchanged."""
+        if block.index != 0 or block.num_frames <= 1:
             return block
-        skipped = block.num_frames - keep
+        skipped = block.num_frames - 1
         with self._records_lock:
             for index in range(block.first_frame, block.first_frame + skipped):
                 self._records.pop(index, None)
-        self.stats.count("dropped", skipped)
-        log.info("first clip: showing its newest %d frames, skipping %d stale ones", keep, skipped)
+        self.stats.count("skipped_stale", skipped)
+        log.info("first clip: starting at its newest frame, skipping %d stale ones", skipped)
         return MotionBlock(
             block.index,
             block.first_frame + skipped,
-            keep,
+            1,
             block.latents[skipped:],
             dict(block.metadata, skipped_stale_frames=skipped),
         )
@@ -459,7 +458,8 @@ class Session:
             n = self.config.session.feature_frames
             self.features_queue = StageQueue(max(2, -(-2 * block_frames // n)), drop_oldest=not self.offline)
             self.blocks_queue = StageQueue(2)
-            self.frames_queue = StageQueue(self.config.session.queue_frames or block_frames)
+            # room for the frames the pacer delays (a few blocks), so the renderer never waits on it
+            self.frames_queue = StageQueue(self.config.session.queue_frames or max(4 * block_frames, 25))
             self.events.started(self.session)
             started_hooks = True
             if self.offline:

@@ -48,8 +48,11 @@ class SessionStats:
     latency: dict[str, LatencyTracker] = field(default_factory=lambda: {s: LatencyTracker() for s in STAGES})
     frames: int = 0  # frames written to the sinks (rendered or held)
     rendered: int = 0  # rendered frames written
-    held: int = 0  # ticks that repeated the previous frame
-    dropped: int = 0  # rendered frames dropped as too late
+    held: int = 0  # ticks that repeated the previous frame (after the first rendered frame)
+    dropped: int = 0  # rendered frames dropped as too late (after the first rendered frame)
+    startup_ticks: int = 0  # ticks before the first rendered frame (the warm-up image, if any)
+    skipped_stale: int = 0  # frames of the first block older than the live edge, never shown
+    delay_ticks: int = 0  # the pacer's output delay now: a frame is shown this many ticks after its input
     dropped_ticks: int = 0  # input ticks skipped because the generator fell behind
     blocks: int = 0
     max_frame_queue: int = 0  # deepest renderer -> pacer queue seen
@@ -87,6 +90,9 @@ class SessionStats:
                 "held": self.held,
                 "dropped": self.dropped,
                 "dropped_ticks": self.dropped_ticks,
+                "startup_ticks": self.startup_ticks,
+                "skipped_stale": self.skipped_stale,
+                "delay_ticks": self.delay_ticks,
                 "blocks": self.blocks,
                 "max_frame_queue": self.max_frame_queue,
                 "latency": {stage: tracker.summary() for stage, tracker in self.latency.items()},

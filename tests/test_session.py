@@ -548,3 +548,38 @@ def test_a_sink_that_cannot_start_gives_one_clear_error():
     assert status == 1
     assert "sink 'no-device' cannot start: no such device: /dev/video99" in err.getvalue()
     assert "Traceback" not in err.getvalue()
+
+
+@pytest.mark.parametrize("signal_name, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_stops_run_promptly_with_the_shell_status_and_a_complete_recording(
+    samples_dir, tmp_path, signal_name, status
+):
+    """Ctrl-C (SIGINT) or SIGTERM while live: every stage stops (no thread left behind), the
+    recording is finalised, and the exit status is 128 + the signal's number."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from avatarforcing.integrations.media import video_info
+
+    record = tmp_path / "live.mp4"
+    argv = [sys.executable, "-m", "avatarforcing.plugin", "run", "--preset", "demo"]
+    argv += ["--avatar-audio", str(samples_dir / "avatar.wav"), "--user-video", str(samples_dir / "user.mp4")]
+    argv += ["--record", str(record), "--set", "session.stats_interval=0"]
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        for line in proc.stderr:  # wait until the session is live
+            if line.startswith("live:"):
+                break
+        time.sleep(1.0)  # some frames recorded
+        proc.send_signal(getattr(signal, signal_name))
+        out, err = proc.communicate(timeout=20)  # a guard against a hang, not a speed bound
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == status, err[-3000:]
+    assert "threads still running" not in err and "session ended:" in out
+    info = video_info(record)
+    assert info.frame_count >= 10 and info.has_audio

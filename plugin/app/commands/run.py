@@ -136,15 +136,21 @@ def _run(args: argparse.Namespace, context) -> int:
         console_log=lambda line: console.print(escape(line)),
     )
     previous = {}
+    received: list[int] = []
+
+    def stop(signum, _frame) -> None:
+        received.append(signum)
+        session.request_stop()
+
     if threading_is_main():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: session.request_stop())
+            previous[sig] = signal.signal(sig, stop)
     try:
         stats = session.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if stats["error"]:
+    if stats["error"] and not received:
         console.print(f"[red]session failed:[/] {escape(stats['error'])}")
         return 1
     fps = stats["fps"] or 0.0
@@ -155,7 +161,8 @@ def _run(args: argparse.Namespace, context) -> int:
             + (f"; stats in {args.stats}" if args.stats else "")
         )
     )
-    return 0
+    # stopped by a signal: the status shells expect (130 for Ctrl-C, 143 for SIGTERM)
+    return 128 + received[0] if received else 0
 
 
 def threading_is_main() -> bool:

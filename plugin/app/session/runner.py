@@ -161,7 +161,9 @@ class Session:
             inbox.close()
 
     def _queues(self) -> list[StageQueue]:
-        return [q for q in (getattr(self, n, None) for n in ("features_queue", "blocks_queue", "frames_queue")) if q]
+        # `is not None`: an empty queue is falsy (it has a length) and must be aborted too
+        names = ("features_queue", "blocks_queue", "frames_queue")
+        return [q for q in (getattr(self, n, None) for n in names) if q is not None]
 
     def _fail(self, stage: str, error: BaseException) -> None:
         if self.stats.error is None:

@@ -1,37 +1,39 @@
-"""The official weights on disk: where they live, what they should be, and fetching them.
+"""The official weights on disk: where they live, what they should be, and what was fetched.
 
 - **Where** (`active_weights_dir`): ``[model] checkpoint_dir`` when set, else
   ``$AVATARFORCING_WEIGHTS``, else a local copy recorded with ``avatarforcing weights path DIR``
   (a small JSON file, `location_file`, in ``<user cache>/avatarforcing/``), else the per-user
   cache ``<user cache>/avatarforcing/weights`` (`avatarforcing.plugin.app.paths`).
-- **What** (`Manifest`): one `WeightFile` per file — its path inside the weights directory,
-  download URL, size, sha256, licence and origin. `DEFAULT_MANIFEST` lists the official
-  checkpoints and the two files of ``facebook/wav2vec2-base-960h`` the engine reads. Sizes and
-  hashes that are not known are ``None``: such files are checked only as far as the manifest
-  allows, with a warning. A JSON file (``{"files": [{"path": ..., "url": ..., "size": ...,
-  "sha256": ..., "license": ..., "origin": ...}]}``) replaces the built-in manifest.
-- **Fetching** (`fetch_weights`): every file is downloaded with ``urllib`` (``http(s)://`` and
-  ``file://``) into ``NAME.part`` next to its destination, resumed from there after an
-  interruption (HTTP ``Range``; servers that ignore it get a fresh download), checked against
-  the manifest, then renamed into place — a file at its final name is always complete.
-  ``base`` (``--from``) replaces every URL with ``BASE/PATH``; a local directory works as a
-  base too.
+- **What** (`Manifest`): one `WeightFile` per file — its path inside the weights directory, the
+  Hugging Face Hub repository, file and revision it comes from, its size and sha256 when known,
+  licence and origin. `DEFAULT_MANIFEST` lists the two official checkpoints, from the Hub
+  mirror ``multimodalart/AvatarForcingHelpers`` (branch ``main``: trusted on first use, see the
+  lock), and the two files of ``facebook/wav2vec2-base-960h`` the engine reads, pinned to a
+  commit. A JSON file (``{"files": [{"path": ..., "repo": ..., "filename": ..., "revision":
+  ..., "size": ..., "sha256": ..., "license": ..., "origin": ...}]}``) replaces it.
+- **What was fetched** (`WeightsLock`): ``weights.lock.json`` in the weights directory records
+  per file where it came from (repository, requested revision, resolved commit — or the local
+  folder it was copied from), its size, sha256 and git blob id. ``weights fetch`` writes it at
+  the first fetch and holds every later fetch to it; ``weights verify`` checks files against
+  the manifest, else the lock.
+- **The licence**: the official checkpoints are CC BY-NC 4.0 (non-commercial); `LICENSE_NOTICE`
+  is shown and must be accepted once per user (`record_license_acceptance`) before
+  ``weights fetch`` installs them.
 
-The official Avatar Forcing checkpoints are licensed CC BY-NC 4.0 (non-commercial);
-`LICENSE_NOTICE` is what ``weights fetch`` shows before anything is downloaded.
+Downloading is `avatarforcing.plugin.app.weights_fetch` (``huggingface_hub``); the strict load
+check of ``weights verify --load`` is `avatarforcing.plugin.app.weights_keys`.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
-import http.client
 import json
 import os
-import urllib.error
+import re
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,15 +41,21 @@ from avatarforcing.plugin.api.errors import CommandError
 from avatarforcing.plugin.app.paths import WEIGHTS_ENV, default_weights_dir, user_cache_dir
 
 LOCATION_FILE_NAME = "weights-location.json"
-PART_SUFFIX = ".part"
+LICENSE_RECORD_NAME = "licenses-accepted.json"
+LOCK_FILE_NAME = "weights.lock.json"
+LOCK_VERSION = 1
+TEMP_SUFFIX = ".tmp"
 CHUNK_BYTES = 1 << 20
-TIMEOUT_S = 60.0
-USER_AGENT = "avatarforcing-weights/1"
 
 OFFICIAL_LICENSE = "CC BY-NC 4.0"
 OFFICIAL_REPOSITORY = "https://github.com/TaekyungKi/AvatarForcing"
 OFFICIAL_DRIVE_FOLDER = "https://drive.google.com/drive/folders/1rN52J2QXD8A-r2CZ8nDqFdwvZuPRmMsc"
-WAV2VEC2_REPOSITORY = "https://huggingface.co/facebook/wav2vec2-base-960h"
+OFFICIAL_MIRROR = "multimodalart/AvatarForcingHelpers"
+WAV2VEC2_REPO = "facebook/wav2vec2-base-960h"
+# The commit of facebook/wav2vec2-base-960h that carries model.safetensors (its main branch).
+WAV2VEC2_REVISION = "22aad52d435eb6dbaf354bdad9b0da84ce7d6156"
+HUB_URL = "https://huggingface.co"
+DEFAULT_REVISION = "main"
 
 LICENSE_NOTICE = f"""\
 The official Avatar Forcing checkpoints (flow_transformer.pth, motion_autoencoder.pth) are
@@ -55,9 +63,31 @@ released by their authors ({OFFICIAL_REPOSITORY}) under the Creative Commons
 Attribution-NonCommercial 4.0 International licence ({OFFICIAL_LICENSE},
 https://creativecommons.org/licenses/by-nc/4.0/): attribution is required and they may NOT be
 used for commercial purposes - not in a paid product, not on a monetised stream. Anything that
-runs them is non-commercial. wav2vec2-base-960h ({WAV2VEC2_REPOSITORY}) is Apache-2.0."""
+runs them is non-commercial. avatarforcing downloads them from the Hugging Face mirror
+{HUB_URL}/{OFFICIAL_MIRROR} of the authors' release; wav2vec2-base-960h
+({HUB_URL}/{WAV2VEC2_REPO}) is Apache-2.0."""
 
 FileState = Literal["ok", "unverified", "missing", "size-mismatch", "hash-mismatch"]
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The only URL form the manifest still accepts: a file of the Hub (what earlier manifests held).
+_HUB_FILE_URL = re.compile(
+    r"^https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)$"
+)
+
+
+def is_commit(revision: str | None) -> bool:
+    """Whether `revision` is a full commit hash (40 lower-case hex digits)."""
+    return bool(revision) and bool(_HEX40.match(revision))
+
+
+def _check_relative(what: str, value: str) -> None:
+    """`ValueError` unless `value` is a relative POSIX path that stays inside its folder."""
+    parts = Path(value).parts
+    if not value or Path(value).is_absolute() or ".." in parts or "\\" in value:
+        raise ValueError(f"manifest {what} {value!r} must be relative, without '..'")
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,34 +98,88 @@ class WeightFile:
     """One file of the weights directory.
 
     `path`: relative POSIX path inside the weights directory (e.g.
-    ``"wav2vec2-base-960h/config.json"``); `url`: direct download location, ``None`` when the
-    publisher offers none (the file must then come from ``--from`` or be copied by hand);
-    `size` in bytes and `sha256` (lower-case hex), ``None`` when unknown; `license`;
+    ``"wav2vec2-base-960h/config.json"``); `repo`: the Hugging Face model repository it is
+    downloaded from, ``None`` when there is none (the file must then come from ``--from DIR``);
+    `filename`: its path inside `repo` (default: `path`); `revision`: a branch, tag or commit
+    hash (a commit pins the content); `size` in bytes and `sha256` (lower-case hex), ``None``
+    when unknown (the Hub's own hashes and the lock then verify the file); `license`;
     `origin`: where a person finds it.
     """
 
     path: str
-    url: str | None
-    size: int | None
-    sha256: str | None
-    license: str
-    origin: str
+    repo: str | None = None
+    filename: str = ""
+    revision: str = DEFAULT_REVISION
+    size: int | None = None
+    sha256: str | None = None
+    license: str = ""
+    origin: str = ""
 
     def __post_init__(self) -> None:
-        parts = Path(self.path).parts
-        if not self.path or Path(self.path).is_absolute() or ".." in parts or "\\" in self.path:
-            raise ValueError(f"manifest path {self.path!r} must be relative, without '..'")
+        _check_relative("path", self.path)
+        if not self.filename:
+            object.__setattr__(self, "filename", self.path)
+        _check_relative("filename", self.filename)
+        if self.repo is not None and not _REPO_ID.match(self.repo):
+            raise ValueError(f"manifest entry {self.path!r}: repo must be 'owner/name', got {self.repo!r}")
+        if not self.revision or any(c.isspace() for c in self.revision):
+            raise ValueError(f"manifest entry {self.path!r}: revision must be a branch, tag or commit hash")
         if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
             raise ValueError(f"manifest entry {self.path!r}: size must be a non-negative integer or null")
-        if self.sha256 is not None and (
-            len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256)
-        ):
+        if self.sha256 is not None and not _HEX64.match(self.sha256):
             raise ValueError(f"manifest entry {self.path!r}: sha256 must be 64 lower-case hex digits or null")
 
     @property
     def restricted(self) -> bool:
         """True for files under a non-commercial licence (their notice must be accepted)."""
         return "NC" in self.license.upper().replace("-", " ").split()
+
+    @property
+    def pinned(self) -> bool:
+        """True when `revision` is a commit hash: the Hub serves one content for it, forever."""
+        return is_commit(self.revision)
+
+    @property
+    def source(self) -> str:
+        """``repo@revision:filename`` for messages, or ``"no download source"``."""
+        if self.repo is None:
+            return "no download source"
+        return f"{self.repo}@{self.revision[:12]}:{self.filename}"
+
+
+_MANIFEST_KEYS = {f.name for f in fields(WeightFile)} | {"url"}
+
+
+def _entry_from_dict(index: int, raw: Any) -> WeightFile:
+    """One manifest entry; the legacy ``url`` key is accepted for Hub file URLs only."""
+    if not isinstance(raw, Mapping) or "path" not in raw:
+        raise ValueError(f"files[{index}]: expected an object with at least a path")
+    unknown = set(raw) - _MANIFEST_KEYS
+    if unknown:
+        raise ValueError(f"files[{index}]: unknown keys {sorted(unknown)}")
+    values = {key: raw[key] for key in raw if key != "url"}
+    url = raw.get("url")
+    if url is not None:
+        match = _HUB_FILE_URL.match(str(url))
+        if match is None:
+            raise ValueError(
+                f"files[{index}]: url {url!r}: files are fetched from the Hugging Face Hub only "
+                "(give repo, filename and revision; a mirror of the Hub goes in HF_ENDPOINT); "
+                "put other files in a folder and use --from DIR"
+            )
+        values.setdefault("repo", match["repo"])
+        values.setdefault("revision", urllib.parse.unquote(match["revision"]))
+        values.setdefault("filename", urllib.parse.unquote(match["filename"]))
+    sha = values.get("sha256")
+    if isinstance(sha, str):
+        values["sha256"] = sha.lower()
+    for key in ("path", "filename", "revision", "license", "origin"):
+        if key in values and values[key] is not None:
+            values[key] = str(values[key])
+    values.setdefault("revision", DEFAULT_REVISION)
+    if values.get("revision") is None:
+        values["revision"] = DEFAULT_REVISION
+    return WeightFile(**values)
 
 
 @dataclass(frozen=True)
@@ -107,56 +191,47 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> Manifest:
+        """Parse ``{"files": [...]}``; `ValueError` naming the bad entry."""
         if not isinstance(data, Mapping) or not isinstance(data.get("files"), list):
             raise ValueError('expected {"files": [ ... ]}')
-        files = []
-        for index, raw in enumerate(data["files"]):
-            if not isinstance(raw, Mapping) or "path" not in raw:
-                raise ValueError(f"files[{index}]: expected an object with at least a path")
-            unknown = set(raw) - {"path", "url", "size", "sha256", "license", "origin"}
-            if unknown:
-                raise ValueError(f"files[{index}]: unknown keys {sorted(unknown)}")
-            sha = raw.get("sha256")
-            files.append(
-                WeightFile(
-                    path=str(raw["path"]),
-                    url=raw.get("url"),
-                    size=raw.get("size"),
-                    sha256=sha.lower() if isinstance(sha, str) else sha,
-                    license=str(raw.get("license", "")),
-                    origin=str(raw.get("origin", "")),
-                )
-            )
+        files = tuple(_entry_from_dict(index, raw) for index, raw in enumerate(data["files"]))
         if not files:
             raise ValueError("the manifest lists no files")
-        return cls(tuple(files), source)
+        paths = [f.path for f in files]
+        if len(set(paths)) != len(paths):
+            raise ValueError("a path is listed twice")
+        return cls(files, source)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form `from_dict` reads."""
         return {"files": [asdict(f) for f in self.files]}
 
 
-def _hf_file(name: str) -> WeightFile:
+def _wav2vec2_file(name: str) -> WeightFile:
+    """File `name` of facebook/wav2vec2-base-960h at the pinned commit, in its own folder."""
     return WeightFile(
         path=f"wav2vec2-base-960h/{name}",
-        url=f"{WAV2VEC2_REPOSITORY}/resolve/main/{name}",
-        size=None,
-        sha256=None,
+        repo=WAV2VEC2_REPO,
+        filename=name,
+        revision=WAV2VEC2_REVISION,
         license="Apache-2.0",
-        origin=WAV2VEC2_REPOSITORY,
+        origin=f"{HUB_URL}/{WAV2VEC2_REPO}",
     )
 
 
 def _official_file(name: str) -> WeightFile:
-    # The authors publish the two checkpoints in a Google Drive folder (official README); Drive
-    # has no stable direct-download URL for a folder's files, so there is none here: pass
-    # --from DIR after downloading them, or a manifest file with URLs you trust.
+    """Official checkpoint `name`, from the Hub mirror's main branch (trusted on first use)."""
+    # The authors publish the two checkpoints in a Google Drive folder (official README), which
+    # has no stable direct-download URL; the live ports of Avatar Forcing use this Hub mirror.
+    # Its revision is not pinned (no commit is known here): the first fetch records it in the lock.
     return WeightFile(
         path=name,
-        url=None,
-        size=None,
-        sha256=None,
+        repo=OFFICIAL_MIRROR,
+        filename=name,
+        revision=DEFAULT_REVISION,
         license=OFFICIAL_LICENSE,
-        origin=f"{OFFICIAL_DRIVE_FOLDER} (linked from {OFFICIAL_REPOSITORY})",
+        origin=f"{HUB_URL}/{OFFICIAL_MIRROR}, a mirror of the authors' release "
+        f"{OFFICIAL_DRIVE_FOLDER} (linked from {OFFICIAL_REPOSITORY})",
     )
 
 
@@ -164,8 +239,8 @@ DEFAULT_MANIFEST = Manifest(
     files=(
         _official_file("flow_transformer.pth"),
         _official_file("motion_autoencoder.pth"),
-        _hf_file("config.json"),
-        _hf_file("model.safetensors"),
+        _wav2vec2_file("config.json"),
+        _wav2vec2_file("model.safetensors"),
     )
 )
 
@@ -181,7 +256,7 @@ def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
         return Manifest.from_dict(data, str(file))
     except FileNotFoundError:
         raise CommandError(f"--manifest: {file} not found", exit_code=2) from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError) as error:
         raise CommandError(f"--manifest: {file} is not a valid weights manifest ({error})", exit_code=2) from None
 
 
@@ -211,9 +286,11 @@ def recorded_weights_dir(environ: Mapping[str, str] | None = None) -> Path | Non
     return Path(value) if isinstance(value, str) and value else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers see the old or
+    the new content, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + PART_SUFFIX)
+    partial = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     partial.write_text(text)
     os.replace(partial, path)
 
@@ -225,7 +302,7 @@ def record_weights_dir(directory: str | os.PathLike[str], environ: Mapping[str, 
     if not path.is_dir():
         raise CommandError(f"weights path: {path} is not an existing directory", exit_code=2)
     file = location_file(environ)
-    _write_atomic(file, json.dumps({"weights_dir": str(path)}, indent=2) + "\n")
+    write_atomic(file, json.dumps({"weights_dir": str(path)}, indent=2) + "\n")
     return file
 
 
@@ -255,258 +332,228 @@ def active_weights_dir(settings: Any = None, environ: Mapping[str, str] | None =
 
 
 # --------------------------------------------------------------------------------------------
+# The licence, accepted once per user
+# --------------------------------------------------------------------------------------------
+def license_record_file(environ: Mapping[str, str] | None = None) -> Path:
+    """``<user cache>/avatarforcing/licenses-accepted.json``: licences this user accepted."""
+    return user_cache_dir(environ) / "avatarforcing" / LICENSE_RECORD_NAME
+
+
+def _accepted(environ: Mapping[str, str] | None) -> dict[str, str]:
+    """Licence -> ISO date of acceptance, from the record (empty when none or unreadable)."""
+    try:
+        value = json.loads(license_record_file(environ).read_text()).get("accepted")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+def accepted_license(license: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """When (ISO date) this user accepted `license` with ``weights fetch``, or ``None``."""
+    return _accepted(environ).get(license)
+
+
+def record_license_acceptance(license: str, environ: Mapping[str, str] | None = None) -> Path:
+    """Record that this user accepted `license` today; returns the record file."""
+    accepted = _accepted(environ)
+    accepted[license] = datetime.date.today().isoformat()
+    file = license_record_file(environ)
+    write_atomic(file, json.dumps({"accepted": accepted}, indent=2) + "\n")
+    return file
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Digests:
+    """A file's `size`, `sha256` and `git_blob` (its git object id, which is what the Hub
+    reports for files it does not store with LFS)."""
+
+    size: int
+    sha256: str
+    git_blob: str
+
+
+def file_digests(path: Path, chunk: int = CHUNK_BYTES) -> Digests:
+    """Size, sha256 and git blob id of `path`, in one read."""
+    size = path.stat().st_size
+    sha256 = hashlib.sha256()
+    git = hashlib.sha1(b"blob %d\0" % size)  # git's object header; sha1 is git's id, not a security check
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            sha256.update(block)
+            git.update(block)
+    return Digests(size, sha256.hexdigest(), git.hexdigest())
+
+
+# --------------------------------------------------------------------------------------------
+# The lock: what was fetched, trusted on first use
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LockEntry:
+    """What one installed file is: `size`, `sha256`, `git_blob` (see `Digests`); `source`
+    ``"hub"`` (`repo`, `filename`, the requested `revision` and the `commit` it resolved to) or
+    ``"local"`` (copied from the folder `location` with ``--from``)."""
+
+    path: str
+    size: int
+    sha256: str
+    git_blob: str
+    source: Literal["hub", "local"]
+    repo: str | None = None
+    filename: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    location: str | None = None
+
+    @classmethod
+    def from_dict(cls, path: str, raw: Any) -> LockEntry:
+        """The entry of `path` in the lock's JSON; `ValueError` when it is incomplete."""
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{path}: expected an object")
+        known = {f.name for f in fields(cls)} - {"path"}
+        values = {k: raw[k] for k in raw if k in known}
+        entry = cls(path=path, **values)
+        if (
+            not isinstance(entry.size, int)
+            or not _HEX64.match(str(entry.sha256))
+            or entry.source not in ("hub", "local")
+        ):
+            raise ValueError(f"{path}: size, sha256 and source are required")
+        return entry
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (without `path`, the key it is stored under, and without nulls)."""
+        return {k: v for k, v in asdict(self).items() if k != "path" and v is not None}
+
+    def describe(self) -> str:
+        """Where the file came from, for messages."""
+        if self.source == "local":
+            return f"copied from {self.location}"
+        return f"{self.repo}@{(self.commit or '?')[:12]}"
+
+
+@dataclass
+class WeightsLock:
+    """``weights.lock.json`` of one weights directory: a `LockEntry` per installed path."""
+
+    path: Path
+    entries: dict[str, LockEntry] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, directory: Path) -> WeightsLock:
+        """The lock in `directory` (empty when there is none). `CommandError` (exit 2) naming
+        the file when it is unreadable: a damaged lock is not silently replaced."""
+        path = directory / LOCK_FILE_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls(path)
+        except (OSError, ValueError) as error:
+            raise CommandError(f"{path} is not readable ({error}); remove it to start over", exit_code=2) from None
+        try:
+            if not isinstance(data, Mapping) or data.get("version") != LOCK_VERSION:
+                raise ValueError(f"expected version {LOCK_VERSION}")
+            files = data.get("files")
+            if not isinstance(files, Mapping):
+                raise ValueError("no files")
+            entries = {str(p): LockEntry.from_dict(str(p), raw) for p, raw in files.items()}
+        except (ValueError, TypeError) as error:
+            raise CommandError(
+                f"{path} is not a valid weights lock ({error}); remove it to start over", exit_code=2
+            ) from None
+        return cls(path, entries)
+
+    def write(self) -> None:
+        """Write the lock atomically (sorted, one entry per installed file)."""
+        data = {
+            "version": LOCK_VERSION,
+            "comment": "written by `avatarforcing weights fetch`: what each file is and where it came from; "
+            "later fetches refuse other content unless run with --update",
+            "files": {path: self.entries[path].to_dict() for path in sorted(self.entries)},
+        }
+        write_atomic(self.path, json.dumps(data, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
 # Checking files
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FileStatus:
     """What is known about one manifest file on disk. `state`: ``ok`` (size and hash match),
-    ``unverified`` (present; the manifest lacks the size and/or hash to check fully),
-    ``missing``, ``size-mismatch``, ``hash-mismatch``; `detail`: one line."""
+    ``unverified`` (present; neither the manifest nor the lock has a hash to check it),
+    ``missing``, ``size-mismatch``, ``hash-mismatch``; `detail`: one line; `digests` when the
+    file was hashed."""
 
     entry: WeightFile
     path: Path
     state: FileState
     detail: str
+    digests: Digests | None = None
 
     @property
     def usable(self) -> bool:
+        """Present and not contradicted by anything known about it."""
         return self.state in ("ok", "unverified")
 
 
-def sha256_of(path: Path, chunk: int = CHUNK_BYTES) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_file(entry: WeightFile, path: Path, *, hash_files: bool = True) -> FileStatus:
-    """Compare the file at `path` with its manifest `entry` (size, then sha256 when known and
-    `hash_files`)."""
+def check_file(
+    entry: WeightFile,
+    path: Path,
+    *,
+    locked: LockEntry | None = None,
+    hash_files: bool = True,
+) -> FileStatus:
+    """Compare the file at `path` with what its manifest `entry` says, else what the lock
+    entry `locked` recorded: size, then sha256 (when `hash_files`)."""
     if not path.is_file():
         return FileStatus(entry, path, "missing", f"{path} not found")
     size = path.stat().st_size
-    if entry.size is not None and size != entry.size:
-        return FileStatus(entry, path, "size-mismatch", f"{size} bytes, expected {entry.size}")
-    if entry.sha256 is not None and hash_files:
-        actual = sha256_of(path)
-        if actual != entry.sha256:
-            return FileStatus(entry, path, "hash-mismatch", f"sha256 {actual}, expected {entry.sha256}")
-        return FileStatus(entry, path, "ok", f"{size} bytes, sha256 verified")
-    unknown = [what for what, value in (("size", entry.size), ("sha256", entry.sha256)) if value is None]
-    if not unknown:  # hash known but hashing skipped
+    expected_size, expected_sha, by = entry.size, entry.sha256, "manifest"
+    if expected_sha is None and locked is not None:
+        expected_size, expected_sha, by = (entry.size if entry.size is not None else locked.size), locked.sha256, "lock"
+    if expected_size is not None and size != expected_size:
+        return FileStatus(entry, path, "size-mismatch", f"{size} bytes, expected {expected_size} ({by})")
+    if not hash_files:
         return FileStatus(entry, path, "unverified", f"{size} bytes, sha256 not checked")
-    return FileStatus(
-        entry, path, "unverified", f"{size} bytes; the manifest has no {' or '.join(unknown)} to verify it"
-    )
+    digests = file_digests(path)
+    if expected_sha is None:
+        return FileStatus(
+            entry, path, "unverified", f"{size} bytes; no sha256 to verify it (manifest or lock)", digests
+        )
+    if digests.sha256 != expected_sha:
+        detail = f"sha256 {digests.sha256}, expected {expected_sha} ({by})"
+        return FileStatus(entry, path, "hash-mismatch", detail, digests)
+    return FileStatus(entry, path, "ok", f"{size} bytes, sha256 verified ({by})", digests)
 
 
 def verify_weights(manifest: Manifest, directory: Path) -> list[FileStatus]:
-    """`check_file` for every manifest file inside `directory`."""
-    return [check_file(entry, directory / entry.path) for entry in manifest.files]
-
-
-# --------------------------------------------------------------------------------------------
-# Downloading
-# --------------------------------------------------------------------------------------------
-Progress = Callable[[int, "int | None"], None]  # (bytes done, bytes total or None)
-
-
-def source_url(entry: WeightFile, base: str | None) -> str | None:
-    """Where to fetch `entry`: ``BASE/PATH`` when `base` (a URL or a local directory) is given,
-    else the manifest URL (``None`` when the manifest has none). A local `base` that lacks the
-    file falls back to the manifest URL (e.g. a folder holding only the two official
-    checkpoints, with wav2vec2 still coming from its hub)."""
-    if base:
-        if "://" in base:
-            return base.rstrip("/") + "/" + urllib.parse.quote(entry.path)
-        directory = Path(base).expanduser().resolve()
-        if not directory.is_dir():
-            raise CommandError(f"--from: {directory} is not a directory", exit_code=2)
-        local = directory / entry.path
-        return local.as_uri() if local.is_file() or not entry.url else entry.url
-    return entry.url
-
-
-def _open(url: str, offset: int, timeout: float):
-    """``(stream, resumed, length of the rest or None)`` for `url` from byte `offset`."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        path = Path(urllib.request.url2pathname(parsed.path))
-        handle = path.open("rb")  # FileNotFoundError names the file
-        size = os.fstat(handle.fileno()).st_size
-        resumed = 0 < offset <= size
-        handle.seek(offset if resumed else 0)
-        return handle, resumed, size - (offset if resumed else 0)
-    if parsed.scheme not in ("http", "https"):
-        raise CommandError(f"unsupported URL scheme in {url!r} (use http, https or file)", exit_code=2)
-    headers = {"User-Agent": USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    resumed = bool(offset) and response.status == 206
-    length = response.headers.get("Content-Length")
-    return response, resumed, (int(length) if length and length.isdigit() else None)
-
-
-def download_file(
-    url: str,
-    destination: Path,
-    entry: WeightFile,
-    *,
-    progress: Progress | None = None,
-    timeout: float = TIMEOUT_S,
-) -> FileStatus:
-    """Download `url` to `destination` through ``destination.part``, resuming a partial file,
-    verify it against `entry`, then rename it into place. A file that fails the check is
-    deleted and `CommandError` names it; a transfer error keeps the ``.part`` for a resume."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(destination.name + PART_SUFFIX)
-    offset = partial.stat().st_size if partial.is_file() else 0
-    if entry.size is not None and offset >= entry.size:
-        offset = 0 if offset > entry.size else offset
-    try:
-        if entry.size is not None and offset == entry.size:
-            stream, resumed, rest = None, True, 0  # already complete: just verify
-        else:
-            stream, resumed, rest = _open(url, offset, timeout)
-    except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:  # nothing left past our offset: verify what we have
-            stream, resumed, rest = None, True, 0
-        else:
-            raise CommandError(f"cannot download {entry.path} from {url}: HTTP {error.code} {error.reason}") from error
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-        reason = getattr(error, "reason", None) or error
-        raise CommandError(f"cannot download {entry.path} from {url}: {reason}") from error
-    done = offset if resumed else 0
-    total = done + rest if rest is not None else entry.size
-    if progress:
-        progress(done, total)
-    if stream is not None:
-        try:
-            with stream, partial.open("ab" if resumed else "wb") as out:
-                while block := stream.read(CHUNK_BYTES):
-                    out.write(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-            raise CommandError(
-                f"download of {entry.path} from {url} interrupted after {done} bytes "
-                f"({type(error).__name__}: {error}); run the command again to resume"
-            ) from error
-        if total is not None and done < total:
-            raise CommandError(
-                f"download of {entry.path} from {url} ended after {done} of {total} bytes; "
-                "run the command again to resume"
-            )
-    status = check_file(entry, partial)
-    if not status.usable:
-        partial.unlink(missing_ok=True)
-        raise CommandError(f"{entry.path} from {url} failed verification: {status.detail}; deleted")
-    os.replace(partial, destination)
-    return FileStatus(entry, destination, status.state, status.detail)
-
-
-@dataclass
-class FetchResult:
-    """Outcome per manifest file: `action` is ``downloaded``, ``present`` (kept as it was) or
-    ``unavailable`` (missing, and no URL to fetch it from)."""
-
-    entry: WeightFile
-    action: Literal["downloaded", "present", "unavailable"]
-    status: FileStatus
-    url: str = ""
-
-
-@dataclass(frozen=True)
-class FetchStep:
-    """One manifest file in a `FetchPlan`: `url` is where to download it from, ``None`` when it
-    is kept (`status` usable and not forced) or cannot be fetched (no URL)."""
-
-    entry: WeightFile
-    status: FileStatus
-    url: str | None
-
-    @property
-    def action(self) -> Literal["download", "keep", "unavailable"]:
-        if self.url is not None:
-            return "download"
-        return "keep" if self.status.usable else "unavailable"
-
-
-@dataclass
-class FetchPlan:
-    """What `fetch_weights` will do, one `FetchStep` per manifest file, in manifest order."""
-
-    steps: list[FetchStep] = field(default_factory=list)
-
-    def with_action(self, action: str) -> list[FetchStep]:
-        return [step for step in self.steps if step.action == action]
-
-    @property
-    def needs_license(self) -> bool:
-        """True when a file under a non-commercial licence will be downloaded."""
-        return any(step.entry.restricted for step in self.with_action("download"))
-
-
-def plan_fetch(manifest: Manifest, destination: Path, base: str | None = None, force: bool = False) -> FetchPlan:
-    """Which files are missing or wrong in `destination` and where each comes from. A present
-    file is kept unless `force` or it fails its size/hash check."""
-    plan = FetchPlan()
-    for entry in manifest.files:
-        status = check_file(entry, destination / entry.path)
-        keep = status.usable and not force
-        plan.steps.append(FetchStep(entry, status, None if keep else source_url(entry, base)))
-    return plan
-
-
-def fetch_weights(
-    plan: FetchPlan,
-    destination: Path,
-    *,
-    progress_for: Callable[[WeightFile], Progress | None] | None = None,
-    timeout: float = TIMEOUT_S,
-) -> list[FetchResult]:
-    """Carry out `plan` in `destination` (see `download_file`); one `FetchResult` per step.
-    Raises `CommandError` at the first download that fails (earlier files stay in place)."""
-    results = []
-    for step in plan.steps:
-        if step.action == "download":
-            progress = progress_for(step.entry) if progress_for else None
-            status = download_file(
-                step.url, destination / step.entry.path, step.entry, progress=progress, timeout=timeout
-            )
-            results.append(FetchResult(step.entry, "downloaded", status, step.url))
-        elif step.action == "keep":
-            results.append(FetchResult(step.entry, "present", step.status))
-        else:
-            results.append(FetchResult(step.entry, "unavailable", step.status))
-    return results
+    """`check_file` for every manifest file inside `directory`, with its lock."""
+    lock = WeightsLock.read(directory)
+    return [check_file(entry, directory / entry.path, locked=lock.entries.get(entry.path)) for entry in manifest.files]
 
 
 __all__ = [
     "DEFAULT_MANIFEST",
     "LICENSE_NOTICE",
     "ActiveWeightsDir",
-    "FetchPlan",
-    "FetchResult",
-    "FetchStep",
+    "Digests",
     "FileStatus",
+    "LockEntry",
     "Manifest",
     "WeightFile",
+    "WeightsLock",
+    "accepted_license",
     "active_weights_dir",
     "check_file",
-    "download_file",
-    "fetch_weights",
+    "file_digests",
     "forget_weights_dir",
+    "license_record_file",
     "load_manifest",
     "location_file",
-    "plan_fetch",
+    "record_license_acceptance",
     "record_weights_dir",
     "recorded_weights_dir",
-    "sha256_of",
-    "source_url",
     "verify_weights",
 ]

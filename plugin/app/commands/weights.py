@@ -1,14 +1,18 @@
 """``avatarforcing weights fetch|path|verify``: the official weights on this machine.
 
-- ``weights fetch [--from URL_OR_DIR] [--dest DIR] [--manifest FILE] [--accept-license]
-  [--force]`` downloads what is missing or wrong (see `avatarforcing.plugin.app.weights`), with
-  progress, size/sha256 checks, and the CC BY-NC 4.0 notice, which must be accepted
-  (``--accept-license``, or ``y`` at the prompt on a terminal) before a non-commercial file is
-  downloaded. Exit 1 when a file could not be fetched.
+- ``weights fetch [--from DIR] [--dest DIR] [--manifest FILE] [--accept-license] [--update]
+  [--force]`` installs what is missing or wrong: every remote file through ``huggingface_hub``
+  (its cache, ``HF_TOKEN``, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, progress bars), verified against
+  the Hub's sha256 and recorded in the weights directory's lock
+  (`avatarforcing.plugin.app.weights_fetch`). The CC BY-NC 4.0 notice of the official checkpoints
+  is shown and must be accepted once (``--accept-license``, or ``y`` at the prompt on a
+  terminal). A file that differs from the lock is refused unless ``--update``. Exit 1 when a
+  file could not be fetched or was refused.
 - ``weights path [DIR] [--reset] [--json]`` shows the weights directory in use (and why), or
   records DIR as the local copy to use.
 - ``weights verify [--dir DIR] [--manifest FILE] [--load] [--json]`` checks the files against
-  the manifest (``--load``: also loads them strictly into the model); exit 1 on any problem.
+  the manifest and the lock (``--load``: also loads them strictly into the model and prints
+  each checkpoint's key-prefix variant); exit 1 on any problem.
 """
 
 from __future__ import annotations
@@ -37,16 +41,19 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="weights_action", metavar="ACTION", required=True)
     fetch = actions.add_parser(
         "fetch",
-        help="download the official checkpoints and wav2vec2-base-960h",
-        description="Download the official Avatar Forcing checkpoints (CC BY-NC 4.0) and "
-        "wav2vec2-base-960h into the weights directory, checking sizes and hashes.",
+        help="download the official checkpoints and wav2vec2-base-960h from the Hugging Face Hub",
+        description="Download the official Avatar Forcing checkpoints (CC BY-NC 4.0, from the Hub mirror "
+        "multimodalart/AvatarForcingHelpers) and wav2vec2-base-960h into the weights directory with "
+        "huggingface_hub (HF_HOME, HF_TOKEN, HF_HUB_OFFLINE, HF_ENDPOINT apply), verify them against the "
+        "Hub's sha256 and record them in the directory's weights.lock.json.",
         allow_abbrev=False,
     )
     fetch.add_argument(
         "--from",
         dest="base",
-        metavar="URL_OR_DIR",
-        help="fetch every file from URL_OR_DIR/PATH instead of the manifest URLs (a mirror, or a directory)",
+        metavar="DIR",
+        help="copy the files found in DIR (e.g. downloaded by hand from the authors' Google Drive folder); "
+        "the others still come from the Hub",
     )
     fetch.add_argument(
         "--dest",
@@ -55,15 +62,21 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="where to put the files (default: the weights directory in use, see `weights path`)",
     )
     fetch.add_argument(
-        "--manifest", metavar="FILE", help="JSON manifest replacing the built-in one (paths, URLs, sizes, sha256)"
+        "--manifest",
+        metavar="FILE",
+        help="JSON manifest replacing the built-in one (paths, Hub repos and revisions, sizes, sha256)",
     )
     fetch.add_argument(
-        "--accept-license", action="store_true", help="accept the CC BY-NC 4.0 licence of the official checkpoints"
+        "--accept-license",
+        action="store_true",
+        help="accept the CC BY-NC 4.0 licence of the official checkpoints (recorded: asked once per user)",
     )
-    fetch.add_argument("--force", action="store_true", help="download again even if a file is present and checks out")
     fetch.add_argument(
-        "--timeout", metavar="SECONDS", type=float, default=60.0, help="network timeout per request (default 60)"
+        "--update",
+        action="store_true",
+        help="accept files that differ from those recorded in the lock (a changed upstream file)",
     )
+    fetch.add_argument("--force", action="store_true", help="download and install again even if a file checks out")
 
     path = actions.add_parser(
         "path",
@@ -78,9 +91,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
     verify = actions.add_parser(
         "verify",
-        help="check the weights against the manifest",
-        description="Check every manifest file in the weights directory (size, sha256 where "
-        "known); with --load, also load them strictly into the model.",
+        help="check the weights against the manifest and the lock",
+        description="Check every manifest file in the weights directory (size, sha256 from the manifest or "
+        "the lock); with --load, also load them strictly into the model and print the key-prefix variant "
+        "each checkpoint uses.",
         allow_abbrev=False,
     )
     verify.add_argument(
@@ -88,56 +102,66 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
     verify.add_argument("--manifest", metavar="FILE", help="JSON manifest replacing the built-in one")
     verify.add_argument(
-        "--load", action="store_true", help="also load the checkpoints strictly (needs memory for the full model)"
+        "--load",
+        action="store_true",
+        help="also load the checkpoints strictly and print their key-prefix variant (needs memory for the model)",
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 # -- fetch ------------------------------------------------------------------------------------
-def _confirm_license(args: argparse.Namespace, context) -> None:
-    from avatarforcing.plugin.app.weights import LICENSE_NOTICE
+def _license_notice(licenses: list[str]) -> str:
+    """The notice for the non-commercial `licenses` about to be accepted."""
+    from avatarforcing.plugin.app.weights import LICENSE_NOTICE, OFFICIAL_LICENSE
 
-    context.err_console.print(escape(LICENSE_NOTICE))
-    if args.accept_license:
-        context.err_console.print("Licence accepted (--accept-license).")
+    others = [name for name in licenses if name != OFFICIAL_LICENSE]
+    parts = [LICENSE_NOTICE] if OFFICIAL_LICENSE in licenses else []
+    if others:
+        parts.append(f"Files of this manifest are licensed {', '.join(others)}: non-commercial use only.")
+    return "\n".join(parts)
+
+
+def _confirm_license(args: argparse.Namespace, context, licenses: list[str]) -> None:
+    """Accepted before: one reminder line. Else show the notice, then accept it with
+    --accept-license or `y` on a terminal (recorded for this user); anything else refuses."""
+    from avatarforcing.plugin.app.weights import (
+        OFFICIAL_LICENSE,
+        accepted_license,
+        license_record_file,
+        record_license_acceptance,
+    )
+
+    env = context.environ
+    pending = [name for name in licenses if accepted_license(name, env) is None]
+    if not pending:
+        dates = ", ".join(f"{name} on {accepted_license(name, env)}" for name in licenses)
+        context.err_console.print(escape(f"Licence accepted ({dates}): non-commercial use only."))
         return
-    if sys.stdin is not None and sys.stdin.isatty() and context.stderr.isatty():
+    context.err_console.print(escape(_license_notice(pending)))
+    accepted = args.accept_license
+    if not accepted and sys.stdin is not None and sys.stdin.isatty() and context.stderr.isatty():
         context.stderr.write("Accept this licence and download? [y/N] ")
         context.stderr.flush()
-        if sys.stdin.readline().strip().lower() in ("y", "yes"):
-            return
-        raise CommandError("licence not accepted; nothing was downloaded", exit_code=1)
-    raise CommandError(
-        "the official checkpoints are CC BY-NC 4.0 (non-commercial): re-run with "
-        "--accept-license to accept the licence; nothing was downloaded",
-        exit_code=2,
-    )
-
-
-def _progress(context):
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    console = context.err_console
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            raise CommandError("licence not accepted; nothing was downloaded", exit_code=1)
+        accepted = True
+    if not accepted:
+        subject = "the official checkpoints are" if pending == [OFFICIAL_LICENSE] else "files to install are"
+        raise CommandError(
+            f"{subject} licensed {', '.join(pending)} (non-commercial use only): accept the licence with "
+            "`avatarforcing weights fetch --accept-license` (asked once per user), or answer y at the prompt "
+            "on a terminal; nothing was downloaded",
+            exit_code=2,
+        )
+    for name in pending:
+        record_license_acceptance(name, env)
+    how = "--accept-license" if args.accept_license else "at the prompt"
+    context.err_console.print(escape(f"Licence accepted ({how}); recorded in {license_record_file(env)}."))
 
 
 def _fetch(args: argparse.Namespace, context) -> int:
-    from avatarforcing.plugin.app.weights import active_weights_dir, fetch_weights, load_manifest, plan_fetch
+    from avatarforcing.plugin.app.weights import active_weights_dir, load_manifest
+    from avatarforcing.plugin.app.weights_fetch import HubSettings, fetch_weights, plan_fetch
 
     config = context.load_config()
     manifest = load_manifest(args.manifest)
@@ -145,26 +169,31 @@ def _fetch(args: argparse.Namespace, context) -> int:
     destination = (args.dest.expanduser() if args.dest else active.path).resolve()
     if destination.exists() and not destination.is_dir():
         raise CommandError(f"--dest: {destination} is not a directory", exit_code=2)
-    plan = plan_fetch(manifest, destination, args.base, args.force)
-    downloads = plan.with_action("download")
+    hub = HubSettings.from_environ(context.environ)
+    plan = plan_fetch(manifest, destination, hub, base=args.base, force=args.force, update=args.update)
+    if plan.changes and not args.update:
+        raise CommandError(plan.refusal())
     if plan.needs_license:
-        _confirm_license(args, context)
+        _confirm_license(args, context, plan.licenses)
     console = context.console
-    if downloads:
-        console.print(escape(f"fetching {len(downloads)} file(s) into {destination}"))
-    with _progress(context) as progress:
-
-        def progress_for(entry):
-            task = progress.add_task(escape(entry.path), total=entry.size)
-            return lambda done, total: progress.update(task, completed=done, total=total)
-
-        results = fetch_weights(plan, destination, progress_for=progress_for, timeout=args.timeout)
+    pending = plan.with_action("hub") + plan.with_action("local")
+    if pending:
+        where = "the Hugging Face cache (HF_HUB_OFFLINE)" if hub.offline else hub.where
+        console.print(
+            escape(f"fetching {len(pending)} file(s) into {destination} (from {where}; cache {hub.cache_dir})")
+        )
+    results = fetch_weights(plan)
     table = Table(title=escape(f"weights in {destination}"), header_style="bold")
-    for column in ("file", "action", "check"):
+    for column in ("file", "action", "source", "check"):
         table.add_column(column, overflow="fold")
     for result in results:
         style = _STATE_STYLE[result.status.state]
-        table.add_row(escape(result.entry.path), result.action, f"[{style}]{escape(result.status.detail)}[/]")
+        table.add_row(
+            escape(result.entry.path),
+            result.action,
+            escape(result.source),
+            f"[{style}]{escape(result.status.detail)}[/]",
+        )
     console.print(table)
     for result in results:
         if result.status.state == "unverified":
@@ -172,10 +201,12 @@ def _fetch(args: argparse.Namespace, context) -> int:
     unavailable = [r for r in results if r.action == "unavailable"]
     for result in unavailable:
         console.print(
-            f"[red]not fetched:[/] {escape(result.entry.path)} has no direct download URL; get it "
+            f"[red]not fetched:[/] {escape(result.entry.path)} has no download source; get it "
             f"from {escape(result.entry.origin)}, then run `avatarforcing weights fetch --from DIR` "
             "with DIR holding it (or `avatarforcing weights path DIR`)"
         )
+    if any(r.action != "present" for r in results if r.action != "unavailable"):
+        console.print(escape(f"recorded in {plan.lock.path}"))
     if destination != active.path.expanduser().resolve():
         console.print(
             escape(
@@ -236,7 +267,7 @@ def _path(args: argparse.Namespace, context) -> int:
     return 0
 
 
-# -- verify -----------------------------------------------------------------------------------
+# -- verify ----------------------------------------------------------------------------------
 def _verify(args: argparse.Namespace, context) -> int:
     from avatarforcing.plugin.app.weights import active_weights_dir, load_manifest, verify_weights
 
@@ -247,21 +278,20 @@ def _verify(args: argparse.Namespace, context) -> int:
     )
     statuses = verify_weights(manifest, directory)
     failed = [s for s in statuses if not s.usable]
-    load_error = ""
+    check = None
     if args.load and not failed:
-        from avatarforcing.plugin.app.model_loading import load_model_from_source, source_from_directory
+        from avatarforcing.plugin.app.weights_keys import check_official_load
 
-        try:
-            load_model_from_source(source_from_directory(directory, config.model.preset, "weights verify"))
-        except CommandError as error:
-            load_error = str(error)
+        check = check_official_load(directory, config.model.preset)
     if args.json:
+        load = None if not args.load else ("skipped" if check is None else (check.error or "ok"))
         context.print_json(
             {
                 "directory": str(directory),
                 "manifest": manifest.source,
                 "files": [{"path": s.entry.path, "state": s.state, "detail": s.detail} for s in statuses],
-                "load": None if not args.load else (load_error or ("skipped" if failed else "ok")),
+                "load": load,
+                "key_layouts": None if check is None else [layout.to_dict() for layout in check.layouts],
             }
         )
     else:
@@ -273,13 +303,25 @@ def _verify(args: argparse.Namespace, context) -> int:
             table.add_row(escape(status.entry.path), f"[{style}]{status.state}[/]", escape(status.detail))
         context.console.print(table)
         if args.load:
-            if failed:
-                context.console.print("load: skipped (files missing or wrong)")
-            elif load_error:
-                context.console.print(f"[red]load failed:[/] {escape(load_error)}")
-            else:
-                context.console.print("[green]load: ok[/] (strict)")
-    return 1 if failed or load_error else 0
+            _print_load(context, check)
+    return 1 if failed or (check is not None and not check.ok) else 0
+
+
+def _print_load(context, check) -> None:
+    """The ``--load`` part of ``weights verify``: outcome, then each file's key layout."""
+    console = context.console
+    if check is None:
+        console.print("load: skipped (files missing or wrong)")
+        return
+    if check.ok:
+        console.print("[green]load: ok[/] (strict)")
+    else:
+        console.print(f"[red]load failed:[/] {escape(check.error)}")
+    if check.layouts:
+        console.print("key-prefix variant found:")
+        for layout in check.layouts:
+            for line in layout.lines():
+                console.print("  " + escape(line))
 
 
 def _run(args: argparse.Namespace, context) -> int:

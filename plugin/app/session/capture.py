@@ -20,7 +20,33 @@ from avatarforcing.schemas.media_rates import SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 
-class AudioInbox:
+class _Inbox:
+    """What both inboxes share: `ended` (set by the capture thread when its source ended) and
+    `close()`, which wake every waiter of the offline (lossless) mode."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ended = False
+        self._closed = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @ended.setter
+    def ended(self, value: bool) -> None:
+        with self._cond:
+            self._ended = value
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Release every waiter for good (the session stops)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class AudioInbox(_Inbox):
     """16 kHz mono samples with their capture times.
 
     Live (``lossless=False``): samples are discarded until `go_live()`; `take(n)` returns
@@ -34,12 +60,10 @@ class AudioInbox:
     def __init__(self, max_backlog: int = SAMPLE_RATE // 2, lossless: bool = False) -> None:
         self._chunks: deque[tuple[np.ndarray, float]] = deque()
         self._size = 0
-        self._cond = threading.Condition()
+        super().__init__()
         self._live = lossless
-        self._closed = False
         self.lossless = lossless
         self.max_backlog = max_backlog
-        self._ended = False
         self.dropped_samples = 0
 
     def go_live(self) -> None:
@@ -48,22 +72,6 @@ class AudioInbox:
                 self._chunks.clear()
                 self._size = 0
             self._live = True
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    @ended.setter
-    def ended(self, value: bool) -> None:
-        with self._cond:
-            self._ended = value
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """Release `add` and `take` waiters for good (the session stops)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
     def add(self, samples: np.ndarray, captured_at: float) -> None:
         with self._cond:
@@ -108,7 +116,7 @@ class AudioInbox:
         return out, newest, filled
 
 
-class VideoInbox:
+class VideoInbox(_Inbox):
     """User frames (RGB uint8).
 
     Live: the latest frame and when it arrived (`latest(now)`: None when stale or absent).
@@ -118,34 +126,17 @@ class VideoInbox:
     `add` waits while `capacity` frames are pending."""
 
     def __init__(self, stale_after_s: float = 1.0, lossless: bool = False, capacity: int = 50) -> None:
-        self._cond = threading.Condition()
+        super().__init__()
         self._frame: np.ndarray | None = None
         self._arrived = 0.0
         self._timeline: deque[tuple[float, np.ndarray]] = deque()
-        self._closed = False
         self.stale_after_s = stale_after_s
         self.lossless = lossless
         self.capacity = capacity
-        self._ended = False
         self.frames_in = 0
 
     def go_live(self) -> None:
         pass  # the latest frame stays useful
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    @ended.setter
-    def ended(self, value: bool) -> None:
-        with self._cond:
-            self._ended = value
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
     def add(self, image: np.ndarray, captured_at: float, stream_time: float = 0.0) -> None:
         with self._cond:

@@ -159,3 +159,21 @@ def test_engine_bench_reports_an_unregistered_engine_and_times_a_registered_one(
     assert set(result["stages"]) == {"features", "generate", "render"}
     assert result["frames"] == 2 * result["block_frames"] > 0
     assert result["realtime_factor_p50"] > 0
+    assert result["renderer"] == "puppet"  # no portrait: the engine's own renderer
+
+
+def test_engine_bench_times_the_renderer_a_session_would_choose(tmp_path):
+    """With a portrait the embedded engine is drawn by the portrait renderer, as in a session;
+    --renderer names another one."""
+    samples = Path(__file__).resolve().parents[2] / "shared" / "reference" / "samples"
+    if not (samples / "rumi.jpg").is_file():
+        pytest.skip(f"{samples} is absent: this test needs ../shared beside the repo")
+    pytest.importorskip("mediapipe", reason="the portrait renderer needs mediapipe (avatarforcing[face])")
+    for extra, renderer in (([], "portrait"), (["--renderer", "puppet"], "puppet")):
+        out = tmp_path / f"{renderer}.json"
+        argv = ["bench", "--engine", "default", "--portrait", str(samples / "rumi.jpg"), "--blocks", "2"]
+        status, _, err = _cli(*argv, *extra, "--json", str(out))
+        assert status == 0, err
+        result = json.loads(out.read_text())
+        assert result["available"] is True and result["renderer"] == renderer
+        assert result["stages"]["render"]["samples"] == 2

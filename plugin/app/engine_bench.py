@@ -56,16 +56,33 @@ def run_engine_benchmark(
         )
 
 
+def _portrait(path: str) -> np.ndarray:
+    """The configured portrait (RGB uint8), or a flat grey picture when none is configured."""
+    if not path:
+        return np.full((512, 512, 3), 128, dtype=np.uint8)
+    from avatarforcing.integrations.face_crop import load_image_rgb
+
+    return load_image_rgb(path)
+
+
 def _time_engine(host: Any, config: Any, name: str, blocks: int, warmup: int, seed: int) -> BenchResult:
+    from avatarforcing.plugin.app.session.runner import choose_renderer
+
     spec, engine = host.create_engine(config)
-    if not getattr(config.render, "chosen", True) and spec.default_renderer:  # as a live session does
-        config = dataclasses.replace(
-            config, render=dataclasses.replace(config.render, use=spec.default_renderer, options={})
-        )
-    renderer_name = config.render.use
+    registered = {entry.spec.name for entry in host.provided("renderers")}
+    renderer_name = choose_renderer(config, spec, registered).name  # as a live session chooses
+    if renderer_name != config.render.use:
+        config = dataclasses.replace(config, render=dataclasses.replace(config.render, use=renderer_name, options={}))
     renderer = host.create_renderer(config)
-    portrait = np.full((512, 512, 3), 128, dtype=np.uint8)
-    session = SessionInfo(session_id="bench", config=config, portrait=portrait, renderer=renderer_name, engine=engine)
+    portrait = _portrait(config.session.portrait)
+    session = SessionInfo(
+        session_id="bench",
+        config=config,
+        portrait_path=config.session.portrait,
+        portrait=portrait,
+        renderer=renderer_name,
+        engine=engine,
+    )
     rng = np.random.default_rng(seed)
     engine.open(session)
     renderer.open(session)

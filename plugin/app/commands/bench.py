@@ -10,7 +10,7 @@ configuration: ``--config`` from ``[model] preset``, ``--threads`` from ``[model
 
 ``--backend eager|cuda-graphs|tensorrt|onnxruntime|auto|all`` times the exported fixed-shape
 graphs per backend (`avatarforcing.engine.export.backend_bench`); a backend that cannot run here is
-reported as ``not available: reason``, never replaced. ``--engine NAME`` times a registered
+reported as ``not available: reason``, never replaced. ``--engine NAME [--renderer NAME] [--portrait IMG]`` times a registered
 motion engine and its renderer through the plugin system (`avatarforcing.plugin.app.engine_bench`).
 ``--json`` alone prints one JSON object; ``--json FILE`` writes it to FILE (and prints the tables).
 Exit status 0 when something was measured, 1 when nothing could be.
@@ -76,6 +76,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="tensorrt (default fp16) and cuda-graphs (default fp32) precision",
     )
     parser.add_argument(
+        "--renderer",
+        default=None,
+        metavar="NAME",
+        help="with --engine: the renderer to time (default: the session's choice)",
+    )
+    parser.add_argument(
+        "--portrait", default=None, metavar="IMG", help="with --engine: the identity image ([session] portrait)"
+    )
+    parser.add_argument(
         "--engine",
         dest="engine_name",
         default=None,
@@ -92,6 +101,10 @@ def _run(args: argparse.Namespace, context) -> int:
         overrides.append(("model.preset", args.model_config))
     if args.threads is not None:
         overrides.append(("model.threads", args.threads))
+    if args.renderer is not None:
+        overrides.append(("render.use", args.renderer))
+    if args.portrait is not None:
+        overrides.append(("session.portrait", args.portrait))
     config = context.load_config(overrides)
     blocks = coerce("--blocks", args.blocks, int, minimum=1, maximum=100000)
     if args.threads is not None:

@@ -42,6 +42,23 @@ def _open_input(path: str | Path) -> av.container.InputContainer:
         raise MediaError(f"cannot open media file {path}: {exc}") from exc
 
 
+def stream_problem(path: str | Path, kind: str) -> str | None:
+    """Why `path` cannot give a stream of `kind` (``"audio"`` or ``"video"``): ``"file not
+    found"``, ``"cannot be opened as media (...)"`` or ``"has no audio stream"``; None when
+    it can. Cheap: opens the container, decodes nothing (a file damaged further in fails when
+    it is read)."""
+    if kind not in ("audio", "video"):
+        raise ValueError(f"kind must be 'audio' or 'video', got {kind!r}")
+    if not Path(path).expanduser().is_file():
+        return "file not found"
+    try:
+        with av.open(str(Path(path).expanduser()), mode="r") as container:
+            streams = container.streams.audio if kind == "audio" else container.streams.video
+            return None if streams else f"has no {kind} stream"
+    except (av.FFmpegError, OSError) as exc:
+        return f"cannot be opened as media ({getattr(exc, 'strerror', None) or exc})"
+
+
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream of ``path`` (WAV, mp4, mkv, ...) to float32 mono.
 
@@ -239,6 +256,7 @@ class VideoWriter:
         self._audio_samples_encoded = 0
         self.frames_written = 0
         self._closed = False
+        self._failed = False  # a write failed (disk full, disk gone): close must not flush
         if not self.path.parent.is_dir():
             raise MediaError(f"output folder does not exist: {self.path.parent}")
         self._container = av.open(str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"})
@@ -281,7 +299,7 @@ class VideoWriter:
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = self.frames_written
         video_frame.time_base = self._video_stream.codec_context.time_base
-        self._container.mux(self._video_stream.encode(video_frame))
+        self._mux(self._video_stream.encode(video_frame))
         self.frames_written += 1
         self._encode_audio(limit=self._audio_samples_for_video())
 
@@ -310,14 +328,24 @@ class VideoWriter:
             return
         self._closed = True
         try:
-            if self._video_stream is not None:
+            # after a failed write, flushing the encoders crashes the process (PyAV 18): the
+            # file is incomplete anyway, so only the container is closed
+            if self._video_stream is not None and not self._failed:
                 limit = self._audio_samples_for_video() if self.trim_audio else None
                 self._encode_audio(limit=limit)
-                self._container.mux(self._video_stream.encode(None))
+                self._mux(self._video_stream.encode(None))
                 if self._audio_stream is not None:
-                    self._container.mux(self._audio_stream.encode(None))
+                    self._mux(self._audio_stream.encode(None))
         finally:
             self._container.close()
+
+    def _mux(self, packets) -> None:
+        """Write `packets`; a failure (OSError: disk full, disk gone) marks the writer failed."""
+        try:
+            self._container.mux(packets)
+        except BaseException:
+            self._failed = True
+            raise
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -351,7 +379,7 @@ class VideoWriter:
         audio_frame.sample_rate = int(self.audio_sample_rate)
         audio_frame.pts = self._audio_samples_encoded
         audio_frame.time_base = Fraction(1, int(self.audio_sample_rate))
-        self._container.mux(self._audio_stream.encode(audio_frame))
+        self._mux(self._audio_stream.encode(audio_frame))
         self._audio_samples_encoded += take.size
 
 

@@ -121,6 +121,17 @@ def unknown_option(option: str, known: Iterable[str], what: str = "option") -> C
     return ConfigError(option, f"unknown {what}{hint} (known: {listing})")
 
 
+SECRET_MASK = "***"
+
+
+def masked(specs: Sequence[OptionSpec], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `values` (a plugin's options) with the value of every `secret` option that is
+    set replaced by `SECRET_MASK`: what every printed configuration shows. An empty secret stays
+    ``""`` (it tells the user that none is set)."""
+    secret = {spec.name for spec in specs if spec.secret}
+    return {key: SECRET_MASK if key in secret and value not in ("", None) else value for key, value in values.items()}
+
+
 def resolve_options(where: str, specs: Sequence[OptionSpec], given: Mapping[str, Any]) -> dict[str, Any]:
     """Validate `given` against `specs`: every declared option gets its default when absent,
     strings are converted, unknown keys and bad values raise `ConfigError` named
@@ -135,17 +146,24 @@ def resolve_options(where: str, specs: Sequence[OptionSpec], given: Mapping[str,
         if spec.required and spec.name not in given:
             raise ConfigError(option, f"required ({spec.help}); set it in the config or with --set")
         value = given.get(spec.name, spec.default)
-        result[spec.name] = coerce(
-            option,
-            value,
-            spec.type,
-            choices=spec.choices,
-            minimum=spec.minimum,
-            maximum=spec.maximum,
-        )
+        shown = SECRET_MASK if spec.secret else repr(value)  # a secret never reaches a message
+        try:
+            result[spec.name] = coerce(
+                option,
+                value,
+                spec.type,
+                choices=spec.choices,
+                minimum=spec.minimum,
+                maximum=spec.maximum,
+            )
+        except ConfigError:
+            if not spec.secret:
+                raise
+            expected = type_label(spec.type, spec.choices, spec.minimum, spec.maximum)
+            raise ConfigError(option, f"expected {expected}, got {shown}") from None
         if spec.required and result[spec.name] == spec.default:
-            raise ConfigError(option, f"required ({spec.help}), got {value!r}")
+            raise ConfigError(option, f"required ({spec.help}), got {shown}")
         problem = spec.check(result[spec.name]) if spec.check else None
         if problem:
-            raise ConfigError(option, f"{problem}: {value!r}")
+            raise ConfigError(option, f"{problem}: {shown}")
     return result

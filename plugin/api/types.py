@@ -57,7 +57,8 @@ class OptionSpec:
     `minimum`/`maximum` bound numbers (inclusive). `required`: the user must give a value
     other than the default (e.g. a file path whose default is ``""``). `check(value)` returns
     ``None`` or a short description of what is wrong (e.g. ``"file not found"``). Values given
-    as strings (``--set``) are converted to `type`.
+    as strings (``--set``) are converted to `type`. `secret` (a password, a token): every
+    printed configuration, log line and error shows ``"***"`` instead of the value.
     """
 
     name: str
@@ -69,6 +70,7 @@ class OptionSpec:
     maximum: float | None = None
     required: bool = False
     check: Callable[[Any], str | None] | None = None
+    secret: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.match(r"^[a-z][a-z0-9_]*$", self.name):
@@ -86,12 +88,18 @@ class SourceSpec:
 
     `factory(**options)` returns an `AudioSource` (avatar/user audio) or a `VideoSource` (user
     video, avatar video). `name` is unique among the sources of its kind.
+
+    `reads_file`: the source reads a file, not a device. A live session then treats it as
+    configuration: its options are checked before anything loads, a failure ends the session
+    instead of being retried (a file does not come back), and the session ends when every
+    file source has ended.
     """
 
     name: str
     description: str
     factory: Callable[..., Any]
     options: tuple[OptionSpec, ...] = ()
+    reads_file: bool = False
 
     def __post_init__(self) -> None:
         _check_name("source", self.name)
@@ -116,7 +124,10 @@ class SinkSpec:
     """A named output; `factory(**options)` returns a `Sink`.
 
     `accepts_audio` says whether the sink wants the avatar audio (`Sink.write_audio`) as well as
-    the frames.
+    the frames. `reopen`: a live session closes a sink that fails and reopens it with backoff
+    (a device or a service comes back); ``False`` for sinks that a reopen would harm (the
+    recorder would start its file again): such a sink is dead once it fails, and the session
+    ends when its last sink is dead.
     """
 
     name: str
@@ -124,6 +135,7 @@ class SinkSpec:
     factory: Callable[..., Any]
     options: tuple[OptionSpec, ...] = ()
     accepts_audio: bool = False
+    reopen: bool = True
 
     def __post_init__(self) -> None:
         _check_name("sink", self.name)

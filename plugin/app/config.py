@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from avatarforcing.plugin.api.errors import ConfigError
-from avatarforcing.plugin.api.options import coerce, resolve_options, unknown_option
+from avatarforcing.plugin.api.options import coerce, masked, resolve_options, unknown_option
 from avatarforcing.plugin.api.types import NAME_PATTERN, SOURCE_KINDS
 
 if sys.version_info >= (3, 11):
@@ -461,9 +461,37 @@ def load_config(
     return config_from_dict(raw, source_file)
 
 
-def to_toml(config: AppConfig) -> str:
-    """Render a configuration as TOML (for ``avatarforcing config``)."""
+def _masked_table(host: Any, registry: str, name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` (the options of plugin `name` in `registry`) with its secret options masked; an
+    unknown name has no declared secrets and is shown as given."""
+    try:
+        specs = host.lookup(registry, name).spec.options
+    except Exception:  # an unknown or ambiguous name: `run` reports it, printing must not fail
+        return dict(values)
+    return masked(specs, values)
+
+
+def printable_dict(config: AppConfig, host: Any) -> dict[str, Any]:
+    """`AppConfig.to_dict()` with every option that its plugin declares `secret` (e.g.
+    ``sinks.obs.password``) shown as ``"***"`` when set: what a printed configuration shows.
+    `host` (a `PluginHost`) knows the plugins' option specs."""
     data = config.to_dict()
+    for kind in SOURCE_KINDS:
+        slot = data["sources"][kind]
+        if slot["use"]:
+            data["sources"][kind] = _masked_table(host, kind, slot["use"], slot)
+    data["render"] = _masked_table(host, "renderers", config.render.use, data["render"])
+    for name in config.sinks.options:
+        data["sinks"][name] = _masked_table(host, "sinks", name, data["sinks"][name])
+    for name in config.engines.options:
+        data["engines"][name] = _masked_table(host, "engines", name, data["engines"][name])
+    return data
+
+
+def to_toml(config: AppConfig, host: Any = None) -> str:
+    """Render a configuration as TOML (for ``avatarforcing config``); with `host`, secret
+    options are masked (`printable_dict`)."""
+    data = config.to_dict() if host is None else printable_dict(config, host)
     lines: list[str] = []
 
     def scalar(value: Any) -> str:

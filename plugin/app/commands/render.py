@@ -21,7 +21,8 @@ Flags override the configuration (``--nfe`` -> ``model.nfe``, ``--a-cfg`` ->
 ``--threads`` -> ``model.threads``, ``--renderer`` -> ``render.use``, ``--portrait`` ->
 ``session.portrait``, ``--engine`` -> ``model.engine``, ``--model`` ->
 ``engines.official.model``, ``--no-face-crop`` -> ``engines.official.face_tracking = false``) and
-are validated like them. Every file and the output folder are checked before anything loads.
+are validated like them. Every file and the output folder are checked before anything loads;
+an existing ``--out`` file is refused unless ``--overwrite`` is given.
 Exit status: 0 written, 1 failure (unreadable media, no face, weights that do not load), 2
 usage (missing file, bad option).
 """
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from rich.markup import escape
 
 from avatarforcing.plugin.api.errors import CommandError
 from avatarforcing.plugin.api.types import CommandSpec
+from avatarforcing.plugin.app.preflight import check_output, check_portrait
 from avatarforcing.schemas.media_rates import FRAME_RATE
 
 # flag attribute -> configuration option it overrides
@@ -83,6 +84,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--u-cfg", metavar="X", help="user guidance (default: [model] u_cfg_scale)")
     parser.add_argument("--seed", metavar="N", help="noise seed (default: [model] seed)")
     parser.add_argument("--threads", metavar="N", help="CPU threads (default: [model] threads, 0 = automatic)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file (refused otherwise)")
     parser.add_argument(
         "--no-face-crop",
         dest="face_crop",
@@ -98,20 +100,6 @@ def _existing(flag: str, path: Path | None) -> Path | None:
     if not path.is_file():
         raise CommandError(f"{flag}: file not found: {path}", exit_code=2)
     return path
-
-
-def _check_output(out: Path) -> Path:
-    """The output path, checked before any work: an .mp4 in a writable folder."""
-    out = out.expanduser()
-    if out.is_dir():
-        raise CommandError(f"--out: {out} is a directory", exit_code=2)
-    if out.suffix.lower() != ".mp4":
-        raise CommandError(f"--out: {out} must end in .mp4", exit_code=2)
-    if not out.parent.is_dir():
-        raise CommandError(f"--out: folder does not exist: {out.parent}", exit_code=2)
-    if not os.access(out.parent, os.W_OK):
-        raise CommandError(f"--out: folder is not writable: {out.parent}", exit_code=2)
-    return out
 
 
 def _avatar_audio(avatar_audio: Path | None, avatar_video: Path | None) -> Path:
@@ -191,15 +179,15 @@ def _run(args: argparse.Namespace, context) -> int:
         overrides.append(("model.engine", "official"))
     if not args.face_crop:
         overrides.append(("engines.official.face_tracking", False))
-    out = _check_output(args.out)
+    out = check_output("--out", args.out, suffix=".mp4", overwrite=args.overwrite)
     media, seconds = _media_overrides(args)
     overrides += media
     # written under a temporary name, renamed when complete: a failed render leaves no file
     partial = out.with_name(f".{out.stem}.partial.mp4")
     overrides += [("sinks.use", ("recorder",)), ("sinks.recorder.path", str(partial))]
     config = context.load_config(overrides)
-    if config.session.portrait and not Path(config.session.portrait).expanduser().is_file():
-        raise CommandError(f"--portrait: file not found: {config.session.portrait}", exit_code=2)
+    if config.session.portrait:
+        check_portrait("--portrait" if args.portrait else "session.portrait", config.session.portrait)
     context.host.lookup("engines", config.model.engine)  # unknown names fail before any work
     if config.render.chosen:
         context.host.lookup("renderers", config.render.use)

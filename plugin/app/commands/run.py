@@ -11,6 +11,12 @@ File flags select the built-in ``audio-file``/``video-file`` sources paced to th
 ``--avatar-video FILE`` is your own face from a file (``[sources.avatar_video]``), which the
 ``mirror`` engine copies onto the avatar (``--engine mirror``; live, ``--set
 sources.avatar_video.use=webcam`` takes the camera instead).
+
+Before any model loads, every input and output is checked (`_check_inputs_and_outputs`): a file
+that cannot be read, a portrait that is not an image, a recording that is not an .mp4 or whose
+folder cannot hold it, or an existing ``--record``/``--stats`` file without ``--overwrite`` is one
+line and exit 2. Exit status: 0 the inputs ended / ``--duration`` passed, 1 the session failed
+(a stage, a file source, the last output), 2 usage, 128 + N stopped by signal N.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import argparse
 import signal
 from pathlib import Path
 
-from avatarforcing.plugin.api.types import VIDEO_SOURCE_KINDS, CommandSpec
+from avatarforcing.plugin.api.types import SOURCE_KINDS, VIDEO_SOURCE_KINDS, CommandSpec
 
 PRESETS = ("meeting", "stream", "demo")
 LIVE_SOURCES = {"avatar_audio": "microphone", "user_audio": "loopback", "user_video": "screen"}
@@ -49,6 +55,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="stop after this long (0 = until Ctrl-C or the end of the inputs)",
     )
     parser.add_argument("--stats", metavar="FILE", help="write the session stats as JSON (periodically and at the end)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --record or --stats file (refused otherwise)"
+    )
 
 
 def _has_display(environ) -> bool:
@@ -106,6 +115,31 @@ def preset_overrides(args: argparse.Namespace, environ) -> list[tuple[str, objec
     return out
 
 
+def given_kinds(given: set[str]) -> set[str]:
+    """The source kinds whose file `--set` chose (``sources.KIND.path`` among `given`)."""
+    return {key.split(".")[1] for key in given if key.startswith("sources.") and key.endswith(".path")}
+
+
+def _check_inputs_and_outputs(args: argparse.Namespace, context, config, flags: dict[str, str]) -> None:
+    """Before any model loads: every source's options (a file source's file exists, opens and
+    has the stream its kind needs), every sink's options, the portrait (an image), and the
+    files the session writes (the recording: an .mp4; the stats: any name), each in a writable
+    folder and not replacing a file unless --overwrite. One line and exit 2 for the first
+    problem; `flags` maps a source kind to the flag that gave its file (named in messages)."""
+    from avatarforcing.plugin.app.preflight import check_output, check_portrait, check_sinks, check_sources
+
+    check_sources(context.host, config, flags)
+    if config.session.portrait:
+        check_portrait("--portrait" if args.portrait else "session.portrait", config.session.portrait)
+    record = config.sinks.options_for("recorder").get("path", "") if "recorder" in config.sinks.use else ""
+    if record:
+        flag = "--record" if args.record else "sinks.recorder.path"
+        check_output(flag, str(record), suffix=".mp4", overwrite=args.overwrite)
+    if args.stats:
+        check_output("--stats", args.stats, overwrite=args.overwrite)
+    check_sinks(context.host, config)
+
+
 def _run(args: argparse.Namespace, context) -> int:
     from rich.markup import escape
 
@@ -125,8 +159,13 @@ def _run(args: argparse.Namespace, context) -> int:
     ]
     config = context.load_config(overrides)
     context.host.lookup("engines", config.model.engine)  # an unknown name fails before any work
-    for name in config.sinks.use:
-        context.host.lookup("sinks", name)
+    chosen_by_set = given_kinds(given)
+    flags = {
+        kind: f"--{kind.replace('_', '-')}"
+        for kind in SOURCE_KINDS
+        if getattr(args, kind) and kind not in chosen_by_set
+    }
+    _check_inputs_and_outputs(args, context, config, flags)
     console = context.err_console
     session = Session(
         context.host,

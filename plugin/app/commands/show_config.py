@@ -1,5 +1,7 @@
 """``avatarforcing config [--json]``: print the effective configuration (after the file,
-``--set`` and defaults), as TOML or JSON. A bad value fails with one line naming the option."""
+``--set`` and defaults), as TOML or JSON. A bad value fails with one line naming the option.
+Secret options (those a plugin declares ``secret``, e.g. ``sinks.obs.password``) print as
+``"***"`` when set, never their value."""
 
 from __future__ import annotations
 
@@ -13,15 +15,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace, context) -> int:
-    from avatarforcing.plugin.app.config import to_toml
+    from avatarforcing.plugin.app.config import printable_dict, to_toml
 
     config = context.load_config()
     if args.json:
-        context.print_json({"source_file": config.source_file, "config": config.to_dict()})
+        context.print_json({"source_file": config.source_file, "config": printable_dict(config, context.host)})
     else:
         if config.source_file:
             context.stdout.write(f"# from {config.source_file}\n")
-        context.stdout.write(to_toml(config))
+        context.stdout.write(to_toml(config, context.host))
     return 0
 
 

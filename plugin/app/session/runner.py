@@ -145,6 +145,7 @@ class Session:
         self._captures: list[CaptureThread] = []
         self._sink_workers: list[SinkWorker] = []
         self._inboxes: dict[str, AudioInbox | VideoInbox] = {}
+        self._file_kinds: set[str] = set()  # kinds whose source reads a file (SourceSpec.reads_file)
         self.engine: Any = None
         self.renderer: Any = None
         self.session: SessionInfo | None = None
@@ -165,10 +166,13 @@ class Session:
         names = ("features_queue", "blocks_queue", "frames_queue")
         return [q for q in (getattr(self, n, None) for n in names) if q is not None]
 
-    def _fail(self, stage: str, error: BaseException) -> None:
+    def _fail(self, stage: str, error: BaseException, trace: bool = True) -> None:
+        """Record the session's first error (``stats.error``, naming `stage`) and stop.
+        `trace`: log the traceback (a bug somewhere); False for the failures of a file or a
+        device, which the message explains."""
         if self.stats.error is None:
             self.stats.error = f"{stage}: {type(error).__name__}: {error}"
-        log.error("stage %s failed: %s: %s", stage, type(error).__name__, error, exc_info=error)
+        log.error("stage %s failed: %s: %s", stage, type(error).__name__, error, exc_info=error if trace else None)
         self.request_stop()
 
     def _stage(self, name: str, body: Callable[[], None]) -> threading.Thread:
@@ -201,7 +205,10 @@ class Session:
             path = Path(config.session.portrait).expanduser()
             if not path.is_file():
                 raise ConfigError("session.portrait", f"file not found: {str(path)!r}")
-            portrait = load_image_rgb(path)
+            try:
+                portrait = load_image_rgb(path)
+            except (ValueError, OSError) as error:  # not an image: one line, not a traceback
+                raise ConfigError("session.portrait", str(error)) from None
         sources = {kind: config.sources.slot(kind).use for kind in SOURCE_KINDS}
         self.session = SessionInfo(
             session_id=uuid.uuid4().hex,
@@ -221,6 +228,10 @@ class Session:
             slot = config.sources.slot(kind)
             if not slot.use:
                 continue
+            # a file does not come back: a file source that fails ends the session, live too
+            reads_file = self.host.lookup(kind, slot.use).spec.reads_file
+            if reads_file:
+                self._file_kinds.add(kind)
             make = lambda k=kind, s=slot: self.host.create(k, s.use, s.options, f"sources.{k}")
             inbox = (
                 VideoInbox(lossless=self.offline)
@@ -239,7 +250,11 @@ class Session:
                 self.capture_stop,
                 config.session.retry_initial_s,
                 config.session.retry_max_s,
-                on_failure=(lambda error, k=kind: self._fail(f"sources.{k}", error)) if self.offline else None,
+                on_failure=(
+                    (lambda error, k=kind: self._fail(f"sources.{k}", error, trace=False))
+                    if self.offline or reads_file
+                    else None
+                ),
             )
             self._captures.append(capture)
         self._sink_specs = sink_specs
@@ -271,9 +286,28 @@ class Session:
                     self.config.session.retry_max_s,
                     sink=sink,
                     lossless=self.offline,
-                    on_failure=(lambda error, n=spec.name: self._fail(f"sinks.{n}", error)) if self.offline else None,
+                    on_failure=self._sink_failure(spec),
                 )
             )
+
+    def _sink_failure(self, spec: Any) -> Callable[[BaseException], None] | None:
+        """What happens when sink `spec` fails: None (live, the default) reopens it with backoff;
+        offline its failure ends the session (a render's file is its only output); live, a sink
+        that must not be reopened (``SinkSpec.reopen`` false, e.g. the recorder) is dead and
+        the session ends when no output is left (`_sink_died`)."""
+        if self.offline:
+            return lambda error: self._fail(f"sinks.{spec.name}", error, trace=False)
+        if not spec.reopen:
+            return lambda error: self._sink_died(spec.name, error)
+        return None
+
+    def _sink_died(self, name: str, error: BaseException) -> None:
+        """Sink `name` failed for good: the session goes on while another output is alive and
+        ends with this error (exit 1) when it was the last one."""
+        if all(worker.dead for worker in self._sink_workers):
+            self._fail(f"sinks.{name}", error, trace=False)
+            return
+        log.error("sink %r stopped for good (%s: %s); the other outputs continue", name, type(error).__name__, error)
 
     def _warm_up(self) -> np.ndarray | None:
         """engine.warm_up() and one render; returns the image to hold until the first frame."""
@@ -301,14 +335,23 @@ class Session:
             return [inbox.frame_at((k + i) / FRAME_RATE) for i in range(n)]
         return [inbox.latest(now)] * n
 
+    def _ending_inboxes(self) -> list[AudioInbox | VideoInbox]:
+        """The inboxes whose end ends the session. Offline: the audio (the official length, the
+        longer of the two voices). Live: the file sources' — endless ones (devices, endless
+        silence) must not keep a session whose files ended alive; with no file source, every
+        source (a session of devices runs until stopped)."""
+        if self.offline:
+            ending = [self._inboxes[k] for k in ("avatar_audio", "user_audio") if k in self._inboxes]
+        else:
+            ending = [self._inboxes[k] for k in self._file_kinds if k in self._inboxes]
+        return ending or list(self._inboxes.values())
+
     def _features(self) -> None:
         engine, config = self.engine, self.config
         n = config.session.feature_frames
         total = int(round(self.duration * FRAME_RATE)) if self.duration > 0 else None
         audio = {kind: self._inboxes.get(kind) for kind in ("avatar_audio", "user_audio")}
-        # offline, the audio sets the length (the official length: the longer of the two tracks)
-        ending = [i for i in audio.values() if i is not None] if self.offline else list(self._inboxes.values())
-        ending = ending or list(self._inboxes.values())
+        ending = self._ending_inboxes()
         k = 0
         while True:
             if total is not None and k >= total:
@@ -550,4 +593,4 @@ class Session:
         data = self._write_stats()
         if self.session is not None and started_hooks:
             self.events.stopped(self.session, data)
-        self.say(self.stats.log_line())
+            self.say(self.stats.log_line())  # only a session that went live has stats to show

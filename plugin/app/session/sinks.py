@@ -19,8 +19,9 @@ class SinkWorker(threading.Thread):
     """Owns one sink. `offer(frame, audio)` replaces any item not yet written (a slow sink
     skips frames, counted in ``stats.sink_skipped``); `finish()` writes what is pending, closes
     the sink and ends the thread. Offline (``lossless=True``) `offer` waits until the previous
-    item was taken, so every frame is written, and a failing sink is handed to `on_failure`
-    instead of being reopened (a render's file is its only output)."""
+    item was taken, so every frame is written. With `on_failure` (offline: a render's file is its
+    only output; live: a sink that a reopen would harm, such as the recorder) a failing sink is
+    not reopened: it is `dead` and its error is handed to `on_failure`."""
 
     def __init__(
         self,
@@ -47,6 +48,7 @@ class SinkWorker(threading.Thread):
         self._retry_at = 0.0
         self._delay = retry_initial_s
         self.failing = False
+        self.dead = False  # failed and never reopened (see `on_failure`)
         self.written = 0
         self.reopened = 0
 
@@ -72,8 +74,8 @@ class SinkWorker(threading.Thread):
         self.stats.fault("sink_faults", self.sink_name)
         if self.on_failure is not None:
             with self._cond:
-                self.failing = True
-                self._retry_at = float("inf")  # never reopened: the session ends
+                self.failing = self.dead = True
+                self._retry_at = float("inf")  # never reopened
                 self._cond.notify_all()
             self._close_quietly()
             self.on_failure(error)

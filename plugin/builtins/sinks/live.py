@@ -244,10 +244,18 @@ class RecorderSink:
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
+    def _check(self) -> None:
+        """Raise once the encoder thread stopped: the session learns the recording is over
+        (the error names the file)."""
+        if self.error:
+            raise RuntimeError(f"recording to {self.path} stopped: {self.error}")
+
     def write_frame(self, frame: Frame) -> None:
+        self._check()
         self._queue.put(("frame", frame.index, flatten_rgba(frame.image)))
 
     def write_audio(self, chunk: AudioChunk) -> None:
+        self._check()
         self._queue.put(("audio", chunk.timestamp, to_mono_rate(chunk.samples, chunk.sample_rate, self._rate)))
 
     def _run(self) -> None:
@@ -268,9 +276,9 @@ class RecorderSink:
                         last_image = payload
                 else:
                     self._write_audio(position, payload)
-        except Exception as error:  # disk full, bad frame size: stop recording, keep the session
+        except Exception as error:  # disk full, disk gone: the next write_frame reports it
             self.error = f"{type(error).__name__}: {error}"
-            log.error("recorder stopped: %s", self.error)
+            log.error("recorder: writing %s failed: %s", self.path, self.error)
 
     def _write_audio(self, timestamp: float, samples: np.ndarray) -> None:
         start = int(round(timestamp * self._rate))
@@ -374,7 +382,7 @@ OBS = SinkSpec(
     options=(
         OptionSpec("host", str, "127.0.0.1", "OBS websocket host"),
         OptionSpec("port", int, 4455, "OBS websocket port", minimum=1, maximum=65535),
-        OptionSpec("password", str, "", f"OBS websocket password ('' = ${OBS_PASSWORD_ENV}); never logged"),
+        OptionSpec("password", str, "", f"OBS websocket password ('' = ${OBS_PASSWORD_ENV}); never shown", secret=True),
         OptionSpec("scene", str, "AvatarForcing", "scene to create or use"),
         OptionSpec("source", str, "AvatarForcing avatar", "media source (input) to create or update"),
         OptionSpec(
@@ -419,6 +427,7 @@ RECORDER = SinkSpec(
         ),
     ),
     accepts_audio=True,
+    reopen=False,  # reopening would start the file again, losing what was recorded
 )
 MIC_DELAY = SinkSpec(
     "mic-delay",

@@ -33,8 +33,14 @@ def _media():
     return media
 
 
-def _existing_file(path: str) -> str | None:
-    return None if Path(path).expanduser().is_file() else "file not found"
+def _audio_file(path: str) -> str | None:
+    """None when `path` is a media file with an audio track, else what is wrong with it."""
+    return _media().stream_problem(path, "audio")
+
+
+def _video_file(path: str) -> str | None:
+    """None when `path` is a media file with a video stream, else what is wrong with it."""
+    return _media().stream_problem(path, "video")
 
 
 class _Clock:
@@ -181,7 +187,8 @@ class VideoFileSource:
 
 
 # -- options -------------------------------------------------------------------------------------
-PATH = OptionSpec("path", str, "", "audio or video file to read", required=True, check=_existing_file)
+# the checks open the file: a live session refuses a file it cannot read before going live
+PATH = OptionSpec("path", str, "", "audio or video file to read", required=True, check=_audio_file)
 SAMPLE_RATE = OptionSpec("sample_rate", int, SAMPLE_RATE, "output sample rate in Hz", minimum=8000, maximum=192000)
 CHUNK_MS = OptionSpec("chunk_ms", int, 40, "chunk length in milliseconds", minimum=1, maximum=1000)
 REALTIME = OptionSpec("realtime", bool, False, "pace the stream to the wall clock")
@@ -192,6 +199,7 @@ AUDIO_FILE = SourceSpec(
     description="audio track of a file (WAV, FLAC, MP3, MP4...), mono float32",
     factory=AudioFileSource,
     options=(PATH, SAMPLE_RATE, CHUNK_MS, REALTIME, LOOP),
+    reads_file=True,
 )
 SILENCE = SourceSpec(
     name="silence",
@@ -209,11 +217,12 @@ VIDEO_FILE = SourceSpec(
     description="frames of a video file (MP4, MKV, WebM...), RGB, resampled to a fixed rate",
     factory=VideoFileSource,
     options=(
-        OptionSpec("path", str, "", "video file to read", required=True, check=_existing_file),
+        OptionSpec("path", str, "", "video file to read", required=True, check=_video_file),
         OptionSpec("fps", float, 25.0, "output frame rate (0 = the file's own frames)", minimum=0.0, maximum=240.0),
         REALTIME,
         LOOP,
     ),
+    reads_file=True,
 )
 
 

@@ -529,6 +529,9 @@ class Session:
             ]
             for worker in self._sink_workers:
                 worker.start()
+            # the first stats summary loads numpy's percentile code (~20-150 ms holding the GIL):
+            # do it now, not during the first live stats report, where it stalls the pacer
+            self.stats.to_dict()
             live_start = self.clock.start()
             for inbox in self._inboxes.values():
                 inbox.go_live()

@@ -25,17 +25,26 @@ class LatencyTracker:
         self.count += 1
         self.maximum = max(self.maximum, seconds)
 
-    def summary(self) -> dict[str, Any]:
+    def snapshot(self) -> tuple[list[float], int, float]:
+        """(recent seconds, count, maximum): cheap, to take under the stats lock."""
+        return list(self._recent), self.count, self.maximum
+
+    @staticmethod
+    def summarize(recent: list[float], count: int, maximum: float) -> dict[str, Any]:
         """``{"count", "p50_ms", "p95_ms", "max_ms"}`` (None where nothing was measured)."""
-        if not self._recent:
+        if not recent:
             return {"count": 0, "p50_ms": None, "p95_ms": None, "max_ms": None}
-        values = np.asarray(self._recent) * 1000.0
+        values = np.asarray(recent) * 1000.0
         return {
-            "count": self.count,
+            "count": count,
             "p50_ms": round(float(np.percentile(values, 50)), 2),
             "p95_ms": round(float(np.percentile(values, 95)), 2),
-            "max_ms": round(self.maximum * 1000.0, 2),
+            "max_ms": round(maximum * 1000.0, 2),
         }
+
+    def summary(self) -> dict[str, Any]:
+        """``{"count", "p50_ms", "p95_ms", "max_ms"}`` (None where nothing was measured)."""
+        return self.summarize(*self.snapshot())
 
 
 @dataclass
@@ -80,8 +89,11 @@ class SessionStats:
             return counts[name]
 
     def to_dict(self) -> dict[str, Any]:
+        # the percentiles are computed after the lock is released: the pacer counts frames under
+        # this lock 25 times a second and must never wait for a summary
         with self._lock:
-            return {
+            snapshots = {stage: tracker.snapshot() for stage, tracker in self.latency.items()}
+            data = {
                 "engine": self.engine,
                 "renderer": self.renderer,
                 "backend": self.backend,
@@ -95,7 +107,7 @@ class SessionStats:
                 "delay_ticks": self.delay_ticks,
                 "blocks": self.blocks,
                 "max_frame_queue": self.max_frame_queue,
-                "latency": {stage: tracker.summary() for stage, tracker in self.latency.items()},
+                "latency": {},
                 "source_faults": dict(self.source_faults),
                 "sink_faults": dict(self.sink_faults),
                 "sink_skipped": dict(self.sink_skipped),
@@ -104,6 +116,8 @@ class SessionStats:
                 "fps": round(self.frames / self.live_s, 3) if self.live_s > 0 else None,
                 "error": self.error,
             }
+        data["latency"] = {stage: LatencyTracker.summarize(*snap) for stage, snap in snapshots.items()}
+        return data
 
     def log_line(self) -> str:
         d = self.to_dict()

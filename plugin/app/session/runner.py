@@ -4,6 +4,7 @@ goes (``avatarforcing render``). See docs/session.md."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -145,7 +146,8 @@ class Session:
         self._captures: list[CaptureThread] = []
         self._sink_workers: list[SinkWorker] = []
         self._inboxes: dict[str, AudioInbox | VideoInbox] = {}
-        self._file_kinds: set[str] = set()  # kinds whose source reads a file (SourceSpec.reads_file)
+        self._file_kinds: set[str] = set()
+        self._frozen = False  # gc.freeze() in effect (live, from going live to shutdown)  # kinds whose source reads a file (SourceSpec.reads_file)
         self.engine: Any = None
         self.renderer: Any = None
         self.session: SessionInfo | None = None
@@ -532,6 +534,13 @@ class Session:
             # the first stats summary loads numpy's percentile code (~20-150 ms holding the GIL):
             # do it now, not during the first live stats report, where it stalls the pacer
             self.stats.to_dict()
+            if not self.offline:
+                # a full garbage collection walks every object (the models', torch's, ...): 100 ms
+                # or more, a stall of the pacer when it comes mid-session; what exists now lives as
+                # long as the session, so collect once and freeze it out of later collections
+                gc.collect()
+                gc.freeze()
+                self._frozen = True
             live_start = self.clock.start()
             for inbox in self._inboxes.values():
                 inbox.go_live()
@@ -565,6 +574,9 @@ class Session:
         return self.stats.to_dict()
 
     def _shutdown(self, started_hooks: bool) -> None:
+        if self._frozen:  # what the session froze may be collected again
+            gc.unfreeze()
+            self._frozen = False
         self.request_stop()
         self.capture_stop.set()
         for capture in self._captures:

@@ -39,6 +39,7 @@ from avatarforcing.integrations.portrait_analysis import (
 from avatarforcing.plugin.api.errors import PluginError
 from avatarforcing.plugin.api.markers import hookimpl
 from avatarforcing.plugin.api.types import Frame, MotionBlock, OptionSpec, RendererSpec, SessionInfo
+from avatarforcing.plugin.builtins.renderers.face_params import block_face_params
 from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 log = logging.getLogger(__name__)
@@ -180,18 +181,7 @@ class PortraitRenderer:
         )
 
     def _params(self, block: MotionBlock) -> np.ndarray:
-        latents = block.latents
-        if hasattr(latents, "detach"):  # a torch tensor
-            latents = latents.detach().cpu().numpy()
-        array = np.asarray(latents, dtype=np.float32) if latents is not None else None
-        if array is None or array.shape != (block.num_frames, MOTION_SPACE.dim):
-            shape = None if array is None else tuple(array.shape)
-            raise PluginError(
-                f"renderer 'portrait': block {block.index} latents must be default-motion-space "
-                f"parameters of shape ({block.num_frames}, {MOTION_SPACE.dim}), got {shape}; "
-                "use it with the default avatar engine"
-            )
-        return array
+        return block_face_params(block, "portrait")
 
     def render(self, block: MotionBlock) -> list[Frame]:
         if self.prepared is None:

@@ -18,7 +18,6 @@ from importlib import metadata
 import numpy as np
 
 from avatarforcing.engine.embedded.drawing import LOOKS, composite, draw_face, get_look
-from avatarforcing.plugin.api.errors import PluginError
 from avatarforcing.plugin.api.markers import hookimpl
 from avatarforcing.plugin.api.types import (
     CheckResult,
@@ -28,6 +27,7 @@ from avatarforcing.plugin.api.types import (
     RendererSpec,
     SessionInfo,
 )
+from avatarforcing.plugin.builtins.renderers.face_params import block_face_params
 from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 log = logging.getLogger(__name__)
@@ -57,18 +57,7 @@ class PuppetRenderer:
         self._frame_size = (self.size, self.size) if self.size else tuple(session.frame_size)  # type: ignore[assignment]
 
     def _params(self, block: MotionBlock) -> np.ndarray:
-        latents = block.latents
-        if hasattr(latents, "detach"):  # a torch tensor
-            latents = latents.detach().cpu().numpy()
-        array = np.asarray(latents, dtype=np.float32) if latents is not None else None
-        if array is None or array.shape != (block.num_frames, MOTION_SPACE.dim):
-            shape = None if array is None else tuple(array.shape)
-            raise PluginError(
-                f"renderer 'puppet': block {block.index} latents must be default-motion-space "
-                f"parameters of shape ({block.num_frames}, {MOTION_SPACE.dim}), got {shape}; "
-                "use it with the default avatar engine"
-            )
-        return array
+        return block_face_params(block, "puppet")
 
     def render(self, block: MotionBlock) -> list[Frame]:
         frames = []

@@ -57,11 +57,18 @@ def _torch_load(path: Path) -> Any:
         reason = str(error).strip().splitlines()
         detail = next(
             (line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else ""
-        )
+        ).strip()
+        if "GLOBAL" not in detail:
+            # the bytes are not a pickle at all (random bytes, a truncated or foreign file): torch's
+            # restricted unpickler stops at the first opcode it does not know
+            raise CheckpointError(
+                f"cannot read {path}: it is neither safetensors nor a PyTorch checkpoint (its bytes do not "
+                f"parse as a pickle: {detail}); the file is corrupt, truncated or of another kind — download it again"
+            ) from error
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensor checkpoint — its pickle refers to "
             f"Python objects or code, which is never unpickled here (torch.load weights_only=True "
-            f"rejected it: {detail.strip()}). Only state dicts of tensors are accepted; if you "
+            f"rejected it: {detail}). Only state dicts of tensors are accepted; if you "
             f"trust the file, re-save its tensors (e.g. as safetensors) in a trusted environment."
         ) from error
     except Exception as error:  # torch raises many kinds on a corrupt or foreign file

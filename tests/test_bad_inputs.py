@@ -9,6 +9,7 @@ status of the process or a signal-free mid-session event matters)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from avatarforcing.integrations.media import VideoWriter, video_info
+from avatarforcing.integrations.media import VideoWriter, load_audio, video_info
 from avatarforcing.plugin.app.cli import run_cli
 from avatarforcing.plugin.host import build_plugin_host
 
@@ -33,10 +34,11 @@ def host():
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
-    """A 1.5 s tone, a video without audio, a text file, a text file named like an image."""
+    """A 1.5 s tone, a 0 s wav, a video without audio, a text file, a text file named like an image."""
     folder = tmp_path_factory.mktemp("media")
     t = np.arange(int(1.5 * 16000)) / 16000
     soundfile.write(folder / "voice.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    soundfile.write(folder / "empty.wav", np.zeros(0, np.float32), 16000)
     with VideoWriter(folder / "mute.mp4", 25, audio_sample_rate=None) as writer:
         for i in range(25):
             writer.write_frame(np.full((64, 64, 3), i * 5, np.uint8))
@@ -58,11 +60,11 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
-def subprocess_run(argv: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-    """`avatarforcing ARGV` in a subprocess without a display (the demo preset then records)."""
+def subprocess_run(argv: list[str], cwd: Path, warm_up: bool = False, **kwargs) -> subprocess.Popen:
+    """`avatarforcing ARGV` in a subprocess without a display (the demo preset then records);
+    without warm-up unless asked (the tests here are about inputs and outputs, not the start)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    # no warm-up: a 1.5 s file would otherwise play out before the session goes live
-    cmd = [sys.executable, "-m", "avatarforcing.plugin", *argv, "--set", "session.warm_up=false"]
+    cmd = [sys.executable, "-m", "avatarforcing.plugin", *argv, "--set", f"session.warm_up={str(warm_up).lower()}"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, **kwargs)
 
 
@@ -122,6 +124,26 @@ def test_run_with_only_an_avatar_audio_file_ends_at_its_end(media, tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert "session ended:" in out
     assert video_info(record).frame_count > 0
+
+
+def test_a_short_file_starts_with_the_clock_not_during_warm_up(tmp_path):
+    """File sources start when the session goes live, not before warm-up: a 3 s voice reaches the
+    recording but for the first clip's stale frames, which a live session skips to show its live
+    edge (counted in the stats). Started before warm-up, the voice played unheard during warm-up
+    as well (0.2-0.3 s here in a fresh process)."""
+    voice, record, stats = tmp_path / "voice3.wav", tmp_path / "short.mp4", tmp_path / "stats.json"
+    t = np.arange(3 * 16000) / 16000
+    soundfile.write(voice, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    argv = ["run", "--preset", "demo", "--avatar-audio", str(voice), "--record", str(record)]
+    proc = subprocess_run([*argv, "--set", "session.stats_interval=0", "--stats", str(stats)], tmp_path, warm_up=True)
+    _out, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, err[-3000:]
+    skipped_s = json.loads(stats.read_text())["skipped_stale"] / 25
+    audio = load_audio(record)
+    rms = np.sqrt(np.mean(audio[: len(audio) // 400 * 400].reshape(-1, 400) ** 2, axis=1))  # 25 ms windows
+    voiced_s = np.count_nonzero(rms > 0.1) * 0.025  # the tone's rms is 0.21, silence ~0
+    # 0.06 s: a 25 ms window at each end of the tone may fall under the threshold
+    assert voiced_s >= 3.0 - skipped_s - 0.06, f"{voiced_s:.2f} s of the 3 s voice recorded, {skipped_s:.2f} s skipped"
 
 
 def test_a_file_that_fails_mid_session_ends_run_with_exit_1_naming_it(media, tmp_path):
@@ -231,6 +253,21 @@ def test_a_recorder_whose_disk_is_gone_ends_the_session_naming_its_file(media, t
     assert proc.returncode == 1, err[-3000:]
     assert f"session failed: sinks.recorder: RuntimeError: recording to {record} stopped" in err
     assert "Traceback" not in err
+
+
+def test_render_with_an_empty_avatar_audio_says_so(host, media, tmp_path):
+    """0 s of avatar audio: nothing to render alone; beside a user's voice the listening avatar is
+    rendered and the summary says its sound track is silent."""
+    out = tmp_path / "x.mp4"
+    status, _out, err = cli(host, "render", "--avatar-audio", str(media["empty"]), "--out", str(out))
+    assert status == 2 and "nothing to render: the inputs hold 0.00 s of audio" in one_line(err)
+    assert not out.exists()
+
+    argv = ["render", "--avatar-audio", str(media["empty"]), "--user-audio", str(media["voice"]), "--out", str(out)]
+    status, said, err = cli(host, *argv)
+    assert status == 0, err
+    assert "with a silent sound track (the avatar audio is empty)" in said and "with the avatar audio" not in said
+    assert abs(video_info(out).frame_count - 1.5 * 25) <= 1
 
 
 # -- portrait and setup messages ------------------------------------------------------------------

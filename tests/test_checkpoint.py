@@ -583,3 +583,18 @@ def test_wrapper_prefixes_are_stripped_in_order():
         "_orig_mod.blocks.0.x",
         "blocks.0.x",
     ]
+
+
+def test_random_bytes_are_reported_as_a_corrupt_file_not_as_a_pickle_with_code(target, official_files, tmp_path):
+    junk = tmp_path / "flow_transformer.pth"
+    junk.write_bytes(
+        bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).tolist())
+    )
+    before = snapshot(target)
+
+    with pytest.raises(CheckpointError) as caught:
+        load_official_checkpoints(target, **dict(official_files, flow_transformer=junk))
+    message = str(caught.value)
+    assert "neither safetensors nor a PyTorch checkpoint" in message and str(junk) in message
+    assert "refers to Python objects" not in message
+    assert_unchanged(target, before)

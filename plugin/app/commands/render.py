@@ -118,9 +118,10 @@ def _avatar_audio(avatar_audio: Path | None, avatar_video: Path | None) -> Path:
     raise CommandError("no avatar audio: give --avatar-audio, or an --avatar-video with an audio track", exit_code=2)
 
 
-def _media_overrides(args: argparse.Namespace) -> tuple[list[tuple[str, object]], float]:
-    """Source options for the files (read as fast as the engine goes) and the seconds of audio
-    that set the render's length. Unreadable media: one line naming the file (exit 1)."""
+def _media_overrides(args: argparse.Namespace) -> tuple[list[tuple[str, object]], float, float]:
+    """Source options for the files (read as fast as the engine goes), the seconds of audio that
+    set the render's length and the seconds of avatar audio. Unreadable media: one line naming the
+    file (exit 1)."""
     from avatarforcing.integrations.media import MediaError, audio_duration, video_info
 
     avatar_audio = _existing("--avatar-audio", args.avatar_audio)
@@ -151,7 +152,7 @@ def _media_overrides(args: argparse.Namespace) -> tuple[list[tuple[str, object]]
             out.append((f"sources.{kind}.use", ""))  # silence / no video
             continue
         out += [(f"sources.{kind}.use", name), (f"sources.{kind}.path", str(path)), (f"sources.{kind}.realtime", False)]
-    return out, max(seconds)
+    return out, max(seconds), seconds[0]
 
 
 def _progress(context, total_frames: int):
@@ -172,6 +173,7 @@ def _progress(context, total_frames: int):
 
 
 def _run(args: argparse.Namespace, context) -> int:
+    from avatarforcing.integrations.media import video_info
     from avatarforcing.plugin.app.session import Session
 
     overrides = [(option, getattr(args, name)) for name, option in _OVERRIDES if getattr(args, name) is not None]
@@ -180,7 +182,13 @@ def _run(args: argparse.Namespace, context) -> int:
     if not args.face_crop:
         overrides.append(("engines.official.face_tracking", False))
     out = check_output("--out", args.out, suffix=".mp4", overwrite=args.overwrite)
-    media, seconds = _media_overrides(args)
+    media, seconds, avatar_seconds = _media_overrides(args)
+    if seconds * FRAME_RATE < 1:
+        raise CommandError(
+            f"nothing to render: the inputs hold {seconds:.2f} s of audio (less than one frame); "
+            "give an --avatar-audio (or --user-audio/--user-video) with sound in it",
+            exit_code=2,
+        )
     overrides += media
     # written under a temporary name, renamed when complete: a failed render leaves no file
     partial = out.with_name(f".{out.stem}.partial.mp4")
@@ -210,9 +218,15 @@ def _run(args: argparse.Namespace, context) -> int:
     partial.replace(out)
     frames = int(stats.get("frames") or 0)
     wall = time.perf_counter() - started
+    if not video_info(out).has_audio:
+        sound = "without sound"
+    elif avatar_seconds * FRAME_RATE < 1:
+        sound = "with a silent sound track (the avatar audio is empty)"
+    else:
+        sound = "with the avatar audio"
     context.console.print(
         escape(
-            f"wrote {out}: {frames} frames ({frames / FRAME_RATE:.2f} s at {FRAME_RATE} fps) with the avatar audio; "
+            f"wrote {out}: {frames} frames ({frames / FRAME_RATE:.2f} s at {FRAME_RATE} fps) {sound}; "
             f"engine {stats.get('engine')}, renderer {stats.get('renderer')}, {wall:.1f} s "
             f"({frames / FRAME_RATE / wall:.2f} video s per compute s)"
         )

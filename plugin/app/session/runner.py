@@ -498,8 +498,12 @@ class Session:
             if self.offline:  # nothing read before the clock starts is discarded
                 for inbox in self._inboxes.values():
                     inbox.go_live()
+            # devices start now, so they are flowing when the session goes live; a file read in real
+            # time starts with the clock instead (during warm-up a short file would play out unheard)
+            deferred = [c for c in self._captures if not self.offline and c.kind in self._file_kinds]
             for capture in self._captures:
-                capture.start()
+                if capture not in deferred:
+                    capture.start()
             initial = self._warm_up() if self.config.session.warm_up and not self.offline else None
             block_frames = max(1, int(getattr(self.engine, "block_frames", 10)))
             n = self.config.session.feature_frames
@@ -544,6 +548,8 @@ class Session:
             live_start = self.clock.start()
             for inbox in self._inboxes.values():
                 inbox.go_live()
+            for capture in deferred:
+                capture.start()
             for thread in (*stages, pacer):
                 thread.start()
             self.say(

@@ -12,6 +12,9 @@ configuration: ``--config`` from ``[model] preset``, ``--threads`` from ``[model
 graphs per backend (`avatarforcing.engine.export.backend_bench`); a backend that cannot run here is
 reported as ``not available: reason``, never replaced. ``--engine NAME [--renderer NAME] [--portrait IMG]`` times a registered
 motion engine and its renderer through the plugin system (`avatarforcing.plugin.app.engine_bench`).
+``--soak SECONDS [--interval S] [--avatar-audio F] [--user-audio F] [--user-video F] [--record F]``
+runs a looped live session that long and samples memory, held/dropped frames, latency and the
+audio/video offset every interval (`avatarforcing.plugin.app.soak`).
 ``--json`` alone prints one JSON object; ``--json FILE`` writes it to FILE (and prints the tables).
 Exit status 0 when something was measured, 1 when nothing could be.
 """
@@ -89,8 +92,18 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         dest="engine_name",
         default=None,
         metavar="NAME",
-        help="time a registered motion engine and its renderer (e.g. default)",
+        help="time a registered motion engine and its renderer (e.g. default); with --soak: the session's engine",
     )
+    soak = parser.add_argument_group("soak (a long live session sampled every --interval; docs/benchmarks.md)")
+    soak.add_argument("--soak", type=float, default=None, metavar="SECONDS", help="run a looped live session this long")
+    soak.add_argument("--interval", type=float, default=30.0, metavar="SECONDS", help="sample every (default 30)")
+    soak.add_argument("--avatar-audio", metavar="FILE", help="the avatar's voice (looped)")
+    soak.add_argument("--user-audio", metavar="FILE", help="the other party's voice (looped)")
+    soak.add_argument("--user-video", metavar="FILE", help="the other party's video (looped)")
+    soak.add_argument(
+        "--record", metavar="FILE.mp4", help="record the session (its A/V offset is read back at the end)"
+    )
+    soak.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
 
 
 def _run(args: argparse.Namespace, context) -> int:
@@ -110,6 +123,8 @@ def _run(args: argparse.Namespace, context) -> int:
     if args.threads is not None:
         coerce("--threads", args.threads, int, minimum=1, maximum=1024)
     threads = config.model.threads or None
+    if args.soak is not None:
+        return _run_soak(args, context)
     if args.backend is not None and args.engine_name is not None:
         raise CommandError("use --backend or --engine, not both")
     if args.backend is not None:
@@ -181,6 +196,73 @@ def _run_engine(args: argparse.Namespace, context, config, blocks: int) -> int:
     if not _emit_json(args, context, payload):
         _print_result(context, f"bench engine {args.engine_name}", payload)
     return 0 if result.available else 1
+
+
+def _run_soak(args: argparse.Namespace, context) -> int:
+    """A looped live session of `--soak` seconds, sampled every `--interval` (plugin/app/soak.py)."""
+    import signal
+
+    from avatarforcing.plugin.app.commands.run import check_inputs_and_outputs, preset_overrides, threading_is_main
+    from avatarforcing.plugin.app.session import Session
+    from avatarforcing.plugin.app.soak import run_soak
+
+    if args.soak <= 0 or args.interval <= 0:
+        raise CommandError("--soak and --interval must be > 0 seconds", exit_code=2)
+    if args.backend is not None:
+        raise CommandError("use --soak or --backend, not both", exit_code=2)
+    session_args = argparse.Namespace(
+        preset="demo",
+        avatar_audio=args.avatar_audio,
+        user_audio=args.user_audio,
+        user_video=args.user_video,
+        avatar_video=None,
+        loop=True,
+        sink=[],
+        record=args.record,
+        portrait=args.portrait,
+        engine=args.engine_name,
+        stats=None,
+        overwrite=args.overwrite,
+    )
+    overrides = preset_overrides(session_args, {})  # no preview window: a soak runs unattended
+    if not args.record:
+        overrides.append(("sinks.use", ()))
+    overrides += [("session.stats_interval", 0)]
+    if args.renderer is not None:
+        overrides.append(("render.use", args.renderer))
+    config = context.load_config(overrides)
+    context.host.lookup("engines", config.model.engine)
+    flags = {kind: f"--{kind.replace('_', '-')}" for kind in ("avatar_audio", "user_audio", "user_video")}
+    check_inputs_and_outputs(session_args, context, config, {k: f for k, f in flags.items() if getattr(args, k)})
+    say = lambda line: context.err_console.print(escape(line))
+    session = Session(context.host, config, duration=args.soak, console_log=say)
+
+    def stop(_signum, _frame) -> None:
+        session.request_stop()
+
+    previous = {}
+    if threading_is_main():
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = run_soak(
+            session,
+            args.soak,
+            args.interval,
+            on_sample=lambda s: say(
+                f"soak {s.t_s:7.0f} s: rss {s.rss_mib:.0f} MiB, load {s.load_1min:.1f}, frames {s.frames}, held {s.held}, "
+                f"dropped {s.dropped}, latency p50 {s.latency_p50_ms} ms p95 {s.latency_p95_ms} ms, "
+                f"A/V offset {s.av_offset_ms} ms"
+            ),
+            recording=args.record,
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    payload = result.to_dict()
+    if not _emit_json(args, context, payload):
+        summary = {k: v for k, v in payload.items() if k not in ("intervals", "session")}
+        context.console.print(key_value_table(f"soak {args.soak:.0f} s, engine {result.engine}", summary))
+    return 1 if result.error else 0
 
 
 def _print_result(context, title: str, result: Mapping[str, Any]) -> None:

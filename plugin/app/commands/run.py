@@ -12,7 +12,7 @@ File flags select the built-in ``audio-file``/``video-file`` sources paced to th
 ``mirror`` engine copies onto the avatar (``--engine mirror``; live, ``--set
 sources.avatar_video.use=webcam`` takes the camera instead).
 
-Before any model loads, every input and output is checked (`_check_inputs_and_outputs`): a file
+Before any model loads, every input and output is checked (`check_inputs_and_outputs`): a file
 that cannot be read, a portrait that is not an image, a recording that is not an .mp4 or whose
 folder cannot hold it, or an existing ``--record``/``--stats`` file without ``--overwrite`` is one
 line and exit 2. Exit status: 0 the inputs ended / ``--duration`` passed, 1 the session failed
@@ -120,7 +120,7 @@ def given_kinds(given: set[str]) -> set[str]:
     return {key.split(".")[1] for key in given if key.startswith("sources.") and key.endswith(".path")}
 
 
-def _check_inputs_and_outputs(args: argparse.Namespace, context, config, flags: dict[str, str]) -> None:
+def check_inputs_and_outputs(args: argparse.Namespace, context, config, flags: dict[str, str]) -> None:
     """Before any model loads: every source's options (a file source's file exists, opens and
     has the stream its kind needs), every sink's options, the portrait (an image), and the
     files the session writes (the recording: an .mp4; the stats: any name), each in a writable
@@ -165,7 +165,7 @@ def _run(args: argparse.Namespace, context) -> int:
         for kind in SOURCE_KINDS
         if getattr(args, kind) and kind not in chosen_by_set
     }
-    _check_inputs_and_outputs(args, context, config, flags)
+    check_inputs_and_outputs(args, context, config, flags)
     console = context.err_console
     session = Session(
         context.host,

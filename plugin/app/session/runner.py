@@ -146,8 +146,8 @@ class Session:
         self._captures: list[CaptureThread] = []
         self._sink_workers: list[SinkWorker] = []
         self._inboxes: dict[str, AudioInbox | VideoInbox] = {}
-        self._file_kinds: set[str] = set()
-        self._frozen = False  # gc.freeze() in effect (live, from going live to shutdown)  # kinds whose source reads a file (SourceSpec.reads_file)
+        self._file_kinds: set[str] = set()  # kinds whose source reads a file (SourceSpec.reads_file)
+        self._frozen = False  # gc.freeze() in effect (live, from going live to shutdown)
         self.engine: Any = None
         self.renderer: Any = None
         self.session: SessionInfo | None = None

@@ -43,9 +43,10 @@ class LoudnessEngine:
 
     fps, sample_rate = 25, 16000
 
-    def __init__(self, block: int, block_s: float, fail_at: int):
+    def __init__(self, block: int, block_s: float, fail_at: int, stall_at: int = -1, stall_s: float = 0.0):
         self.first_block_frames = self.block_frames = block
         self.block_s, self.fail_at = block_s, fail_at
+        self.stall_at, self.stall_s = stall_at, stall_s
         self.pending: list[tuple[int, float]] = []
         self.blocks = 0
         self.guidance: list[tuple[float, float]] = []
@@ -66,7 +67,7 @@ class LoudnessEngine:
     def _block(self, items):
         if self.blocks == self.fail_at:
             raise RuntimeError("the engine broke")
-        time.sleep(self.block_s)
+        time.sleep(self.block_s + (self.stall_s if self.blocks == self.stall_at else 0.0))
         latents = np.asarray([v for _, v in items], np.float32)[:, None]
         block = MotionBlock(self.blocks, items[0][0], len(items), latents)
         self.blocks += 1
@@ -110,10 +111,12 @@ class LoudnessRenderer:
 
 
 class TimedSink:
-    """Records (monotonic time, frame index, held) of every frame; `fail_at` raises once."""
+    """Records (monotonic time, frame index, held) of every frame, and the first pixel of each
+    frame and the RMS of its audio by frame index (`pairs`); `fail_at` raises once."""
 
     log: ClassVar[dict[str, list]] = {}
     opened: ClassVar[dict[str, int]] = {}
+    pairs: ClassVar[dict[int, dict[str, float]]] = {}
 
     def __init__(self, label: str, fail_at: int):
         self.label, self.fail_at = label, fail_at
@@ -128,9 +131,12 @@ class TimedSink:
         if len(entries) == self.fail_at and TimedSink.opened[self.label] == 1:
             raise OSError("device vanished")
         entries.append((time.monotonic(), frame.index, frame.metadata["held"]))
+        if not frame.metadata["held"]:
+            TimedSink.pairs.setdefault(frame.index, {})["pixel"] = int(frame.image[0, 0, 0])
 
     def write_audio(self, chunk):
         assert chunk.samples.shape == (640,)
+        TimedSink.pairs.setdefault(chunk.index, {})["rms"] = float(np.sqrt(np.mean(chunk.samples**2)))
 
     def close(self):
         pass
@@ -160,6 +166,22 @@ class FlakyToneSource:
         self.inner.close()
 
 
+class LevelSource:
+    """A realtime source whose 40 ms chunk `i` is the constant level (i * 37 % 100 + 10) / 255:
+    every tick's loudness differs from its neighbours'."""
+
+    def __init__(self):
+        self.inner = files_plugin.SilenceSource(0.0, 16000, 40, True)
+
+    def __iter__(self):
+        for chunk in self.inner:
+            level = (chunk.index * 37 % 100 + 10) / 255.0
+            yield AudioChunk(np.full(640, level, np.float32), 16000, chunk.timestamp, chunk.index)
+
+    def close(self):
+        self.inner.close()
+
+
 class TestPlugin:
     @hookimpl
     def register_engines(self):
@@ -172,6 +194,8 @@ class TestPlugin:
                     OptionSpec("block", int, 10, "frames per block", minimum=1),
                     OptionSpec("block_s", float, 0.0, "compute seconds per block", minimum=0.0),
                     OptionSpec("fail_at", int, -1, "block index that raises"),
+                    OptionSpec("stall_at", int, -1, "block index that stalls once"),
+                    OptionSpec("stall_s", float, 0.0, "how long it stalls", minimum=0.0),
                 ),
                 default_renderer="loudness",
             )
@@ -202,7 +226,8 @@ class TestPlugin:
                 "tone that fails once",
                 FlakyToneSource,
                 (OptionSpec("fail_after", int, 10, "chunks before failing"),),
-            )
+            ),
+            SourceSpec("levels", "a different level every tick", LevelSource),
         ]
 
 
@@ -210,6 +235,7 @@ class TestPlugin:
 def host():
     TimedSink.log.clear()
     TimedSink.opened.clear()
+    TimedSink.pairs.clear()
     FlakyToneSource.instances = 0
     return build_plugin_host({}, load_entry_points=False, plugins=[files_plugin, TestPlugin()])
 
@@ -275,6 +301,24 @@ def test_pacing_holds_frames_while_a_slow_engine_is_late(host, tmp_path):
     assert written["latency"]["generate"]["p50_ms"] >= 650
     assert written["engine"] == "loudness" and written["renderer"] == "loudness"
     assert not [t for t in threading.enumerate() if t.name in ("features", "generator", "renderer", "pacer")]
+
+
+def test_a_stalled_engine_drops_the_missed_ticks_and_keeps_sound_with_picture(host):
+    """The generator stalls once for 1.2 s (a machine that paused): the session drops the input
+    ticks it missed before any engine sees them, holds the picture over the gap, and comes back
+    to the latency the engine needs — and every frame still carries the audio it was made from
+    (the picture's level equals its sound's), before and after the gap."""
+    overrides = ("engines.loudness.block=4", "engines.loudness.stall_at=15", "engines.loudness.stall_s=1.2")
+    session = Session(host, config(*overrides, "sources.avatar_audio.use=levels"), duration=6.0)
+    stats = session.run()
+    assert stats["error"] is None
+    assert stats["dropped_ticks"] >= 15  # 1.2 s = 30 ticks, less what the queues absorbed
+    shown = {i: p for i, p in TimedSink.pairs.items() if "pixel" in p}
+    assert len(shown) > 75
+    mismatched = [i for i, p in shown.items() if abs(p["pixel"] - int(p["rms"] * 255)) > 1]
+    assert not mismatched, [(i, shown[i]) for i in mismatched[:5]]
+    # back at the engine's pace: the delay is what a 4-frame block needs, not the stall's 30 ticks
+    assert stats["delay_ticks"] <= 10, stats["delay_ticks"]
 
 
 def test_back_pressure_keeps_the_frame_queue_within_one_block(host):

@@ -266,6 +266,20 @@ class MotionBlock:
     latents: Any
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def frames(self, start: int, stop: int, **metadata: Any) -> MotionBlock:
+        """Frames ``start..stop-1`` of this block (block-relative) as a block of their own: same
+        `index`, `latents` sliced along the first axis, `metadata` copied with `metadata` added.
+        Renderers draw any such slice as they draw a whole block."""
+        if not 0 <= start < stop <= self.num_frames:
+            raise ValueError(f"frames {start}..{stop} outside block {self.index} of {self.num_frames} frames")
+        return MotionBlock(
+            self.index,
+            self.first_frame + start,
+            stop - start,
+            self.latents[start:stop],
+            dict(self.metadata, **metadata),
+        )
+
 
 @dataclass
 class InputTick:

@@ -27,6 +27,7 @@ File layout (every key optional)::
     portrait = ""                 # identity image
     warm_up = true                # run the engine and renderer once before going live
     queue_frames = 0              # rendered frames waiting for the pacer (0 = four engine blocks, at least 25)
+    render_frames = 1             # live: frames drawn per renderer call (1 = each leaves when drawn; 0 = whole block)
     feature_frames = 1            # frames per InputTick handed to the engine
     stats_interval = 10.0         # seconds between stats lines in the log (0 = never)
     guidance = "voice"            # "voice": scales follow the avatar's voice; "fixed": [model] scales
@@ -153,6 +154,13 @@ class SessionSettings:
     warm_up: bool = _option(True, "run the engine and renderer once before going live")
     queue_frames: int = _option(
         0, "rendered frames queued for output (0 = four engine blocks, at least 25)", minimum=0, maximum=1000
+    )
+    render_frames: int = _option(
+        1,
+        "live sessions: frames drawn per renderer call (1 = each frame goes out as soon as it is drawn, "
+        "so a block's first frame does not wait for the others; 0 = the whole block at once)",
+        minimum=0,
+        maximum=1000,
     )
     feature_frames: int = _option(1, "frames per engine input tick", minimum=1, maximum=50)
     stats_interval: float = _option(

@@ -93,6 +93,24 @@ class AudioInbox(_Inbox):
         with self._cond:
             return self._ended and self._size == 0
 
+    def keep_newest(self, n: int) -> int:
+        """Drop all but the newest `n` pending samples (the ticks they belonged to were dropped);
+        returns how many were dropped."""
+        dropped = 0
+        with self._cond:
+            while self._chunks and self._size > max(0, n):
+                samples, captured = self._chunks[0]
+                excess = min(samples.size, self._size - max(0, n))
+                if excess == samples.size:
+                    self._chunks.popleft()
+                else:
+                    self._chunks[0] = (samples[excess:], captured)
+                self._size -= excess
+                dropped += excess
+            self.dropped_samples += dropped
+            self._cond.notify_all()
+        return dropped
+
     def take(self, n: int) -> tuple[np.ndarray, float, int]:
         """``(samples (n,), newest capture time, real samples in it)``; offline it first waits
         for `n` samples (fewer only at the end of the source, zero-padded)."""

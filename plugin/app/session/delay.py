@@ -7,7 +7,9 @@ the smallest delay that does not starve: it watches how long after its input tic
 became ready (its *lag*: engine blocks, compute, queueing) and targets the 95th percentile of
 the recent lags plus a margin. It raises the delay at once when a frame comes late and lowers it
 one tick at a time, only after the smaller delay would have sufficed for a while — so a slower
-machine holds a frame, and a recovered one catches up by one frame at a time.
+machine holds a frame, and a recovered one catches up by one frame at a time. After a stall the
+session drops the input ticks it missed; at that gap the pacer restarts at the live edge (the
+first frame after the gap is shown at once) instead of keeping the delay the stall built up.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ class DelayController:
 
     `period_s`: one tick (40 ms at 25 fps); `margin_s`: slack on top of the 95th percentile;
     `window`: how many recent lags count; `lower_after`: how many consecutive frames must fit a
-    delay one tick smaller before it is lowered."""
+    delay one tick smaller before it is lowered; `max_raise`: how far above the recent lags'
+    need late frames may push the delay (ticks)."""
 
     period_s: float
     margin_s: float = 0.02
     window: int = 100
     lower_after: int = 50
+    max_raise: int = 8
     delay: int = 0
     _lags: deque[float] = field(default_factory=deque)
     _fits_lower: int = 0
@@ -60,9 +64,20 @@ class DelayController:
         self.delay = max(1, delay)
         self._fits_lower = 0
 
+    def restart(self, delay: int) -> None:
+        """Start again at `delay`, forgetting the lags seen so far: after a gap in the input
+        (ticks the session dropped while it was behind), the lags from before it describe a
+        machine that was stalled, not the one now."""
+        self._lags.clear()
+        self.start(delay)
+
     def late(self) -> None:
-        """The frame due now is not ready: show it one tick later (and everything after it)."""
-        self.delay += 1
+        """The frame due now is not ready: show it one tick later (and everything after it) —
+        up to `max_raise` ticks above what the recent lags call for. A longer stall holds the
+        picture without growing the delay further: the frames it made stale are dropped when it
+        ends instead of being played late (a stall's backlog would otherwise keep its latency)."""
+        if self.delay < max(1, self.target()) + self.max_raise:
+            self.delay += 1
         self._fits_lower = 0
 
     def should_lower(self) -> bool:

@@ -38,12 +38,19 @@ log = logging.getLogger(__name__)
 class RenderedFrame:
     """A final frame on its way to the pacer. `queued_at`: monotonic time it entered the queue;
     `captured_at`: capture time of the newest audio of its input tick (0.0 unknown); `audio`:
-    the avatar audio of its 40 ms (float32 (640,)) or None."""
+    the avatar audio of its 40 ms (float32 (640,)) or None; `input_tick`: the session-clock tick
+    of its input (None: the frame's own index — the session dropped no tick before it)."""
 
     frame: Frame
     queued_at: float
     captured_at: float = 0.0
     audio: np.ndarray | None = None
+    input_tick: int | None = None
+
+    @property
+    def tick(self) -> int:
+        """The clock tick this frame's input belongs to: what the pacer schedules it by."""
+        return self.frame.index if self.input_tick is None else self.input_tick
 
 
 class FramePacer(threading.Thread):
@@ -100,10 +107,10 @@ class FramePacer(threading.Thread):
     def _observe_arrivals(self, items: list) -> None:
         """Learn the lag of each newly queued frame: ready this long after its input tick."""
         for item in items:
-            if item is END or item.frame.index <= self._observed:
+            if item is END or item.tick <= self._observed:
                 continue
-            self._observed = item.frame.index
-            self.delay.observe(item.queued_at - self.clock.due(item.frame.index + 1))
+            self._observed = item.tick
+            self.delay.observe(item.queued_at - self.clock.due(item.tick + 1))
 
     def _due_frame(self, tick: int) -> tuple[RenderedFrame | None, bool]:
         """The frame for `tick` (dropping ones whose tick has passed) and whether END was reached."""
@@ -116,7 +123,7 @@ class FramePacer(threading.Thread):
                     self.queue.get_nowait()
                     return None, True
                 return None, False
-            self.delay.start(tick - frames[-1].frame.index)  # the live edge: the newest frame is shown now
+            self.delay.start(tick - frames[-1].tick)  # the live edge: the newest frame is shown now
             self._first_tick = tick
         want = tick - self.delay.delay
         while True:
@@ -128,13 +135,18 @@ class FramePacer(threading.Thread):
             if head is END:
                 self.queue.get_nowait()
                 return None, True
-            if head.frame.index >= want:
+            if head.tick >= want:
                 break
             self.queue.get_nowait()  # its tick has passed
             self.stats.count("dropped" if self.stats.rendered else "skipped_stale")
-        if head.frame.index == want:
+        if head.tick == want:
             return self.queue.get_nowait(), False
-        return None, False  # a gap in the frame indices (an input tick was dropped): nothing is due
+        # a gap in the input ticks: the session dropped the ticks it missed while it was behind
+        # (the delay grew by one for every tick it held meanwhile); start again at the live edge,
+        # showing the first frame after the gap now, as at the start of the session
+        self.delay.restart(tick - head.tick)
+        log.info("input resumed after dropped ticks: delay now %d ticks", self.delay.delay)
+        return self.queue.get_nowait(), False
 
     def _lower_delay(self) -> None:
         """Drop one frame to lower the delay by a tick, when a smaller one has sufficed."""

@@ -22,6 +22,7 @@ from avatarforcing.plugin.api.types import (
     FACE_PARAMS_SPACE,
     SOURCE_KINDS,
     VIDEO_SOURCE_KINDS,
+    Frame,
     InputTick,
     MotionBlock,
     SessionInfo,
@@ -45,11 +46,13 @@ PORTRAIT_RENDERER = "portrait"  # draws face parameters onto the session's portr
 
 @dataclass
 class TickRecord:
-    """What the pacer needs about an input frame: capture time of its newest audio and its
-    40 ms of avatar audio."""
+    """What the pacer needs about an input frame: capture time of its newest audio, its 40 ms of
+    avatar audio, and `tick`: the session-clock tick whose input it is (frames are numbered in
+    the engine's stream, which skips the ticks the session drops; the pacer schedules by tick)."""
 
     captured_at: float
     audio: np.ndarray
+    tick: int
 
 
 @dataclass(frozen=True)
@@ -349,14 +352,23 @@ class Session:
         return ending or list(self._inboxes.values())
 
     def _features(self) -> None:
+        """One `InputTick` per `feature_frames` clock ticks: take the audio and video of the
+        tick, extract, queue for the generator. `k` numbers the frames handed to the engine
+        (contiguous: its stream never has a hole); `tick` is the clock tick they belong to. When
+        this thread (or the generator, through the full queue) falls more than `max_behind`
+        ticks behind the clock, the missed ticks are dropped here, before any engine sees them:
+        their audio is discarded, `dropped_ticks` counts them, and the pacer holds a frame over
+        the gap — the latency stays what the engine needs instead of growing with every stall."""
         engine, config = self.engine, self.config
         n = config.session.feature_frames
         total = int(round(self.duration * FRAME_RATE)) if self.duration > 0 else None
         audio = {kind: self._inboxes.get(kind) for kind in ("avatar_audio", "user_audio")}
         ending = self._ending_inboxes()
-        k = 0
+        block_frames = max(1, int(getattr(self.engine, "block_frames", 10)))
+        max_behind = max(2 * block_frames, 2 * n)
+        k = tick = 0
         while True:
-            if total is not None and k >= total:
+            if total is not None and tick >= total:
                 break
             if ending and all(inbox.drained for inbox in ending):
                 log.info("every source ended")
@@ -364,8 +376,23 @@ class Session:
             if self.offline:
                 if self.stop.is_set():
                     return
-            elif not self.clock.wait_until_due(k + n, self.stop):
-                return
+            else:
+                behind = self.clock.frame_at() - (tick + n)
+                if behind > max_behind:
+                    skipped = behind // n * n
+                    tick += skipped
+                    # the audio of the dropped ticks' moment has passed: keep what the ticks from
+                    # `tick` to now captured
+                    keep = (self.clock.frame_at() - tick) * SAMPLES_PER_FRAME
+                    for inbox in audio.values():
+                        if inbox is not None:
+                            inbox.keep_newest(keep)
+                    self.stats.count("dropped_ticks", skipped)
+                    log.info("input fell %d ticks behind the clock: dropping them", skipped)
+                    if total is not None and tick >= total:
+                        break
+                if not self.clock.wait_until_due(tick + n, self.stop):
+                    return
             now = time.monotonic()
             tracks, newest = {}, 0.0
             for kind, inbox in audio.items():
@@ -377,33 +404,34 @@ class Session:
             if self.offline:  # no capture clock: latency is not a property of a render
                 captured_at = 0.0
             else:
-                captured_at = newest or self.clock.due(k + n)
+                captured_at = newest or self.clock.due(tick + n)
                 self.stats.observe("capture_to_features", max(0.0, now - captured_at))
             voice = self.vad.update(tracks["avatar_audio"])
-            tick = InputTick(
+            tick_input = InputTick(
                 k,
                 n,
                 tracks["avatar_audio"],
                 tracks["user_audio"],
-                self._video_frames("user_video", k, n, now),
+                self._video_frames("user_video", tick, n, now),
                 avatar_voice=voice,
                 captured_at=captured_at,
-                avatar_frames=self._video_frames("avatar_video", k, n, now),
+                avatar_frames=self._video_frames("avatar_video", tick, n, now),
             )
             with self._records_lock:
                 for i in range(n):
                     self._records[k + i] = TickRecord(
-                        captured_at, tracks["avatar_audio"][i * SAMPLES_PER_FRAME : (i + 1) * SAMPLES_PER_FRAME]
+                        captured_at,
+                        tracks["avatar_audio"][i * SAMPLES_PER_FRAME : (i + 1) * SAMPLES_PER_FRAME],
+                        tick + i,
                     )
                 for old in [i for i in self._records if i < k - 2000]:
                     del self._records[old]
             t = time.perf_counter()
-            features = engine.extract(tick)
+            features = engine.extract(tick_input)
             self.stats.observe("extract", time.perf_counter() - t)
-            dropped = self.features_queue.put((features, self.vad.speaking))
-            if dropped:
-                self.stats.count("dropped_ticks", dropped * n)
+            self.features_queue.put((features, self.vad.speaking))
             k += n
+            tick += n
         self.features_queue.put(END)
 
     def _emit_blocks(self, blocks: list[MotionBlock], elapsed: float) -> None:
@@ -441,13 +469,17 @@ class Session:
                 self._records.pop(index, None)
         self.stats.count("skipped_stale", skipped)
         log.info("first clip: starting at its newest frame, skipping %d stale ones", skipped)
-        return MotionBlock(
-            block.index,
-            block.first_frame + skipped,
-            1,
-            block.latents[skipped:],
-            dict(block.metadata, skipped_stale_frames=skipped),
-        )
+        return block.frames(skipped, block.num_frames, skipped_stale_frames=skipped)
+
+    def _render_slices(self, block: MotionBlock) -> list[MotionBlock]:
+        """The pieces of `block` the renderer draws one call each: live, `[session]
+        render_frames` frames (default 1: a block's first frame goes to the pacer as soon as it
+        is drawn instead of after the whole block, which is what the pacer's delay must cover);
+        offline, the whole block (throughput is all that counts there)."""
+        size = self.config.session.render_frames
+        if self.offline or size <= 0 or size >= block.num_frames:
+            return [block]
+        return [block.frames(start, min(start + size, block.num_frames)) for start in range(0, block.num_frames, size)]
 
     def _render(self) -> None:
         while True:
@@ -457,29 +489,37 @@ class Session:
                 return
             if not self.offline:
                 block = self._live_edge(block)
-            t = time.perf_counter()
-            frames = list(self.renderer.render(block))
-            self.stats.observe("render", time.perf_counter() - t)
-            if len(frames) != block.num_frames:
-                raise PluginError(
-                    f"renderer {self.session.renderer!r} returned {len(frames)} frames for block "
-                    f"{block.index} of {block.num_frames}"
-                )
-            for frame in frames:
-                frame = self.events.frame(self.session, frame)
-                with self._records_lock:
-                    record = self._records.pop(frame.index, None)
-                self.frames_queue.put(
-                    RenderedFrame(
-                        frame,
-                        time.monotonic(),
-                        record.captured_at if record else 0.0,
-                        record.audio if record else None,
+            spent = 0.0
+            for piece in self._render_slices(block):
+                t = time.perf_counter()
+                frames = list(self.renderer.render(piece))
+                spent += time.perf_counter() - t
+                if len(frames) != piece.num_frames:
+                    raise PluginError(
+                        f"renderer {self.session.renderer!r} returned {len(frames)} frames for block "
+                        f"{block.index} frames {piece.first_frame}..{piece.first_frame + piece.num_frames - 1}, "
+                        f"expected {piece.num_frames}"
                     )
-                )
-                depth = len(self.frames_queue)
-                if depth > self.stats.max_frame_queue:
-                    self.stats.max_frame_queue = depth
+                for frame in frames:
+                    self._hand_to_pacer(frame)
+            self.stats.observe("render", spent)
+
+    def _hand_to_pacer(self, frame: Frame) -> None:
+        frame = self.events.frame(self.session, frame)
+        with self._records_lock:
+            record = self._records.pop(frame.index, None)
+        self.frames_queue.put(
+            RenderedFrame(
+                frame,
+                time.monotonic(),
+                record.captured_at if record else 0.0,
+                record.audio if record else None,
+                record.tick if record else frame.index,
+            )
+        )
+        depth = len(self.frames_queue)
+        if depth > self.stats.max_frame_queue:
+            self.stats.max_frame_queue = depth
 
     # -- run -----------------------------------------------------------------------------------
     def _write_stats(self) -> dict[str, Any]:
@@ -507,7 +547,9 @@ class Session:
             initial = self._warm_up() if self.config.session.warm_up and not self.offline else None
             block_frames = max(1, int(getattr(self.engine, "block_frames", 10)))
             n = self.config.session.feature_frames
-            self.features_queue = StageQueue(max(2, -(-2 * block_frames // n)), drop_oldest=not self.offline)
+            # never drops: a tick the engine has seen must reach it (its stream has no holes); a
+            # full queue holds the features thread back, which then drops ticks before extracting
+            self.features_queue = StageQueue(max(2, -(-2 * block_frames // n)))
             self.blocks_queue = StageQueue(2)
             # room for the frames the pacer delays (a few blocks), so the renderer never waits on it
             self.frames_queue = StageQueue(self.config.session.queue_frames or max(4 * block_frames, 25))

@@ -399,12 +399,13 @@ install_package() {
 # System packages for the extras chosen. Base: ffmpeg (ffprobe, muxing), PortAudio
 # (sounddevice) with the ALSA->PulseAudio bridge, pactl (monitor sources = audio loopback),
 # libGL and GLib (OpenCV's GUI build). The test extra adds what the live-session tests
-# start for real: PulseAudio, OBS under Xvfb, espeak-ng/sox voices, X tools, shellcheck.
+# start for real: PulseAudio, OBS under Xvfb, espeak-ng/sox voices, X tools, shellcheck,
+# headless Chromium with its chromedriver (the overlay page, driven by Selenium).
 system_packages() {
     local packages=(ffmpeg libportaudio2 libasound2-plugins pulseaudio-utils libgl1 libglib2.0-0)
     if has_extra test; then
         packages+=(pulseaudio alsa-utils sox espeak-ng obs-studio obs-plugins xvfb xauth
-            libgl1-mesa-dri libegl1 mesa-utils x11-utils xdotool wmctrl shellcheck)
+            libgl1-mesa-dri libegl1 mesa-utils x11-utils xdotool wmctrl shellcheck chromium chromium-driver)
     fi
     printf '%s\n' "${packages[@]}"
 }

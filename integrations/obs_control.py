@@ -5,8 +5,12 @@
   request has a timeout; a failed request raises `ObsRequestError` with OBS's
   ``requestStatus.comment``; a dead connection (closed socket, broken pipe, timeout) raises
   `ObsUnavailable`.
-- `ensure_media_source()`: a scene with an ``ffmpeg_source`` input that plays a network URL
-  (our MJPEG stream) with no buffering, created or updated in place.
+- `choose_transport()`: how the avatar reaches this OBS (a browser source showing the overlay
+  page, a media source reading the RGBA stream with alpha, or one reading MJPEG), from the
+  input kinds OBS reports.
+- `ensure_source()`: an input with its settings as an item of a scene (the current one by
+  default), created or updated in place and never duplicated, a new item placed by `Placement`
+  (corner, height as a fraction of the canvas).
 - `ObsSupervisor`: keeps a client connected from a background thread, reconnecting with
   backoff when OBS quits or restarts, re-running the setup after every (re)connect and keeping
   a microphone input's audio sync offset equal to a latency that the caller updates.
@@ -20,9 +24,12 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from avatarforcing.integrations.alpha_stream import INPUT_FORMAT as ALPHA_INPUT_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -165,92 +172,263 @@ class ObsClient:
 # --------------------------------------------------------------------------------------------
 # Scene setup
 # --------------------------------------------------------------------------------------------
-def media_source_settings(url: str, input_format: str = "mpjpeg") -> dict[str, Any]:
-    """``ffmpeg_source`` settings for a live network stream: no buffering, reconnect after 1 s."""
+MEDIA_SOURCE, BROWSER_SOURCE = "ffmpeg_source", "browser_source"
+TRANSPORTS = ("auto", "browser", "alpha", "mjpeg")
+POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center", "fill")
+# FFmpeg reads a live stream without probing ahead or buffering: the first packet is shown at once
+LOW_LATENCY_OPTIONS = "probesize=32 analyzeduration=0 fflags=nobuffer"
+# OBS's OBS_ALIGN_* flags (a scene item's anchor point); the centre is 0
+_LEFT, _RIGHT, _TOP, _BOTTOM = 1, 2, 4, 8
+_ANCHORS = {
+    "bottom-right": (_BOTTOM | _RIGHT, 1.0, 1.0),
+    "bottom-left": (_BOTTOM | _LEFT, 0.0, 1.0),
+    "top-right": (_TOP | _RIGHT, 1.0, 0.0),
+    "top-left": (_TOP | _LEFT, 0.0, 0.0),
+    "center": (0, 0.5, 0.5),
+}
+
+
+def media_source_settings(url: str, input_format: str, ffmpeg_options: str = "") -> dict[str, Any]:
+    """``ffmpeg_source`` settings for a live network stream: no buffering, reconnect after 1 s,
+    ``linear_alpha`` off (OBS's default: alpha blended as the renderers drew it, in sRGB)."""
     return {
         "is_local_file": False,
         "input": url,
         "input_format": input_format,
+        "ffmpeg_options": ffmpeg_options,
         "buffering_mb": 0,
         "reconnect_delay_sec": 1,
         "close_when_inactive": False,
         "restart_on_activate": False,
         "hw_decode": False,
         "clear_on_media_end": False,
+        "linear_alpha": False,
+    }
+
+
+def browser_source_settings(url: str, width: int, height: int, fps: float) -> dict[str, Any]:
+    """``browser_source`` settings for a transparent page of `width` x `height` px at `fps`."""
+    return {
+        "url": url,
+        "is_local_file": False,
+        "width": int(width),
+        "height": int(height),
+        "fps_custom": True,
+        "fps": int(round(fps)),
+        "css": "body { background-color: rgba(0, 0, 0, 0); margin: 0px auto; overflow: hidden; }",
+        "shutdown": False,
+        "restart_when_active": False,
+        "reroute_audio": False,
     }
 
 
 @dataclass(frozen=True)
+class TransportChoice:
+    """How the avatar reaches OBS (`name`: ``browser``, ``alpha`` or ``mjpeg``) and why."""
+
+    name: str
+    reason: str
+
+
+def choose_transport(
+    requested: str, input_kinds: set[str], urls: dict[str, str], obs_is_local: bool
+) -> TransportChoice:
+    """The transport for `requested` (one of `TRANSPORTS`) given OBS's `input_kinds`
+    (``GetInputKindList``), the `urls` served (``{"browser": ..., "alpha": ..., "mjpeg": ...}``,
+    a missing or empty one is not served) and whether OBS runs on this machine.
+
+    ``auto``: the browser source when OBS has one and the overlay page is served; else the alpha
+    media source when OBS is local (its raw RGBA stream is too heavy for a network link); else
+    MJPEG. An explicit transport that cannot work raises `ObsError` saying what to change.
+    """
+    if requested not in TRANSPORTS:
+        raise ValueError(f"unknown transport {requested!r}; known: {', '.join(TRANSPORTS)}")
+    has_browser = BROWSER_SOURCE in input_kinds
+    if requested == "browser":
+        if not has_browser:
+            raise ObsError(
+                "this OBS has no browser source (obs-browser is not installed; Debian's OBS has none): "
+                "set sinks.obs.transport to auto, alpha or mjpeg"
+            )
+        if not urls.get("browser"):
+            raise ObsError(
+                "the browser source shows the overlay page: add the overlay sink to sinks.use "
+                "(on 127.0.0.1, without a token_file)"
+            )
+        return TransportChoice("browser", "chosen by sinks.obs.transport")
+    if requested != "auto":
+        return TransportChoice(requested, "chosen by sinks.obs.transport")
+    if has_browser and urls.get("browser"):
+        return TransportChoice("browser", "OBS has a browser source and the overlay page is served")
+    why = "OBS has no browser source" if not has_browser else "no overlay page to show"
+    if obs_is_local:
+        return TransportChoice("alpha", f"{why}; OBS runs on this machine: RGBA media source")
+    return TransportChoice("mjpeg", f"{why}; OBS is on another machine: MJPEG (the RGBA stream is too heavy)")
+
+
+def input_for(transport: str, urls: dict[str, str], frame_size: tuple[int, int], fps: float) -> tuple[str, dict]:
+    """``(input kind, settings)`` of the OBS input for `transport` (``browser``, ``alpha`` or
+    ``mjpeg``, reading ``urls[transport]``); `frame_size` ``(width, height)`` sizes the page."""
+    url = urls[transport]
+    if transport == "browser":
+        return BROWSER_SOURCE, browser_source_settings(url, frame_size[0], frame_size[1], fps)
+    if transport == "alpha":
+        return MEDIA_SOURCE, media_source_settings(url, ALPHA_INPUT_FORMAT, LOW_LATENCY_OPTIONS)
+    if transport == "mjpeg":
+        return MEDIA_SOURCE, media_source_settings(url, "mpjpeg")
+    raise ValueError(f"no input for transport {transport!r}")
+
+
+def input_kinds(client: ObsClient) -> set[str]:
+    """The input kinds this OBS can create (unversioned ids: ``ffmpeg_source``, ``browser_source``...)."""
+    return set(client.request("GetInputKindList", unversioned=True).get("inputKinds", []))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new scene item goes: `position` (one of `POSITIONS`; ``fill`` = fitted to the
+    whole canvas) at `height` (a fraction of the canvas height) for a source of `frame_size`
+    ``(width, height)`` pixels."""
+
+    position: str = "bottom-right"
+    height: float = 0.4
+    frame_size: tuple[int, int] = (512, 512)
+
+    def __post_init__(self) -> None:
+        if self.position not in POSITIONS:
+            raise ValueError(f"unknown position {self.position!r}; known: {', '.join(POSITIONS)}")
+        if not 0.0 < self.height <= 1.0:
+            raise ValueError(f"height is a fraction of the canvas height in (0, 1], got {self.height}")
+
+    def transform(self, canvas_width: float, canvas_height: float) -> dict[str, Any]:
+        """``SetSceneItemTransform``'s ``sceneItemTransform``: a bounds box (the source scaled
+        into it, aspect kept) anchored at the chosen corner; works before the first frame."""
+        if self.position == "fill":
+            alignment, box_w, box_h, x, y = _TOP | _LEFT, canvas_width, canvas_height, 0.0, 0.0
+        else:
+            alignment, fx, fy = _ANCHORS[self.position]
+            box_h = self.height * canvas_height
+            box_w = min(canvas_width, box_h * self.frame_size[0] / max(1, self.frame_size[1]))
+            x, y = fx * canvas_width, fy * canvas_height
+        return {
+            "boundsType": "OBS_BOUNDS_SCALE_INNER",
+            "boundsAlignment": 0,
+            "boundsWidth": float(box_w),
+            "boundsHeight": float(box_h),
+            "positionX": float(x),
+            "positionY": float(y),
+            "alignment": alignment,
+        }
+
+
+@dataclass(frozen=True)
 class SourceSetup:
-    """Where the avatar goes in OBS: `scene` holding input `source` that plays `url`."""
+    """What to show in OBS: input `source` of `input_kind` with `settings`, as an item of
+    `scene` (``""``: the current program scene), placed by `placement` when the item is new."""
 
     scene: str
     source: str
-    url: str
+    input_kind: str
+    settings: dict[str, Any]
+    placement: Placement = field(default_factory=Placement)
 
 
-def ensure_media_source(client: ObsClient, setup: SourceSetup) -> dict[str, bool]:
-    """Make `setup.scene` exist and show input `setup.source` playing `setup.url`.
+@dataclass(frozen=True)
+class SetupResult:
+    """What `ensure_source` did: the scene used and what it created; `transport`: the caller's
+    `TransportChoice` name, for the record."""
 
-    An existing input of that name gets its settings updated (and is restarted so it reconnects
-    at once); a new scene becomes the program scene and the new item is fitted to the canvas.
-    Returns ``{"created_scene": ..., "created_input": ...}``.
+    scene: str
+    created_scene: bool
+    created_input: bool
+    created_item: bool
+    transport: str = ""
+
+
+def ensure_source(client: ObsClient, setup: SourceSetup) -> SetupResult:
+    """Make input `setup.source` show in its scene, creating only what is missing.
+
+    An existing input of that name and kind gets its settings updated in place (a media source
+    is restarted so it reconnects at once); one of another kind is replaced. An existing item of
+    the input in the scene is reused as it is (a source moved by hand stays where it was put);
+    a new one is placed by `setup.placement`. A named scene that does not exist is created and
+    becomes the program scene. Calling it again (a reconnect) never duplicates anything.
     """
+    scene = setup.scene or client.request("GetCurrentProgramScene")["currentProgramSceneName"]
     scenes = [s["sceneName"] for s in client.request("GetSceneList").get("scenes", [])]
-    created_scene = setup.scene not in scenes
+    created_scene = scene not in scenes
     if created_scene:
-        client.request("CreateScene", sceneName=setup.scene)
-    settings = media_source_settings(setup.url)
+        client.request("CreateScene", sceneName=scene)
+    kind = _input_kind(client, setup.source)
+    if kind is not None and kind != setup.input_kind:
+        log.info("OBS input %r is a %s, replacing it with a %s", setup.source, kind, setup.input_kind)
+        _remove_input(client, setup.source)
+        kind = None
+    created_item = False
+    if kind is None:
+        item_id = client.request(
+            "CreateInput",
+            sceneName=scene,
+            inputName=setup.source,
+            inputKind=setup.input_kind,
+            inputSettings=setup.settings,
+            sceneItemEnabled=True,
+        )["sceneItemId"]
+        created_item = True
+    else:
+        client.request("SetInputSettings", inputName=setup.source, inputSettings=setup.settings, overlay=True)
+        item_id = _scene_item(client, scene, setup.source)
+        if item_id is None:
+            item_id = client.request("CreateSceneItem", sceneName=scene, sourceName=setup.source)["sceneItemId"]
+            created_item = True
+        if setup.input_kind == MEDIA_SOURCE:
+            client.request(
+                "TriggerMediaInputAction",
+                inputName=setup.source,
+                mediaAction="OBS_WEBSOCKET_MEDIA_INPUT_ACTION_RESTART",
+            )
+    if created_item:
+        video = client.request("GetVideoSettings")
+        client.request(
+            "SetSceneItemTransform",
+            sceneName=scene,
+            sceneItemId=item_id,
+            sceneItemTransform=setup.placement.transform(video["baseWidth"], video["baseHeight"]),
+        )
+    if created_scene:
+        client.request("SetCurrentProgramScene", sceneName=scene)
+    return SetupResult(scene, created_scene, kind is None, created_item)
+
+
+def _input_kind(client: ObsClient, name: str) -> str | None:
+    """The kind of input `name`, None when there is none."""
     try:
-        client.request("GetInputSettings", inputName=setup.source)
-        exists = True
+        return str(client.request("GetInputSettings", inputName=name)["inputKind"])
     except ObsRequestError as error:
         if error.code != RESOURCE_NOT_FOUND:
             raise
-        exists = False
-    if exists:
-        client.request("SetInputSettings", inputName=setup.source, inputSettings=settings, overlay=True)
-        try:
-            item_id = client.request("GetSceneItemId", sceneName=setup.scene, sourceName=setup.source)["sceneItemId"]
-        except ObsRequestError as error:
-            if error.code != RESOURCE_NOT_FOUND:
-                raise
-            item_id = client.request("CreateSceneItem", sceneName=setup.scene, sourceName=setup.source)["sceneItemId"]
-            _fit_to_canvas(client, setup.scene, item_id)
-        client.request(
-            "TriggerMediaInputAction", inputName=setup.source, mediaAction="OBS_WEBSOCKET_MEDIA_INPUT_ACTION_RESTART"
-        )
-    else:
-        item_id = client.request(
-            "CreateInput",
-            sceneName=setup.scene,
-            inputName=setup.source,
-            inputKind="ffmpeg_source",
-            inputSettings=settings,
-            sceneItemEnabled=True,
-        )["sceneItemId"]
-        _fit_to_canvas(client, setup.scene, item_id)
-    if created_scene:
-        client.request("SetCurrentProgramScene", sceneName=setup.scene)
-    return {"created_scene": created_scene, "created_input": not exists}
+        return None
 
 
-def _fit_to_canvas(client: ObsClient, scene: str, item_id: int) -> None:
-    video = client.request("GetVideoSettings")
-    client.request(
-        "SetSceneItemTransform",
-        sceneName=scene,
-        sceneItemId=item_id,
-        sceneItemTransform={
-            "boundsType": "OBS_BOUNDS_SCALE_INNER",
-            "boundsAlignment": 0,
-            "boundsWidth": float(video["baseWidth"]),
-            "boundsHeight": float(video["baseHeight"]),
-            "positionX": 0.0,
-            "positionY": 0.0,
-            "alignment": 5,
-        },
-    )
+def _remove_input(client: ObsClient, name: str, timeout: float = 2.0) -> None:
+    """Remove input `name` and wait until OBS no longer knows it: OBS destroys a removed source
+    once nothing holds it, and until then its name can be neither reused nor placed."""
+    client.request("RemoveInput", inputName=name)
+    deadline = time.monotonic() + timeout
+    while _input_kind(client, name) is not None:
+        if time.monotonic() > deadline:
+            raise ObsError(f"OBS still holds the removed input {name!r} after {timeout:g} s; try again")
+        time.sleep(0.05)
+
+
+def _scene_item(client: ObsClient, scene: str, source: str) -> int | None:
+    """The id of `source`'s item in `scene`, None when it has none."""
+    try:
+        return int(client.request("GetSceneItemId", sceneName=scene, sourceName=source)["sceneItemId"])
+    except ObsRequestError as error:
+        if error.code != RESOURCE_NOT_FOUND:
+            raise
+        return None
 
 
 def set_sync_offset(client: ObsClient, input_name: str, seconds: float) -> int:
@@ -273,6 +451,7 @@ class SupervisorStatus:
     connections: int = 0  # successful connects (and setups) so far
     last_error: str = ""
     sync_offset_ms: int | None = None
+    setup: Any = None  # what the last setup returned
     events: list[str] = field(default_factory=list)
 
 
@@ -338,7 +517,7 @@ class ObsSupervisor:
                 try:
                     client = self._make_client().connect()
                     self._client = client
-                    self._setup(client)
+                    self.status.setup = self._setup(client)
                     self.status.sync_offset_ms = None
                     self._update_offset()
                 except Exception as error:  # ObsError, or a surprise in OBS's answers: retry later

@@ -36,6 +36,8 @@ LIVE_SESSION_APT = [
     "espeak-ng",
     "obs-studio",
     "obs-plugins",
+    "chromium",
+    "chromium-driver",
     "xvfb",
     "xauth",
     "libgl1-mesa-dri",

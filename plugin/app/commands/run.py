@@ -3,7 +3,9 @@
 Presets choose sources and sinks; explicit flags and ``--set`` win over them:
 
 - ``meeting``: microphone + loopback + screen -> ``virtual-camera`` (Zoom, Meet, Teams);
-- ``stream``: the same sources -> ``obs`` + ``mjpeg``;
+- ``stream``: the same sources -> ``overlay`` + ``obs`` (the avatar in OBS's current scene,
+  bottom-right, with alpha: a browser source showing the overlay page where OBS has one, else a
+  media source reading RGBA), the renderer's background transparent when it has that option;
 - ``demo``: file sources (``--avatar-audio``/``--user-audio``/``--user-video``, silence where
   none is given) -> ``preview`` when a display exists, else ``recorder``.
 
@@ -29,7 +31,9 @@ from avatarforcing.plugin.api.types import SOURCE_KINDS, VIDEO_SOURCE_KINDS, Com
 
 PRESETS = ("meeting", "stream", "demo")
 LIVE_SOURCES = {"avatar_audio": "microphone", "user_audio": "loopback", "user_video": "screen"}
-PRESET_SINKS = {"meeting": ("virtual-camera",), "stream": ("obs", "mjpeg")}
+PRESET_SINKS = {"meeting": ("virtual-camera",), "stream": ("overlay", "obs")}
+# renderer options a preset sets when the chosen renderer declares them (and --set does not)
+PRESET_RENDER = {"stream": {"background": "transparent"}}
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +119,26 @@ def preset_overrides(args: argparse.Namespace, environ) -> list[tuple[str, objec
     return out
 
 
+def preset_render_overrides(preset: str | None, context, config, given: set[str]) -> list[tuple[str, object]]:
+    """``render.*`` overrides of `preset` (`PRESET_RENDER`) for the renderer the session will
+    choose, limited to the options that renderer declares (``motion-autoencoder`` has no
+    background) and that ``--set`` leaves alone."""
+    from avatarforcing.plugin.app.session.runner import choose_renderer
+
+    wanted = PRESET_RENDER.get(preset or "", {})
+    if not wanted:
+        return []
+    engine = context.host.lookup("engines", config.model.engine).spec
+    registered = {entry.spec.name for entry in context.host.provided("renderers")}
+    renderer = context.host.lookup("renderers", choose_renderer(config, engine, registered).name).spec
+    declared = {option.name for option in renderer.options}
+    return [
+        (f"render.{name}", value)
+        for name, value in wanted.items()
+        if name in declared and f"render.{name}" not in given
+    ]
+
+
 def given_kinds(given: set[str]) -> set[str]:
     """The source kinds whose file `--set` chose (``sources.KIND.path`` among `given`)."""
     return {key.split(".")[1] for key in given if key.startswith("sources.") and key.endswith(".path")}
@@ -159,6 +183,9 @@ def _run(args: argparse.Namespace, context) -> int:
     ]
     config = context.load_config(overrides)
     context.host.lookup("engines", config.model.engine)  # an unknown name fails before any work
+    render_overrides = preset_render_overrides(args.preset, context, config, given)
+    if render_overrides:
+        config = context.load_config([*overrides, *render_overrides])
     chosen_by_set = given_kinds(given)
     flags = {
         kind: f"--{kind.replace('_', '-')}"

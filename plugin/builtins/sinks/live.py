@@ -1,7 +1,7 @@
 """Built-in plugin ``live_sinks``: where a live avatar goes.
 
 Sinks: ``virtual-camera`` (pyvirtualcam), ``obs`` (OBS Studio over obs-websocket, fed by a local
-MJPEG stream), ``mjpeg`` (HTTP MJPEG stream), ``preview`` (a window), ``recorder`` (mp4 with the
+stream with alpha, MJPEG, or the overlay page), ``mjpeg`` (HTTP MJPEG stream), ``preview`` (a window), ``recorder`` (mp4 with the
 avatar audio), ``mic-delay`` (the microphone, delayed by the avatar latency, as a virtual
 microphone). Setup per OS: docs/sinks.md.
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avatarforcing.integrations import obs_control
 from avatarforcing.integrations.alpha import flatten_rgba
 from avatarforcing.plugin.api.markers import hookimpl
 from avatarforcing.plugin.api.types import AudioChunk, CheckResult, Frame, OptionSpec, SessionInfo, SinkSpec
@@ -103,9 +104,31 @@ class MjpegSink:
 # --------------------------------------------------------------------------------------------
 # obs
 # --------------------------------------------------------------------------------------------
+def overlay_url(session: SessionInfo) -> str:
+    """The overlay page's address when the ``overlay`` sink is in use: what it published in
+    ``plugin_state["overlay"]["url"]``, else built from ``sinks.overlay.port`` (it may open
+    after this sink). ``""`` when it is not in use, or when its page needs an access token (the
+    published URL hides it: OBS could not open the page)."""
+    from avatarforcing.integrations.overlay_server import PAGE_PATH
+    from avatarforcing.plugin.builtins.sinks.overlay import DEFAULT_PORT, NAME
+
+    state = session.plugin_state.get(NAME)
+    if isinstance(state, dict) and state.get("url"):
+        url = str(state["url"])
+        return "" if "token=" in url else url
+    sinks = session.config.sinks
+    if NAME not in sinks.use or sinks.options_for(NAME).get("token_file"):
+        return ""
+    return f"http://127.0.0.1:{int(sinks.options_for(NAME).get('port', DEFAULT_PORT))}{PAGE_PATH}"
+
+
 class ObsSink:
-    """Frames -> a local MJPEG stream that an OBS media source plays; OBS is set up and kept
-    connected in the background (write_frame never waits for OBS)."""
+    """Frames -> a local stream (RGBA with alpha, or MJPEG) or the overlay page, shown in OBS by
+    an input that the sink creates or reuses; OBS is set up and kept connected in the background
+    (write_frame never waits for OBS). After each (re)connect the transport is chosen from the
+    input kinds OBS reports (`obs_control.choose_transport`) and the source is set up
+    (`obs_control.ensure_source`); ``session.plugin_state["obs"]`` is the supervisor's status
+    (``.setup``: the last `SetupResult`)."""
 
     def __init__(
         self,
@@ -114,13 +137,17 @@ class ObsSink:
         password: str,
         scene: str,
         source: str,
-        mjpeg_port: int,
+        transport: str,
+        position: str,
+        height: float,
+        stream_port: int,
         mic_input: str,
         connect_timeout: float,
     ) -> None:
         self.host, self.port = host, port
         self._password = password
-        self.scene, self.source, self.mjpeg_port = scene, source, mjpeg_port
+        self.scene, self.source, self.transport = scene, source, transport
+        self.position, self.height, self.stream_port = position, height, stream_port
         self.mic_input, self.connect_timeout = mic_input, connect_timeout
         self.server = None
         self.supervisor = None
@@ -130,23 +157,15 @@ class ObsSink:
 
     def open(self, session: SessionInfo) -> None:
         from avatarforcing.integrations.mjpeg_server import MjpegServer
-        from avatarforcing.integrations.obs_control import (
-            ObsClient,
-            ObsSupervisor,
-            SourceSetup,
-            ensure_media_source,
-            local_address_towards,
-        )
 
         password = self._password or os.environ.get(OBS_PASSWORD_ENV, "")
-        bind = local_address_towards(self.host)
-        self.server = MjpegServer(bind, self.mjpeg_port, fps=float(session.fps)).start()
-        setup = SourceSetup(self.scene, self.source, self.server.url)
-        self.supervisor = ObsSupervisor(
-            make_client=lambda: ObsClient(
+        bind = obs_control.local_address_towards(self.host)
+        self.server = MjpegServer(bind, self.stream_port, fps=float(session.fps)).start()
+        self.supervisor = obs_control.ObsSupervisor(
+            make_client=lambda: obs_control.ObsClient(
                 self.host, self.port, password, self.connect_timeout, request_timeout=self.connect_timeout
             ),
-            setup=lambda client: ensure_media_source(client, setup),
+            setup=lambda client: self._setup(client, session, obs_is_local=bind == "127.0.0.1"),
             mic_input=self.mic_input,
             latency_s=lambda: session_latency(session),
         ).start()
@@ -157,6 +176,25 @@ class ObsSink:
                 self.supervisor.status.last_error or "connecting",
                 self.server.url,
             )
+
+    def _setup(self, client, session: SessionInfo, obs_is_local: bool):
+        """Choose the transport for this OBS and create or update the avatar's input and item."""
+        from dataclasses import replace
+
+        height, width = session.frame_size
+        urls = {"alpha": self.server.alpha_url, "mjpeg": self.server.url}
+        if obs_is_local:  # the overlay page is served on this machine only
+            urls["browser"] = overlay_url(session)
+        choice = obs_control.choose_transport(self.transport, obs_control.input_kinds(client), urls, obs_is_local)
+        kind, settings = obs_control.input_for(choice.name, urls, (width, height), session.fps)
+        placement = obs_control.Placement(self.position, self.height, (width, height))
+        result = obs_control.ensure_source(
+            client, obs_control.SourceSetup(self.scene, self.source, kind, settings, placement)
+        )
+        log.info(
+            "obs: %r in scene %r shows the avatar over %s (%s)", self.source, result.scene, choice.name, choice.reason
+        )
+        return replace(result, transport=choice.name)
 
     def write_frame(self, frame: Frame) -> None:
         self.server.publish(frame.image)
@@ -377,17 +415,33 @@ VIRTUAL_CAMERA = SinkSpec(
 )
 OBS = SinkSpec(
     "obs",
-    "OBS Studio: a scene with a media source playing the avatar (obs-websocket 5), mic sync offset",
+    "OBS Studio: the avatar as a source with alpha in the current scene (obs-websocket 5), mic sync offset",
     ObsSink,
     options=(
         OptionSpec("host", str, "127.0.0.1", "OBS websocket host"),
         OptionSpec("port", int, 4455, "OBS websocket port", minimum=1, maximum=65535),
         OptionSpec("password", str, "", f"OBS websocket password ('' = ${OBS_PASSWORD_ENV}); never shown", secret=True),
-        OptionSpec("scene", str, "AvatarForcing", "scene to create or use"),
-        OptionSpec("source", str, "AvatarForcing avatar", "media source (input) to create or update"),
+        OptionSpec("scene", str, "", "scene to put the avatar in ('' = the current program scene; created if missing)"),
+        OptionSpec("source", str, "avatarforcing", "OBS input (and scene item) to create or reuse"),
         OptionSpec(
-            "mjpeg_port", int, 0, "port of the MJPEG stream OBS reads (0 = any free port)", minimum=0, maximum=65535
+            "transport",
+            str,
+            "auto",
+            "browser (the overlay page), alpha (RGBA media source), mjpeg (no alpha); auto: browser when "
+            "OBS has a browser source and the overlay sink runs, else alpha (local OBS) or mjpeg",
+            choices=obs_control.TRANSPORTS,
         ),
+        OptionSpec(
+            "position",
+            str,
+            "bottom-right",
+            "where a new item goes (fill: the whole canvas)",
+            choices=obs_control.POSITIONS,
+        ),
+        OptionSpec(
+            "height", float, 0.4, "a new item's height, a fraction of the canvas height", minimum=0.05, maximum=1.0
+        ),
+        OptionSpec("stream_port", int, 0, "port of the stream OBS reads (0 = any free port)", minimum=0, maximum=65535),
         OptionSpec("mic_input", str, "", "OBS audio input whose sync offset follows the avatar latency ('' = none)"),
         OptionSpec("connect_timeout", float, 3.0, "seconds to wait for OBS per attempt", minimum=0.1, maximum=60.0),
     ),

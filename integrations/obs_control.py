@@ -112,7 +112,13 @@ class ObsClient:
         if error is not None:
             text = str(error).replace(self._password, "***") if self._password else str(error)
             if "password" in text.lower() or "Identify" in text:
-                text += " (check the OBS websocket password: Tools > WebSocket Server Settings)"
+                # obs-websocket closes the connection at the Identify step when authentication
+                # fails; the library words that as a guess ("password may be inconnect")
+                text = (
+                    "OBS refused the websocket password (authentication failed)"
+                    if self._password
+                    else "OBS asks for a websocket password and none was given"
+                ) + "; compare it with OBS's Tools > WebSocket Server Settings > Show Connect Info"
             raise ObsUnavailable(f"cannot connect to {where}: {text}") from None
         self._ws = client
         return self

@@ -94,9 +94,11 @@ def test_request_errors_carry_obs_comment_and_bad_password_is_refused(obs):
         assert error.value.code and "kind" in error.value.comment.lower()
     finally:
         client.close()
-    with pytest.raises(ObsUnavailable, match="password") as error:
+    with pytest.raises(ObsUnavailable, match="OBS refused the websocket password") as error:
         client_for(obs, password="wrong-password")
-    assert "wrong-password" not in str(error.value)
+    assert "wrong-password" not in str(error.value) and "inconnect" not in str(error.value)
+    with pytest.raises(ObsUnavailable, match="OBS asks for a websocket password and none was given"):
+        client_for(obs, password="")
 
 
 def test_connect_times_out_against_a_server_that_never_answers():

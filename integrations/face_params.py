@@ -16,9 +16,9 @@ turns the landmarks into the 13 parameters of
   offset from the eye's centre / eye width (gaze). `FaceParamsCalibration` maps each ratio
   linearly from its neutral value to the parameter's range (values measured on
   ``user.mp4`` and a frontal portrait; see ``docs/motion_space.md``).
-- **filtering**: a One-Euro filter (Casiez, Roussel & Vogel, CHI 2012) per parameter, in normalized units,
-  so slow drifts are smoothed hard and fast moves (a blink, a nod) pass with little lag. It is
-  reset when the face is lost.
+- **filtering**: a One-Euro filter (`avatarforcing.schemas.motion_filter`) per parameter, in
+  normalized units, so slow drifts are smoothed hard and fast moves (a blink, a nod) pass with
+  little lag. It is reset when the face is lost.
 
 The person's left eye (on the image right of an unmirrored camera) drives ``blink_left``, which
 matches the renderer's convention (the avatar's left eye is drawn on the image right).
@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from avatarforcing.integrations.face_detection import _check_rgb
+from avatarforcing.schemas.motion_filter import OneEuroConfig, OneEuroFilter
 from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 NUM_LANDMARKS = 478
@@ -80,58 +81,6 @@ class FaceParamsCalibration:
     gaze_x_span: float = 0.15
     gaze_y_neutral: float = -0.01
     gaze_y_span: float = 0.1
-
-
-@dataclass(frozen=True)
-class OneEuroConfig:
-    """One-Euro filter settings, in normalized motion units (see `MOTION_SPACE.normalize`).
-
-    `min_cutoff_hz[i]`: cutoff at rest per parameter (lower = smoother, more lag); `beta`:
-    how fast the cutoff rises with speed; `d_cutoff_hz`: cutoff of the speed estimate.
-    """
-
-    min_cutoff_hz: tuple[float, ...] = (1.0, 1.0, 1.0, 0.8, 0.8, 3.0, 1.5, 1.5, 4.0, 4.0, 1.5, 2.0, 2.0)
-    beta: float = 1.5
-    d_cutoff_hz: float = 1.0
-
-    def __post_init__(self) -> None:
-        if len(self.min_cutoff_hz) != MOTION_SPACE.dim or min(self.min_cutoff_hz) <= 0:
-            raise ValueError(f"min_cutoff_hz needs {MOTION_SPACE.dim} positive values")
-        if self.beta < 0 or self.d_cutoff_hz <= 0:
-            raise ValueError("beta must be >= 0 and d_cutoff_hz > 0")
-
-
-@dataclass
-class OneEuroFilter:
-    """Vectorised One-Euro filter over ``[P]`` vectors; `reset()` forgets the history."""
-
-    config: OneEuroConfig = field(default_factory=OneEuroConfig)
-    _value: np.ndarray | None = None
-    _speed: np.ndarray | None = None
-    _time: float | None = None
-
-    @staticmethod
-    def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray:
-        tau = 1.0 / (2.0 * math.pi * np.asarray(cutoff, np.float64))
-        return 1.0 / (1.0 + tau / dt)
-
-    def __call__(self, value: np.ndarray, time: float) -> np.ndarray:
-        value = np.asarray(value, np.float64)
-        if self._value is None or self._time is None or time <= self._time:
-            self._value, self._speed, self._time = value, np.zeros_like(value), time
-            return value.copy()
-        dt = time - self._time
-        speed = (value - self._value) / dt
-        a_d = self._alpha(self.config.d_cutoff_hz, dt)
-        self._speed = a_d * speed + (1.0 - a_d) * self._speed
-        cutoff = np.asarray(self.config.min_cutoff_hz) + self.config.beta * np.abs(self._speed)
-        a = self._alpha(cutoff, dt)
-        self._value = a * value + (1.0 - a) * self._value
-        self._time = time
-        return self._value.copy()
-
-    def reset(self) -> None:
-        self._value = self._speed = self._time = None
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -311,7 +260,5 @@ __all__ = [
     "FaceParamsCalibration",
     "FaceParamsExtractor",
     "FaceParamsUnavailable",
-    "OneEuroConfig",
-    "OneEuroFilter",
     "params_from_landmarks",
 ]

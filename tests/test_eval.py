@@ -117,3 +117,26 @@ def test_eval_command_reports_generated_and_true_jitter_of_the_packaged_model(tm
         assert jittery > 10 * smooth, (group, smooth, jittery)
         # the model's own motion does not depend on the truth it is compared with
         assert reports["smooth"][f"jitter_{group}"]["generated"] == reports["jittery"][f"jitter_{group}"]["generated"]
+
+
+def test_eval_smooths_the_default_space_as_the_engine_does_unless_told_not_to(tmp_path):
+    """The default engine shows its motion through `MotionSmoother`; `eval` measures that by
+    default (lower jitter than the raw samples, same data and seed), and reports the smile
+    mirroring PCC for the generated motion and the truth."""
+    import io
+    import json
+
+    from avatarforcing.plugin.app.cli import run_cli
+    from avatarforcing.plugin.host import build_plugin_host
+
+    data = _dataset(tmp_path / "data", jittery=False)
+    reports = {}
+    for name, extra in (("smoothed", []), ("raw", ["--no-smoothing"])):
+        out, err = io.StringIO(), io.StringIO()
+        argv = ["eval", "--data", str(data), "--json", str(tmp_path / f"{name}.json"), "--nfe", "3", *extra]
+        assert run_cli(argv, build_plugin_host({}), out, err) == 0, err.getvalue()
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    for group in ("pose", "expression"):
+        raw, smoothed = (reports[n][f"jitter_{group}"]["generated"] for n in ("raw", "smoothed"))
+        assert smoothed < 0.5 * raw, (group, raw, smoothed)
+    assert set(reports["smoothed"]["smile_pcc_user"]) == {"generated", "ground_truth"}

@@ -5,13 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarforcing.integrations.face_params import (
-    FaceParamsExtractor,
-    OneEuroConfig,
-    OneEuroFilter,
-    params_from_landmarks,
-)
+from avatarforcing.integrations.face_params import FaceParamsExtractor, params_from_landmarks
 from avatarforcing.integrations.media import iter_video_frames
+from avatarforcing.schemas.motion_filter import OneEuroConfig, OneEuroFilter
 from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 pytest.importorskip("mediapipe")

@@ -1,9 +1,13 @@
 """Evaluate a flow-transformer checkpoint on a dataset split: stream every conversation side
-through `MotionStream` (as at inference) and compute the metrics of `metrics.evaluate`."""
+through `MotionStream` (as at inference), optionally through the embedded avatar's output
+smoothing (as the `default` engine shows it), and compute the metrics of `metrics.evaluate`."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+
+import numpy as np
 
 from avatarforcing.engine.checkpoint_format import load_flow_transformer
 from avatarforcing.engine.sampler import GuidanceScales
@@ -21,11 +25,15 @@ def evaluate_checkpoint(
     guidance: GuidanceScales = GuidanceScales(),  # noqa: B008 - GuidanceScales is a frozen dataclass
     seed: int = 0,
     device: str = "cpu",
+    smoothing: Callable[[], Callable[[np.ndarray, int], np.ndarray]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metric table (see `metrics.evaluate`) of the checkpoint's samples on `split`: each metric
     for the generated motion and, where it has one, for the ground truth.
     `checkpoint` None: the embedded avatar shipped in the package.
-    drop_user: sample with the user's conditions null (what the stage-2 losers are)."""
+    drop_user: sample with the user's conditions null (what the stage-2 losers are).
+    smoothing: makes a fresh causal filter per conversation side (e.g.
+    `avatarforcing.engine.embedded.smoothing.MotionSmoother`), called as ``filter(motion [T, D],
+    first_frame=0)`` on the generated motion, as a live engine would apply it."""
     dataset = ConversationDataset(data, split)
     if not len(dataset):
         raise ValueError(f"{data}: the {split!r} split is empty")
@@ -56,8 +64,11 @@ def evaluate_checkpoint(
             seed + index,
         )
         energy = item["avatar_energy"].numpy() if "avatar_energy" in item else None
+        motion = generated.numpy()
+        if smoothing is not None:
+            motion = smoothing()(motion, 0)
         conversations.append(
-            ConversationMotion(generated.numpy(), item["avatar_motion"].numpy(), item["user_motion"].numpy(), energy)
+            ConversationMotion(motion, item["avatar_motion"].numpy(), item["user_motion"].numpy(), energy)
         )
     table = evaluate(conversations, groups_for_space(h.space, h.dim_w))
     table["conversations"] = {"generated": float(len(conversations))}

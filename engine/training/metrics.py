@@ -5,7 +5,8 @@
 - richness: variance (mean over dims of the temporal variance) and SID diversity: entropy in bits
   of the histogram of k-means cluster assignments of the frames (clusters fitted on ground truth);
 - lip sync (spaces with a jaw parameter): PCC of jaw opening and the avatar's audio energy;
-- jitter: mean absolute acceleration |x[t+1] - 2 x[t] + x[t-1]|.
+- jitter: mean absolute acceleration |x[t+1] - 2 x[t] + x[t-1]|;
+- smile mirroring (spaces with a smile parameter): PCC of the user's and the avatar's smile.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class MotionGroups:
-    """Which dims are pose / expression, and the jaw-opening dim (None: no lip-sync metric)."""
+    """Which dims are pose / expression, the jaw-opening dim (None: no lip-sync metric) and the
+    smile dim (None: no smile-mirroring metric)."""
 
     pose: tuple[int, ...]
     expression: tuple[int, ...]
     jaw: int | None = None
+    smile: int | None = None
 
     @classmethod
     def all_dims(cls, dim_w: int) -> MotionGroups:
@@ -36,7 +39,10 @@ def groups_for_space(space: str, dim_w: int) -> MotionGroups:
         from avatarforcing.schemas.motion_space import MOTION_SPACE
 
         return MotionGroups(
-            tuple(MOTION_SPACE.pose_indices), tuple(MOTION_SPACE.expression_indices), int(MOTION_SPACE.jaw_index)
+            tuple(MOTION_SPACE.pose_indices),
+            tuple(MOTION_SPACE.expression_indices),
+            int(MOTION_SPACE.jaw_index),
+            MOTION_SPACE.names.index("smile"),
         )
     return MotionGroups.all_dims(dim_w)
 
@@ -155,6 +161,13 @@ def evaluate(
             "lip_sync_pcc",
             [lip_sync(c.generated, c.energy, groups.jaw) for c in with_energy],
             [lip_sync(c.truth, c.energy, groups.jaw) for c in with_energy],
+        )
+    if groups.smile is not None:
+        k = groups.smile
+        add(
+            "smile_pcc_user",
+            [pearson(c.user[:, k], c.generated[:, k]) for c in conversations],
+            [pearson(c.user[:, k], c.truth[:, k]) for c in conversations],
         )
     return table
 

@@ -1,9 +1,12 @@
 """``avatarforcing eval --data DIR [--checkpoint CKPT] [--split heldout] [--out TABLE.md]
-[--json FILE] [--drop-user] [--nfe N] [--seed N]``: sample every conversation side of the split
-with the streaming generator and print the metric table (markdown; JSON with --json), each
-metric for the generated motion and for the ground truth (jitter, variance, diversity, lip
-sync; rPCC has no ground-truth value). Without ``--checkpoint`` the embedded avatar shipped in
-the package is evaluated, so anyone can re-check docs/default_avatar.md.
+[--json FILE] [--drop-user] [--nfe N] [--seed N] [--no-smoothing]``: sample every conversation
+side of the split with the streaming generator and print the metric table (markdown; JSON with
+--json), each metric for the generated motion and for the ground truth (jitter, variance,
+diversity, lip sync, smile mirroring; rPCC has no ground-truth value). Without ``--checkpoint``
+the embedded avatar shipped in the package is evaluated, so anyone can re-check
+docs/default_avatar.md. On the default motion space the generated motion goes through the
+`default` engine's output smoothing first (what a session shows); ``--no-smoothing`` evaluates
+the raw samples.
 Exit status 0 evaluated, 2 bad arguments or data.
 """
 
@@ -36,16 +39,27 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--nfe", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-smoothing",
+        action="store_true",
+        help="evaluate the raw samples, without the default engine's output smoothing",
+    )
 
 
 def _run(args: argparse.Namespace, context) -> int:
     from avatarforcing.engine.checkpoint_io import CheckpointError
-    from avatarforcing.engine.training.dataset import DatasetError
+    from avatarforcing.engine.embedded.smoothing import MotionSmoother
+    from avatarforcing.engine.training.dataset import DatasetError, read_manifest
     from avatarforcing.engine.training.evaluation import evaluate_checkpoint
     from avatarforcing.engine.training.metrics import markdown_table
 
     try:
-        table = evaluate_checkpoint(args.data, args.checkpoint, args.split, args.drop_user, args.nfe, seed=args.seed)
+        smoothing = None
+        if not args.no_smoothing and read_manifest(args.data).get("space") == "default":
+            smoothing = MotionSmoother
+        table = evaluate_checkpoint(
+            args.data, args.checkpoint, args.split, args.drop_user, args.nfe, seed=args.seed, smoothing=smoothing
+        )
     except (DatasetError, CheckpointError, ValueError) as error:
         raise CommandError(str(error), exit_code=2) from None
     text = markdown_table(table)

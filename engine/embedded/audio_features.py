@@ -114,6 +114,21 @@ class StreamingLogMel:
         self._pending = pending[used:]
         return rows
 
+    def get_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(history float64 [240], pending float64 [k < 640])``: everything the next `push`
+        depends on (copies), for saving a stream and resuming it elsewhere."""
+        return self._history.copy(), self._pending.copy()
+
+    def set_state(self, history: np.ndarray, pending: np.ndarray) -> None:
+        """Resume from `get_state`'s arrays; the rows that follow equal those of the saved stream."""
+        history, pending = np.asarray(history, np.float64), np.asarray(pending, np.float64)
+        if history.shape != (_HISTORY,) or pending.ndim != 1 or len(pending) >= SAMPLES_PER_FRAME:
+            raise ValueError(
+                f"log-mel state must be history ({_HISTORY},) and pending (k < {SAMPLES_PER_FRAME},), "
+                f"got {history.shape} and {pending.shape}"
+            )
+        self._history, self._pending = history.copy(), pending.copy()
+
     def flush(self) -> np.ndarray:
         """End of stream: rows not yet returned ([0, LOG_MEL_DIM]); the state is reset."""
         self.reset()

@@ -152,7 +152,11 @@ class DefaultEngine:
         self._model = None
 
     # -- features thread -----------------------------------------------------------------------
-    def extract(self, tick: InputTick) -> DefaultFeatures:
+    def extract(self, tick: InputTick, user_params: list | None = None) -> DefaultFeatures:
+        """`tick` -> normalized condition frames. `user_params`: the user's face parameters
+        already extracted elsewhere (a remote client tracks the face itself), `num_frames`
+        entries, each ``float32 [13]`` denormalized or ``None`` (no face); given, the user's
+        frames in `tick` are not looked at."""
         from avatarforcing.schemas.motion_space import MOTION_SPACE
 
         expected = tick.num_frames * SAMPLES_PER_FRAME
@@ -170,7 +174,9 @@ class DefaultEngine:
         for i in range(tick.num_frames):
             image = frames[i] if i < len(frames) else None
             params = None
-            if image is not None and self._faces is not None:
+            if user_params is not None:
+                params = user_params[i] if i < len(user_params) else None
+            elif image is not None and self._faces is not None:
                 params = self._faces.extract(image)
             elif image is None and self._faces is not None:
                 self._faces.reset()
@@ -178,6 +184,40 @@ class DefaultEngine:
                 motion[i] = MOTION_SPACE.normalize(params)
                 faces += 1
         return DefaultFeatures(tick.first_frame, avatar, user, motion, faces)
+
+    # -- saving and resuming -------------------------------------------------------------------
+    def save_state(self) -> bytes:
+        """The stream's whole state as bytes (`EmbeddedStreamState`, about 0.4 MB): call between
+        ticks (not while `extract`/`generate` run); `load_state` on a fresh engine opened with
+        the same model and settings continues exactly where this one is. The face tracker's
+        smoothing is not part of it (a resumed stream's tracker starts afresh)."""
+        from avatarforcing.engine.embedded.stream_state import EmbeddedStreamState, stream_to_bytes
+
+        with self._lock:
+            return EmbeddedStreamState(
+                stream=stream_to_bytes(self._stream),
+                avatar_mel=self._avatar_mel.get_state(),
+                user_mel=self._user_mel.get_state(),
+                blocks=self._blocks,
+                ended=self._ended,
+            ).to_bytes()
+
+    def load_state(self, blob: bytes) -> None:
+        """Resume from `save_state`'s bytes (after `open`; instead of `warm_up`'s fresh stream).
+        A blob that is not a saved stream of this model raises ValueError."""
+        from avatarforcing.engine.embedded.stream_state import EmbeddedStreamState, stream_from_bytes
+
+        saved = EmbeddedStreamState.from_bytes(blob)
+        with self._lock:
+            stream = self._model.stream(self._settings, device=self._device)
+            stream_from_bytes(stream, saved.stream)
+            self._avatar_mel.set_state(*saved.avatar_mel)
+            self._user_mel.set_state(*saved.user_mel)
+            self._stream, self._blocks, self._ended = stream, saved.blocks, saved.ended
+            if self._guidance is not None:  # a guidance set since wins over the saved one
+                self._stream.set_guidance(self._guidance)
+        if self._faces is not None:
+            self._faces.reset()
 
     # -- generator thread ----------------------------------------------------------------------
     def set_guidance(self, avatar_scale: float, user_scale: float) -> None:

@@ -57,7 +57,7 @@ def test_engine_is_registered_with_the_puppet_renderer():
     host = build_plugin_host()
     spec = host.lookup("engines", "default").spec
     assert spec.default_renderer == "puppet"
-    assert {o.name for o in spec.options} == {"nfe", "face_tracking", "weights"}
+    assert {o.name for o in spec.options} == {"nfe", "face_tracking", "weights", "smoothing"}
     config = config_from_dict({"model": {"engine": "default"}, "engines": {"default": {"face_tracking": False}}})
     _, engine = host.create_engine(config)
     assert isinstance(engine, DefaultEngine)

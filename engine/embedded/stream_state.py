@@ -3,8 +3,9 @@
 What a default-avatar session carries from one tick to the next: the `MotionStream` state
 (KV caches, context latents, buffered condition frames, frame counter, guidance and the noise
 generator's state: `StreamState`), the two streaming log-mel front ends (`StreamingLogMel`:
-240 samples of history and < 640 pending samples each), the number of blocks emitted and
-whether the inputs ended. `EmbeddedStreamState.to_bytes()` packs all of it into one
+240 samples of history and < 640 pending samples each), the output smoothing's filter
+(`MotionSmoother`: last value, speed and time), the number of blocks emitted and whether the
+inputs ended. `EmbeddedStreamState.to_bytes()` packs all of it into one
 safetensors blob (no pickle: a blob from an untrusted peer can at worst fail to load), about
 0.4 MB with the shipped model; a stream restored from it continues exactly as the saved one
 would have (same latents, bit for bit, on the same device and torch build).
@@ -20,20 +21,23 @@ import numpy as np
 
 from avatarforcing.engine.stream import MotionStream
 
-STATE_FORMAT = 1  # bumped when the blob's layout changes; older blobs are refused, not misread
+STATE_FORMAT = 2  # bumped when the blob's layout changes; older blobs are refused, not misread
 
 
 @dataclass
 class EmbeddedStreamState:
     """`stream`: the `MotionStream` state as safetensors bytes; `avatar_mel`/`user_mel`:
     ``(history float64 [240], pending float64 [k < 640])`` of the two log-mel front ends;
-    `blocks`: blocks emitted so far; `ended`: the inputs ended (`finish` was called)."""
+    `blocks`: blocks emitted so far; `ended`: the inputs ended (`finish` was called);
+    `smoother`: `MotionSmoother.state()` (value and speed ``float64 [13]`` or None, time or
+    None: nothing filtered yet)."""
 
     stream: bytes
     avatar_mel: tuple[np.ndarray, np.ndarray]
     user_mel: tuple[np.ndarray, np.ndarray]
     blocks: int = 0
     ended: bool = False
+    smoother: dict | None = None
 
     def to_bytes(self) -> bytes:
         from safetensors.numpy import save
@@ -46,6 +50,11 @@ class EmbeddedStreamState:
             "user_mel_pending": self.user_mel[1],
             "counters": np.array([STATE_FORMAT, self.blocks, int(self.ended)], np.int64),
         }
+        smoother = self.smoother or {}
+        if smoother.get("time") is not None:  # absent arrays: the filter has seen nothing yet
+            arrays["smoother_value"] = np.asarray(smoother["value"], np.float64)
+            arrays["smoother_speed"] = np.asarray(smoother["speed"], np.float64)
+            arrays["smoother_time"] = np.array([smoother["time"]], np.float64)
         return save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
 
     @classmethod
@@ -76,6 +85,11 @@ class EmbeddedStreamState:
             user_mel=(arrays["user_mel_history"], arrays["user_mel_pending"]),
             blocks=int(counters[1]),
             ended=bool(counters[2]),
+            smoother={
+                "value": arrays.get("smoother_value"),
+                "speed": arrays.get("smoother_speed"),
+                "time": float(arrays["smoother_time"][0]) if "smoother_time" in arrays else None,
+            },
         )
 
 

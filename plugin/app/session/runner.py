@@ -524,6 +524,11 @@ class Session:
     # -- run -----------------------------------------------------------------------------------
     def _write_stats(self) -> dict[str, Any]:
         data = self.stats.to_dict()
+        # an engine that talks to a server (the remote engine) reports its round trip, jitter
+        # and bytes per second; sessions show them beside their own figures
+        network = getattr(self.engine, "network_stats", None)
+        if callable(network):
+            data["network"] = network()
         if self.stats_path is not None:
             tmp = self.stats_path.with_name(self.stats_path.name + ".tmp")
             tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -618,10 +623,10 @@ class Session:
             self.request_stop()
             self._shutdown(started_hooks)
             raise
-        self._shutdown(started_hooks)
-        return self.stats.to_dict()
+        return self._shutdown(started_hooks)
 
-    def _shutdown(self, started_hooks: bool) -> None:
+    def _shutdown(self, started_hooks: bool) -> dict[str, Any]:
+        """Stop every stage, close sources, sinks, renderer and engine; the final stats."""
         if self._frozen:  # what the session froze may be collected again
             gc.unfreeze()
             self._frozen = False
@@ -657,3 +662,4 @@ class Session:
         if self.session is not None and started_hooks:
             self.events.stopped(self.session, data)
             self.say(self.stats.log_line())  # only a session that went live has stats to show
+        return data

@@ -5,8 +5,9 @@
 parameters (`FaceParamsExtractor`; no face or no video = the null condition, zeros), all in
 the model's normalized units; `generate` pushes them into the model's `MotionStream` and
 returns `MotionBlock`s whose `latents` are ``float32 [num_frames, 13]`` *denormalized* motion
-parameters (`MOTION_SPACE`), clipped to their ranges. First block 25 frames (1 s), then
-4-frame (160 ms) blocks.
+parameters (`MOTION_SPACE`), passed through the causal output smoothing
+(`avatarforcing.engine.embedded.smoothing`, option ``smoothing``) and clipped to their ranges.
+First block 25 frames (1 s), then 4-frame (160 ms) blocks.
 """
 
 from __future__ import annotations
@@ -83,10 +84,13 @@ class DefaultEngine:
     first_block_frames = 25
     block_frames = 4
 
-    def __init__(self, nfe: int = 5, face_tracking: bool = True, weights: str = "") -> None:
+    def __init__(self, nfe: int = 5, face_tracking: bool = True, weights: str = "", smoothing: bool = True) -> None:
+        from avatarforcing.engine.embedded.smoothing import MotionSmoother, SmoothingConfig
+
         self._nfe_option = nfe
         self._face_tracking = face_tracking
         self._weights = weights
+        self._smoother = MotionSmoother(SmoothingConfig(enabled=smoothing))
         self._lock = threading.Lock()
         self._model = None
         self._settings = None
@@ -129,6 +133,7 @@ class DefaultEngine:
             self._stream = self._model.stream(self._settings, device=self._device)
             if self._guidance is not None:
                 self._stream.set_guidance(self._guidance)
+            self._smoother.reset()
             self._blocks = 0
             self._ended = False
 
@@ -200,6 +205,7 @@ class DefaultEngine:
                 user_mel=self._user_mel.get_state(),
                 blocks=self._blocks,
                 ended=self._ended,
+                smoother=self._smoother.state(),
             ).to_bytes()
 
     def load_state(self, blob: bytes) -> None:
@@ -214,6 +220,7 @@ class DefaultEngine:
             self._avatar_mel.set_state(*saved.avatar_mel)
             self._user_mel.set_state(*saved.user_mel)
             self._stream, self._blocks, self._ended = stream, saved.blocks, saved.ended
+            self._smoother.load_state(saved.smoother)
             if self._guidance is not None:  # a guidance set since wins over the saved one
                 self._stream.set_guidance(self._guidance)
         if self._faces is not None:
@@ -255,7 +262,8 @@ class DefaultEngine:
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         out = []
         for block in raw:
-            params = MOTION_SPACE.clip(MOTION_SPACE.denormalize(block.latents[0].cpu().numpy()))
+            shown = self._smoother(block.latents[0].cpu().numpy(), block.start)  # causal, frame by frame
+            params = MOTION_SPACE.clip(MOTION_SPACE.denormalize(shown))
             out.append(
                 MotionBlock(
                     index=self._blocks,
@@ -295,6 +303,13 @@ def register_engines() -> list[EngineSpec]:
                     "",
                     "folder with other weights (default: the ones shipped in the package)",
                     check=_check_weights,
+                ),
+                OptionSpec(
+                    "smoothing",
+                    bool,
+                    True,
+                    "smooth the generated motion (a causal One-Euro filter: pose hard, jaw lightly; "
+                    "see docs/default_avatar.md)",
                 ),
             ),
             default_renderer="puppet",

@@ -3,12 +3,23 @@
 Usage:
   python docs/default_avatar_eval.py bench [--weights DIR] [--nfe 5] [--threads 1] [--shared PATH]
   python docs/default_avatar_eval.py smile --data DPO_DATASET CHECKPOINT...
+  python docs/default_avatar_eval.py smoothing --data DPO_DATASET [--seeds 0 1000 2000]
+  python docs/default_avatar_eval.py real [--shared PATH] [--seeds 20 21 22] [--out DIR]
 
 `bench` streams 10 s of the sample conversation (avatar.wav + user.mp4, one tick per frame)
 through `DefaultEngine` (face tracking on) and the `puppet` renderer (512 x 512) and prints the
 median cost per frame / per 4-frame block and the real-time factor. `smile` samples every
 held-out item with and without the user's conditions (as `avatarforcing eval` does) and prints
-the mean PCC of the user's and the avatar's smile, generated and ground truth.
+the mean PCC of the user's and the avatar's smile, generated and ground truth. `smoothing`
+samples the packaged model on every held-out item with and without the user's conditions, once
+per seed (item i gets seed + i, as `avatarforcing eval --seed` does), and prints each metric raw
+and through the engine's `MotionSmoother` as mean +- standard deviation over the seeds, with the
+lag the smoothing adds (frames, from the cross-correlation of raw and smoothed motion). `real`
+renders the avatar on the real samples (`avatarforcing render --portrait rumi.jpg --avatar-audio
+avatar.wav --user-video user.mp4`, the default engine and the portrait renderer) per seed, with
+and without the engine's smoothing, tracks the rendered face and the person in user.mp4 with the
+same `FaceParamsExtractor` (its own filter off) and prints the jitter per group of each, and
+PCC(jaw_open, log energy of avatar.wav) of the rendered face.
 """
 
 from __future__ import annotations
@@ -101,6 +112,119 @@ def smile(args: argparse.Namespace) -> None:
             )
 
 
+def _lag_frames(raw: np.ndarray, smoothed: np.ndarray, dims: tuple[int, ...]) -> float:
+    """Mean over `dims` of the shift (frames, parabolic sub-frame peak) that best aligns the
+    smoothed motion to the raw one."""
+    lags = []
+    for d in dims:
+        a, b = raw[:, d] - raw[:, d].mean(), smoothed[:, d] - smoothed[:, d].mean()
+        c = np.array([np.dot(a[: len(a) - k], b[k:]) / (len(a) - k) for k in range(15)])
+        k = int(np.argmax(c))
+        offset = 0.0
+        if 0 < k < len(c) - 1 and (den := c[k - 1] - 2 * c[k] + c[k + 1]) != 0:
+            offset = 0.5 * (c[k - 1] - c[k + 1]) / den
+        lags.append(k + offset)
+    return float(np.mean(lags))
+
+
+def smoothing(args: argparse.Namespace) -> None:
+    from avatarforcing.engine.checkpoint_format import load_flow_transformer
+    from avatarforcing.engine.embedded.model import packaged_files
+    from avatarforcing.engine.embedded.smoothing import MotionSmoother
+    from avatarforcing.engine.sampler import GuidanceScales
+    from avatarforcing.engine.training.dataset import ConversationDataset
+    from avatarforcing.engine.training.losers import make_loser, sample_motion
+    from avatarforcing.engine.training.metrics import ConversationMotion, evaluate, groups_for_space
+
+    torch.set_num_threads(1)
+    weights, config = packaged_files()
+    model, _ = load_flow_transformer(weights.parent, "cpu", weights_file=weights.name, config_file=config.name)
+    dataset = ConversationDataset(args.data, "heldout")
+    groups = groups_for_space(dataset.header.space, dataset.header.dim_w)
+    items = [dataset[i] for i in range(len(dataset))]
+    rows: dict[str, list[float]] = {}
+    for condition, sample in (("with user", sample_motion), ("user dropped", make_loser)):
+        for seed in args.seeds:
+            raw, smoothed, lag_pose, lag_expression = [], [], [], []
+            for i, item in enumerate(items):
+                conditions = (item["avatar_audio"], item["user_audio"], item["user_motion"], item["reference"])
+                motion = sample(model, *conditions, 5, GuidanceScales(2.0, 1.0), seed + i).numpy()
+                shown = MotionSmoother()(motion, 0)
+                lag_pose.append(_lag_frames(motion, shown, groups.pose))
+                lag_expression.append(_lag_frames(motion, shown, groups.expression))
+                truth, user = item["avatar_motion"].numpy(), item["user_motion"].numpy()
+                energy = item["avatar_energy"].numpy()
+                raw.append(ConversationMotion(motion, truth, user, energy))
+                smoothed.append(ConversationMotion(shown, truth, user, energy))
+            for label, conversations in (("raw", raw), ("smoothed", smoothed)):
+                for metric, values in evaluate(conversations, groups).items():
+                    rows.setdefault(f"{metric} | {condition} | {label}", []).append(values["generated"])
+                    if "ground_truth" in values:
+                        rows.setdefault(f"{metric} | ground truth", []).append(values["ground_truth"])
+            rows.setdefault(f"lag_pose_frames | {condition} | smoothed", []).append(float(np.mean(lag_pose)))
+            rows.setdefault(f"lag_expression_frames | {condition} | smoothed", []).append(
+                float(np.mean(lag_expression))
+            )
+    for name, values in sorted(rows.items()):
+        print(f"| {name} | {np.mean(values):.4f} +- {np.std(values):.4f} | n={len(values)} |")
+
+
+def real(args: argparse.Namespace) -> None:
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from avatarforcing.engine.training.metrics import jitter, pearson
+    from avatarforcing.integrations.face_params import FaceParamsExtractor
+    from avatarforcing.integrations.media import iter_video_frames
+    from avatarforcing.schemas.motion_space import MOTION_SPACE
+
+    samples = Path(args.shared) / "reference" / "samples"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def tracked(video: Path) -> np.ndarray:
+        """Normalized face parameters per frame (frames without a face left out)."""
+        with FaceParamsExtractor(filter=False) as faces:
+            rows = [faces.extract(image) for _, _, image in iter_video_frames(video)]
+        return np.stack([MOTION_SPACE.normalize(r) if r is not None else np.full(13, np.nan) for r in rows])
+
+    def groups(motion: np.ndarray) -> dict[str, float]:
+        motion = motion[~np.isnan(motion).any(axis=1)]
+        return {
+            "pose": jitter(motion, tuple(MOTION_SPACE.pose_indices)),
+            "expression": jitter(motion, tuple(MOTION_SPACE.expression_indices)),
+        }
+
+    person = groups(tracked(samples / "user.mp4"))
+    print(f"person in user.mp4: jitter pose {person['pose']:.4f}, expression {person['expression']:.4f}")
+    audio, rate = sf.read(str(samples / "avatar.wav"), dtype="float32")
+    hop = rate // 25
+    energy = np.log(np.array([np.mean(audio[i * hop : (i + 1) * hop] ** 2) + 1e-8 for i in range(len(audio) // hop)]))
+    jaw = MOTION_SPACE.names.index("jaw_open")
+    for smoothing in (True, False):
+        results = []
+        for seed in args.seeds:
+            video = out / f"avatar_seed{seed}_{'smoothed' if smoothing else 'raw'}.mp4"
+            command = [sys.executable, "-m", "avatarforcing.plugin", "render", "--portrait", str(samples / "rumi.jpg")]
+            command += ["--avatar-audio", str(samples / "avatar.wav"), "--user-video", str(samples / "user.mp4")]
+            command += ["--out", str(video), "--overwrite", "--set", f"model.seed={seed}"]
+            command += ["--set", f"engines.default.smoothing={str(smoothing).lower()}"]
+            subprocess.run(command, check=True, capture_output=True)
+            motion = tracked(video)
+            n = min(len(motion), len(energy))
+            valid = ~np.isnan(motion[:n, jaw])
+            results.append({**groups(motion), "lip": pearson(motion[:n, jaw][valid], energy[:n][valid])})
+        for key in ("pose", "expression", "lip"):
+            values = [r[key] for r in results]
+            ratio = f" ({np.mean(values) / person[key]:.2f}x the person)" if key in person else ""
+            print(
+                f"avatar {'smoothed' if smoothing else 'raw'}: {key} {np.mean(values):.4f} +- {np.std(values):.4f}"
+                f"{ratio} over seeds {args.seeds}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -112,8 +236,15 @@ def main() -> None:
     s = sub.add_parser("smile")
     s.add_argument("--data", required=True)
     s.add_argument("checkpoints", nargs="+")
+    m = sub.add_parser("smoothing")
+    m.add_argument("--data", required=True)
+    m.add_argument("--seeds", type=int, nargs="+", default=[0, 1000, 2000])
+    r = sub.add_parser("real")
+    r.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
+    r.add_argument("--seeds", type=int, nargs="+", default=[20, 21, 22])
+    r.add_argument("--out", default="real_eval")
     args = parser.parse_args()
-    (bench if args.what == "bench" else smile)(args)
+    {"bench": bench, "smile": smile, "smoothing": smoothing, "real": real}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -281,7 +281,11 @@ def _screen_check(options: dict) -> CheckResult:
             if sys.platform.startswith("linux")
             else "allow screen recording for this terminal"
         )
-        return CheckResult(name, "fail", "cannot open the display for screen capture", fix)
+        # like a missing loopback: the machine lacks something a live session would use (the
+        # session then sees no face), not a broken install; files (--user-video) still work
+        return CheckResult(
+            name, "warn", "cannot open the display for screen capture", f"{fix}; or give --user-video FILE"
+        )
     title = str(options.get("window", ""))
     if title:
         windows = find_windows(title)

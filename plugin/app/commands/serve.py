@@ -20,6 +20,8 @@ Exit status: 0 after a clean stop, 1 when Ray cannot start, 2 for bad options.
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -101,6 +103,11 @@ def _run(args: argparse.Namespace, context) -> int:
     console = context.console
     console.print(f"starting Ray Serve ({'joining ' + address if address else 'local Ray'}) ...")
     start(settings, address=address, num_cpus=args.num_cpus)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a service manager, `kill`) stops like Ctrl-C: the application, Serve and the
+        # Ray instance this process started are shut down, not left running
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         token = ", token required" if settings.token_sha256 else ""
         console.print(f"serving sessions at {settings.url} (engine {engine!r}{token}); Ctrl-C stops")
@@ -110,8 +117,14 @@ def _run(args: argparse.Namespace, context) -> int:
     except KeyboardInterrupt:
         console.print("stopping")
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         stop()
     return 0
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 COMMAND = CommandSpec("serve", "serve avatar sessions to remote clients (Ray Serve, WebSocket)", _configure, _run)

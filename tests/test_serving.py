@@ -89,7 +89,9 @@ def _remote(url, token_file, ticks, seed, pace_s=0.0, on_frame=None):
             blocks += got
             arrivals += [time.monotonic()] * len(got)
             time.sleep(pace_s)
-        blocks += engine.finish()
+        got = engine.finish()  # the blocks still in flight (after a reconnect, maybe all the rest)
+        blocks += got
+        arrivals += [time.monotonic()] * len(got)
     finally:
         engine.close()
     return blocks, arrivals, engine

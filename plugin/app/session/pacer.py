@@ -38,19 +38,15 @@ log = logging.getLogger(__name__)
 class RenderedFrame:
     """A final frame on its way to the pacer. `queued_at`: monotonic time it entered the queue;
     `captured_at`: capture time of the newest audio of its input tick (0.0 unknown); `audio`:
-    the avatar audio of its 40 ms (float32 (640,)) or None; `input_tick`: the session-clock tick
-    of its input (None: the frame's own index — the session dropped no tick before it)."""
+    the avatar audio of its 40 ms (float32 (640,)) or None; `tick`: the session-clock tick of its
+    input, what the pacer schedules it by (frames are numbered in the engine's stream, which
+    skips the ticks the session dropped)."""
 
     frame: Frame
+    tick: int
     queued_at: float
     captured_at: float = 0.0
     audio: np.ndarray | None = None
-    input_tick: int | None = None
-
-    @property
-    def tick(self) -> int:
-        """The clock tick this frame's input belongs to: what the pacer schedules it by."""
-        return self.frame.index if self.input_tick is None else self.input_tick
 
 
 class FramePacer(threading.Thread):

@@ -1,8 +1,8 @@
 """Bounded hand-over queues between session stages, with sentinel shutdown and abort.
 
-`StageQueue.put` blocks while the queue is full (back-pressure) unless the queue drops its
-oldest item instead (``drop_oldest=True``, for stages that must never block, such as the
-features thread ticking on the clock). `END` is the sentinel a producer puts after its last
+`StageQueue.put` blocks while the queue is full (back-pressure; a live session's features
+thread that falls behind the clock drops input ticks itself, before extracting them). `END` is
+the sentinel a producer puts after its last
 item; `abort()` wakes every waiter at once (Ctrl-C, a failed stage).
 """
 
@@ -22,11 +22,10 @@ class Aborted(Exception):
 class StageQueue:
     """A FIFO of at most `capacity` items (`END` does not count towards it)."""
 
-    def __init__(self, capacity: int, drop_oldest: bool = False) -> None:
+    def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"queue capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self.drop_oldest = drop_oldest
         self._items: deque[Any] = deque()
         self._cond = threading.Condition()
         self._aborted = False
@@ -36,24 +35,18 @@ class StageQueue:
         with self._cond:
             return sum(1 for item in self._items if item is not END)
 
-    def put(self, item: Any) -> int:
-        """Append `item`; returns how many old items were dropped to make room (0 or 1).
-        Raises `Aborted` once the queue is aborted."""
-        dropped = 0
+    def put(self, item: Any) -> None:
+        """Append `item`, waiting while the queue is full. Raises `Aborted` once the queue is
+        aborted."""
         with self._cond:
             if item is not END:
                 while not self._aborted and len(self._items) >= self.capacity:
-                    if self.drop_oldest:
-                        self._items.popleft()
-                        dropped += 1
-                    else:
-                        self._cond.wait()
+                    self._cond.wait()
             if self._aborted:
                 raise Aborted
             self._items.append(item)
             self.high_water = max(self.high_water, len(self._items) - (item is END))
             self._cond.notify_all()
-        return dropped
 
     def get(self, timeout: float | None = None) -> Any:
         """The oldest item (maybe `END`); None after `timeout` seconds without one."""

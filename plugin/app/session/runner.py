@@ -511,10 +511,10 @@ class Session:
         self.frames_queue.put(
             RenderedFrame(
                 frame,
+                record.tick if record else frame.index,
                 time.monotonic(),
                 record.captured_at if record else 0.0,
                 record.audio if record else None,
-                record.tick if record else frame.index,
             )
         )
         depth = len(self.frames_queue)

@@ -328,6 +328,10 @@ class Session:
         self.say(f"warm-up took {self.stats.warm_up_s:.1f} s")
         return image
 
+    def _block_frames(self) -> int:
+        """Frames per block of the engine (10 when it does not say): sizes queues and lag bounds."""
+        return max(1, int(getattr(self.engine, "block_frames", 10)))
+
     # -- stages --------------------------------------------------------------------------------
     def _video_frames(self, kind: str, k: int, n: int, now: float) -> list[np.ndarray | None]:
         """The images of video source `kind` for frames ``k .. k+n-1``: offline the frame of each
@@ -364,8 +368,7 @@ class Session:
         total = int(round(self.duration * FRAME_RATE)) if self.duration > 0 else None
         audio = {kind: self._inboxes.get(kind) for kind in ("avatar_audio", "user_audio")}
         ending = self._ending_inboxes()
-        block_frames = max(1, int(getattr(self.engine, "block_frames", 10)))
-        max_behind = max(2 * block_frames, 2 * n)
+        max_behind = max(2 * self._block_frames(), 2 * n)
         k = tick = 0
         while True:
             if total is not None and tick >= total:
@@ -550,7 +553,7 @@ class Session:
                 if capture not in deferred:
                     capture.start()
             initial = self._warm_up() if self.config.session.warm_up and not self.offline else None
-            block_frames = max(1, int(getattr(self.engine, "block_frames", 10)))
+            block_frames = self._block_frames()
             n = self.config.session.feature_frames
             # never drops: a tick the engine has seen must reach it (its stream has no holes); a
             # full queue holds the features thread back, which then drops ticks before extracting

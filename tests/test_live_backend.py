@@ -1,6 +1,7 @@
 """The official engine in sessions runs the fastest usable backend: ONNX Runtime on a CPU
-(graphs exported on first use, reused after), with the same motion as eager PyTorch; a
-requested backend that cannot run is one clear error. Formula weights (fixture_small)."""
+(every per-block graph exported on first use, reused after), with the same motion as eager
+PyTorch; the stats name the runner of each graph; a requested backend that cannot run is one
+clear error. Formula weights (fixture_small); per-stage parity: test_official_live_ort.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avatarforcing.engine.export.live_backend import LIVE_GRAPHS
 from avatarforcing.plugin import Frame, RendererSpec, hookimpl
 from avatarforcing.plugin.api.errors import PluginError
 from avatarforcing.plugin.app.config import config_from_dict
@@ -83,10 +85,12 @@ def test_auto_runs_onnx_runtime_on_the_cpu_with_eager_motion(cache):
     eager_stats, eager = run_official("torch_cpu", cache)
     assert eager_stats["error"] is None and eager_stats["backend"] == "torch_cpu"
     assert not cache.exists()  # PyTorch needs no exports
+    assert eager_stats["backend_graphs"] == dict.fromkeys(LIVE_GRAPHS, "pytorch")
     stats, latents = run_official("auto", cache)
     assert stats["error"] is None and stats["backend"] == "onnxruntime_cpu"
+    assert stats["backend_graphs"] == dict.fromkeys(LIVE_GRAPHS, "onnxruntime")
     exports = [p.parent for p in cache.glob("*/manifest.json")]
-    assert len(exports) == 1 and {p.name for p in exports[0].glob("*.onnx")} == {"first_clip.onnx", "block_step.onnx"}
+    assert len(exports) == 1 and {p.name for p in exports[0].glob("*.onnx")} == {f"{g}.onnx" for g in LIVE_GRAPHS}
     assert latents.shape == eager.shape == (60, 512)
     # the rollout tolerance of docs/acceleration.md
     assert float(np.abs(latents - eager).max()) < 1e-4

@@ -1,22 +1,33 @@
-"""A live stream on the fastest backend: a `MotionStream`'s generator steps through graph runners.
+"""A live session on the fastest backend: every per-block graph of the official engine through
+graph runners of one backend.
 
 `choose_live_backend` picks the backend as `select_backend` does (TensorRT → CUDA graphs →
 CUDA eager → ONNX Runtime CPU → PyTorch CPU), restricted to the device the model runs on, and
-exports the ONNX graphs the backend needs on first use into a cache folder keyed by the model
-hash (`graph_cache_dir`), so the next start reuses them. A requested backend that cannot run is
-an error (`BackendUnavailable`), never a silent substitute. `accelerate_stream` then replaces
-the stream's first-clip and block steps by runners of that backend (`PositionalStep`); PyTorch
-backends keep the stream's own modules.
+exports the ONNX graphs the backend needs (`LIVE_GRAPHS`: the generator's first clip and block
+step, the streaming audio window, the motion encoder, the decoder) on first use into a cache
+folder keyed by the model hash (`graph_cache_dir`), so the next start reuses them; a cache
+folder lacking some of them (an older start exported only the generator) is completed. A
+requested backend that cannot run is an error (`BackendUnavailable`), never a silent substitute.
+
+Exports the user made (`export_dir`) are read, never written. Without the generator graphs
+they cannot serve the backend at all (as if absent). Without one of the other graphs: with
+``auto`` that graph runs in PyTorch and `LiveBackend.graphs_line` says which and why; with a
+requested backend it is a `BackendUnavailable` naming the missing files.
+
+`accelerate_pipeline` then hands the runners to an `AvatarPipeline` (its stream's steps, both
+audio extractors' window step, the motion encoder and the decoder); PyTorch backends keep the
+pipeline's own modules. `LiveBackend.graphs` reports which runner runs each graph.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from avatarforcing.engine.export.backend_select import (
     BackendChoice,
@@ -24,10 +35,12 @@ from avatarforcing.engine.export.backend_select import (
     probe_capabilities,
     select_backend,
 )
+from avatarforcing.engine.export.graph_modules import identity_feeds
 from avatarforcing.engine.export.graph_specs import ExportSettings, model_hash
-from avatarforcing.engine.export.rollout import PositionalStep
-from avatarforcing.engine.export.runners import GENERATOR_GRAPHS, build_runners
+from avatarforcing.engine.export.rollout import GraphIO, PositionalStep
+from avatarforcing.engine.export.runners import GENERATOR_GRAPHS, Runner, build_runners
 from avatarforcing.engine.official.model import AvatarForcingModel
+from avatarforcing.engine.official.pipeline import AvatarPipeline
 from avatarforcing.engine.stream import MotionStream
 
 # selector names -> `build_runners` names; None: the stream's own PyTorch modules
@@ -39,6 +52,8 @@ RUNNER_NAMES = {
     "torch_cpu": None,
 }
 NEEDS_EXPORTS = ("tensorrt", "onnxruntime_cpu")
+LIVE_GRAPHS = GENERATOR_GRAPHS + ("audio_window", "motion_encoder", "decoder")
+PYTORCH = "pytorch"  # `LiveBackend.graphs` value of a graph run by the pipeline's own modules
 Log = Callable[[str], None]
 
 
@@ -48,16 +63,32 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass
 class LiveBackend:
-    """The chosen backend (`choice`), and what runs it: the export folder (None for PyTorch
-    backends) and the runners of the generator graphs, reused by every new stream."""
+    """The chosen backend (`choice`), the export folder it reads (None for PyTorch backends),
+    which runner runs each graph (`graphs`: graph -> ``onnxruntime``/``tensorrt``/
+    ``cuda-graphs``, or ``pytorch`` for the pipeline's own modules), why a graph runs in
+    PyTorch on a non-PyTorch backend (`fallbacks`), and the runners, built once and reused by
+    every new pipeline."""
 
     choice: BackendChoice
     export_dir: Path | None = None
-    steps: dict[str, PositionalStep] | None = None
+    graphs: dict[str, str] = field(default_factory=lambda: dict.fromkeys(LIVE_GRAPHS, PYTORCH))
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    runners: dict[str, Runner] | None = None
+    io_names: dict[str, GraphIO] | None = None
 
     @property
     def name(self) -> str:
         return self.choice.backend
+
+    def graphs_line(self) -> str:
+        """One line: which runner runs which graph, and why any graph runs in PyTorch."""
+        by_runner: dict[str, list[str]] = {}
+        for graph, runner in self.graphs.items():
+            by_runner.setdefault(runner, []).append(graph)
+        line = "graphs: " + "; ".join(f"{', '.join(names)} on {runner}" for runner, names in by_runner.items())
+        if self.fallbacks:
+            line += " (" + "; ".join(f"{graph} in PyTorch: {why}" for graph, why in self.fallbacks.items()) + ")"
+        return line
 
 
 def graph_cache_dir(cache_root: Path, model: AvatarForcingModel, settings: ExportSettings) -> tuple[Path, str]:
@@ -83,22 +114,24 @@ def choose_live_backend(
     export_dir: Path | None = None,
     log: Log | None = None,
 ) -> LiveBackend:
-    """The backend for a live stream of `model` (``requested``: ``auto`` or a selector name).
+    """The backend for a live session of `model` (``requested``: ``auto`` or a selector name)
+    and the runner of each of `LIVE_GRAPHS` (see the module docstring).
 
-    Exports the generator graphs into the per-model folder under `cache_root` when the chosen
-    backend needs them and they are not there yet; `export_dir` (exports the user made with
-    ``avatarforcing graphs export``) is read, never written."""
+    Exports the missing graphs into the per-model folder under `cache_root` when the chosen
+    backend needs them; `export_dir` (exports the user made with ``avatarforcing graphs
+    export``) is read, never written."""
     device = next(model.parameters()).device
     folder, digest = (export_dir, None) if export_dir is not None else graph_cache_dir(cache_root, model, settings)
     if digest is None:
         digest = model_hash(model, model.cfg.to_dict(), settings)
-    caps = _on_model_device(probe_capabilities(folder, digest), device)
     prefer = None if requested == "auto" else requested
+    caps = _live_capabilities(folder, digest, device)
     wants_exports = (prefer in NEEDS_EXPORTS) or (prefer is None and _best_needs_exports(caps))
+    failed: dict[str, str] = {}
     # only the cache folder is written: a folder the user named is theirs (an unusable one is an error)
-    if wants_exports and caps.onnx_exports is None and export_dir is None and _exportable(caps):
-        _export(model, settings, folder, log)
-        caps = _on_model_device(probe_capabilities(folder, digest), device)
+    if wants_exports and export_dir is None and _exportable(caps) and _missing_graphs(folder, digest):
+        failed = _export(model, settings, folder, digest, log)
+        caps = _live_capabilities(folder, digest, device)
     if prefer is not None:
         why_not = caps.available(prefer)
         if why_not is not None:
@@ -106,7 +139,58 @@ def choose_live_backend(
                 f"the requested backend {prefer} cannot run here: {why_not}; set model.backend = auto to use the best one"
             )
     choice = select_backend(caps, prefer=prefer)
-    return LiveBackend(choice, caps.onnx_exports if choice.backend in NEEDS_EXPORTS else None)
+    runner = RUNNER_NAMES[choice.backend]
+    if runner is None:
+        return LiveBackend(choice)
+    if choice.backend not in NEEDS_EXPORTS:
+        return LiveBackend(choice, graphs=dict.fromkeys(LIVE_GRAPHS, runner))
+    missing = _missing_graphs(caps.onnx_exports, digest)
+    fallbacks = {g: _why_missing(g, caps.onnx_exports, export_dir is not None, failed) for g in missing}
+    if fallbacks and prefer is not None:
+        raise BackendUnavailable(
+            f"the requested backend {prefer} cannot run every graph: "
+            + "; ".join(fallbacks.values())
+            + "; set model.backend = auto to run these in PyTorch"
+        )
+    graphs = {g: PYTORCH if g in fallbacks else runner for g in LIVE_GRAPHS}
+    return LiveBackend(choice, caps.onnx_exports, graphs, fallbacks)
+
+
+def _live_capabilities(folder: Path, digest: str, device: torch.device) -> Capabilities:
+    """`probe_capabilities` for a model on `device`; exports without the generator graphs
+    count as absent (the backend could not run the stream)."""
+    caps = _on_model_device(probe_capabilities(folder, digest), device)
+    if caps.onnx_exports is not None:
+        lacking = [g for g in GENERATOR_GRAPHS if g in _missing_graphs(caps.onnx_exports, digest)]
+        if lacking:
+            files = ", ".join(f"{g}.onnx" for g in lacking)
+            caps = dataclasses.replace(
+                caps, onnx_exports=None, onnx_exports_reason=f"ONNX exports in {folder} lack {files}"
+            )
+    return caps
+
+
+def _missing_graphs(folder: Path, digest: str) -> list[str]:
+    """`LIVE_GRAPHS` that `folder` holds no usable export of (all, without a manifest of this
+    model)."""
+    from avatarforcing.engine.export.onnx_graphs import MANIFEST_NAME, ExportManifest
+
+    try:
+        manifest = ExportManifest.load(folder) if (folder / MANIFEST_NAME).exists() else None
+    except (ValueError, KeyError):
+        manifest = None
+    if manifest is None or manifest.model_hash != digest:
+        return list(LIVE_GRAPHS)
+    present = {g.name for g in manifest.graphs if (folder / g.file).exists()}
+    return [g for g in LIVE_GRAPHS if g not in present]
+
+
+def _why_missing(graph: str, folder: Path, user_folder: bool, failed: Mapping[str, str]) -> str:
+    """Why `graph` has no export in `folder` (one clause)."""
+    if graph in failed:
+        return f"its export failed ({failed[graph]})"
+    fix = f" (add it: `avatarforcing graphs export --out {folder}`)" if user_folder else ""
+    return f"ONNX exports in {folder} lack {graph}.onnx{fix}"
 
 
 def _exportable(caps: Capabilities) -> bool:
@@ -120,12 +204,60 @@ def _best_needs_exports(caps: Capabilities) -> bool:
     return select_backend(with_exports).backend in NEEDS_EXPORTS
 
 
-def _export(model: AvatarForcingModel, settings: ExportSettings, folder: Path, log: Log | None) -> None:
-    from avatarforcing.engine.export.onnx_graphs import export_all
+def _export(
+    model: AvatarForcingModel, settings: ExportSettings, folder: Path, digest: str, log: Log | None
+) -> dict[str, str]:
+    """Complete the cache folder with every missing live graph; {graph: why its export failed}."""
+    from avatarforcing.engine.export.onnx_graphs import complete_exports
 
     if log:
-        log(f"exporting the generator graphs to ONNX once, into {folder} (the next start reuses them)")
-    export_all(model, folder, settings, graphs=GENERATOR_GRAPHS, log=log)
+        missing = ", ".join(_missing_graphs(folder, digest))
+        log(f"exporting the graphs {missing} to ONNX once, into {folder} (the next start reuses them)")
+    _, failed = complete_exports(model, folder, settings, LIVE_GRAPHS, log=log)
+    for graph, why in failed.items():
+        if log:
+            log(f"export {graph} failed: {why}")
+    return failed
+
+
+def _build(
+    backend: LiveBackend,
+    model: AvatarForcingModel,
+    settings: ExportSettings,
+    threads: int | None,
+    engine_cache: Path | None,
+    precision: str,
+    log: Log | None,
+) -> None:
+    """Build the runners of the graphs `backend` runs (once) and their I/O names. ONNX Runtime
+    and TensorRT take the names from the manifest: building example inputs would run every
+    module once (seconds for the decoder even at fixture_small size, about a minute at official
+    size on a CPU) for nothing."""
+    graphs = [g for g, runner in backend.graphs.items() if runner != PYTORCH]
+    runner_name = RUNNER_NAMES[backend.name]
+    caps = dataclasses.replace(probe_capabilities(backend.export_dir), onnx_exports=backend.export_dir)
+    from_manifest = backend.name in NEEDS_EXPORTS
+    runners, specs, _ = build_runners(
+        runner_name,
+        model,
+        caps,
+        settings,
+        precision,
+        threads,
+        engine_cache,
+        log,
+        graphs=graphs,
+        examples=not from_manifest,
+    )
+    if from_manifest:
+        from avatarforcing.engine.export.onnx_graphs import ExportManifest
+
+        manifest = ExportManifest.load(backend.export_dir)
+        records = {name: manifest.graph(name) for name in graphs}
+        io = {n: GraphIO(tuple(s.name for s in r.inputs), tuple(s.name for s in r.outputs)) for n, r in records.items()}
+    else:
+        io = {name: GraphIO(spec.input_names, spec.output_names) for name, spec in specs.items()}
+    backend.runners, backend.io_names = runners, io
 
 
 def accelerate_stream(
@@ -139,14 +271,66 @@ def accelerate_stream(
     log: Log | None = None,
 ) -> None:
     """Run `stream`'s first clip and blocks on `backend` (runners built once, then reused)."""
-    runner_name = RUNNER_NAMES[backend.name]
-    if runner_name is None:
+    if RUNNER_NAMES[backend.name] is None:
         return
-    if backend.steps is None:
-        caps = dataclasses.replace(probe_capabilities(backend.export_dir), onnx_exports=backend.export_dir)
-        runners, specs, _ = build_runners(
-            runner_name, model, caps, settings, precision, threads, engine_cache, log, graphs=GENERATOR_GRAPHS
-        )
-        backend.steps = {name: PositionalStep(runners[name], specs[name]) for name in GENERATOR_GRAPHS}
-    stream.first_clip = backend.steps["first_clip"]
-    stream.block = backend.steps["block_step"]
+    if backend.runners is None:
+        _build(backend, model, settings, threads, engine_cache, precision, log)
+    stream.first_clip = PositionalStep(backend.runners["first_clip"], backend.io_names["first_clip"])
+    stream.block = PositionalStep(backend.runners["block_step"], backend.io_names["block_step"])
+
+
+def accelerate_pipeline(
+    pipeline: AvatarPipeline,
+    model: AvatarForcingModel,
+    backend: LiveBackend,
+    settings: ExportSettings,
+    threads: int | None = None,
+    engine_cache: Path | None = None,
+    precision: str = "fp16",
+    log: Log | None = None,
+) -> None:
+    """Run every graph of `pipeline` (an `AvatarPipeline` of `model`) that `backend.graphs`
+    gives a runner: the stream's steps, both audio extractors' window, the motion encoder and
+    the decoder (the last two `settings.image_frames` frames per call, padded)."""
+    if RUNNER_NAMES[backend.name] is None:
+        return
+    if pipeline.config.streaming_audio != settings.audio:
+        raise ValueError("the pipeline's streaming-audio config differs from the one the audio graph was exported with")
+    if backend.runners is None:
+        _build(backend, model, settings, threads, engine_cache, precision, log)
+    runners, io = backend.runners, backend.io_names
+    if "first_clip" in runners:
+        accelerate_stream(pipeline.motion, model, backend, settings, threads, engine_cache, precision, log)
+    if "audio_window" in runners:
+        pipeline.set_audio_window(PositionalStep(runners["audio_window"], io["audio_window"]))
+    frames = settings.image_frames(model.cfg)
+    if "motion_encoder" in runners:
+        pipeline.set_motion_encoder(_one_output(runners["motion_encoder"], "frames", "motion"), frames)
+    if "decoder" in runners:
+        identity = identity_feeds(pipeline.identity, model.cfg.input_size)
+        pipeline.set_decoder(_one_output(runners["decoder"], "latents", "frames", identity), frames)
+
+
+def _one_output(
+    runner: Runner, input_name: str, output_name: str, constants: Mapping[str, Tensor] | None = None
+) -> Callable[[Tensor], Tensor]:
+    """`runner` as a function of one tensor (`input_name`, the other inputs `constants`) to
+    one output tensor (`output_name`)."""
+    fixed = dict(constants or {})
+
+    def run(x: Tensor) -> Tensor:
+        return runner({input_name: x, **fixed})[output_name]
+
+    return run
+
+
+__all__ = [
+    "LIVE_GRAPHS",
+    "PYTORCH",
+    "BackendUnavailable",
+    "LiveBackend",
+    "accelerate_pipeline",
+    "accelerate_stream",
+    "choose_live_backend",
+    "graph_cache_dir",
+]

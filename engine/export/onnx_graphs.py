@@ -311,6 +311,52 @@ def export_all(
     return manifest
 
 
+def complete_exports(
+    model: AvatarForcingModel,
+    out_dir: str | Path,
+    settings: ExportSettings,
+    graphs: Sequence[str],
+    log: Log | None = None,
+) -> tuple[ExportManifest, dict[str, str]]:
+    """Make `out_dir` hold `graphs` of `model`: the graphs an existing manifest of the same
+    model hash lists (with their files) are kept, the others exported one by one and added to
+    the manifest. A graph no exporter can export is left out.
+
+    Returns (the manifest, also saved, {graph: why its export failed})."""
+    import onnx
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = model_hash(model, model.cfg.to_dict(), settings)
+    kept: list[GraphRecord] = []
+    if (out / MANIFEST_NAME).exists():
+        try:
+            old = ExportManifest.load(out)
+        except (ValueError, KeyError):  # unreadable: export everything again
+            old = None
+        if old is not None and old.model_hash == digest:
+            kept = [g for g in old.graphs if g.name in graphs and (out / g.file).exists()]
+    missing = [name for name in graphs if name not in {g.name for g in kept}]
+    model.eval()
+    failures: dict[str, str] = {}
+    records = {g.name: g for g in kept}
+    for spec in build_graph_specs(model, settings, missing) if missing else []:
+        try:
+            (records[spec.name],) = export_specs([spec], out, log=log)
+        except ExportError as error:
+            failures[spec.name] = str(error)
+    manifest = ExportManifest(
+        model_hash=digest,
+        config=model.cfg.to_dict(),
+        settings=settings,
+        graphs=[records[name] for name in graphs if name in records],
+        onnx_version=onnx.__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    manifest.save(out)
+    return manifest, failures
+
+
 __all__ = [
     "DYNAMO_OPSET",
     "EXPORTERS",
@@ -320,6 +366,7 @@ __all__ = [
     "ExportError",
     "ExportManifest",
     "GraphRecord",
+    "complete_exports",
     "export_all",
     "export_graph",
     "export_specs",

@@ -10,6 +10,7 @@ comparing its output with `stream.generate` checks a backend over many blocks.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -33,6 +34,15 @@ class EagerRunner:
         return self.spec.run_eager(feeds)
 
 
+@dataclass(frozen=True)
+class GraphIO:
+    """Input and output names of one graph, in the order of its positional call (what a
+    `GraphSpec` says without the module and example inputs, e.g. read from the manifest)."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+
 class PositionalStep:
     """Adapts a graph runner to the positional call of `FirstClipStep` / `BlockStep`, so a
     `MotionStream` runs on any backend: `stream.block = PositionalStep(runner, spec)`.
@@ -41,7 +51,7 @@ class PositionalStep:
     default `rope_offset=None`): the exported tables are constants of the graph.
     """
 
-    def __init__(self, runner: GraphRunner, spec: GraphSpec) -> None:
+    def __init__(self, runner: GraphRunner, spec: GraphSpec | GraphIO) -> None:
         self.runner = runner
         self.input_names = spec.input_names
         self.output_names = spec.output_names
@@ -110,4 +120,12 @@ def rollout_latents(
     return torch.cat(latents, dim=1), caches
 
 
-__all__ = ["EagerRunner", "GraphRunner", "PositionalStep", "rollout_frames", "rollout_latents", "rollout_noise"]
+__all__ = [
+    "EagerRunner",
+    "GraphIO",
+    "GraphRunner",
+    "PositionalStep",
+    "rollout_frames",
+    "rollout_latents",
+    "rollout_noise",
+]

@@ -48,26 +48,29 @@ def build_runners(
     engine_cache: Path | None,
     log: Callable[[str], None] | None,
     graphs: Sequence[str] = BENCH_GRAPHS,
+    examples: bool = True,
 ) -> tuple[dict[str, Runner], dict[str, GraphSpec], torch.device]:
     """Runners of `graphs` on `backend` (``tensorrt``, ``cuda-graphs``, ``eager``,
     ``onnxruntime``): {graph: runner}, {graph: spec with example feeds on the runner's device},
     and that device. ONNX Runtime and TensorRT read the exports in ``caps.onnx_exports``;
-    TensorRT engines are built on first use and cached in `engine_cache`."""
+    TensorRT engines are built on first use and cached in `engine_cache`. With
+    `examples=False` these two return no specs (building them runs every module once; the
+    manifest has the I/O names)."""
     cuda = torch.device("cuda")
     if backend == "onnxruntime":
         from avatarforcing.engine.export.onnx_runtime import OrtRunner
 
-        specs = _specs_on(model, torch.device("cpu"), settings, graphs)
-        runners = {name: OrtRunner(caps.onnx_exports / f"{name}.onnx", threads) for name in specs}
+        specs = _specs_on(model, torch.device("cpu"), settings, graphs) if examples else {}
+        runners = {name: OrtRunner(caps.onnx_exports / f"{name}.onnx", threads) for name in graphs}
         return runners, specs, torch.device("cpu")
     if backend == "eager":
         device = cuda if caps.gpu_name else torch.device("cpu")
         specs = _specs_on(model, device, settings, graphs)
         return {name: _eager_runner(spec) for name, spec in specs.items()}, specs, device
-    specs = _specs_on(model, cuda, settings, graphs)
     if backend == "cuda-graphs":
         from avatarforcing.engine.export.cuda_graphs import StaticGraphRunner
 
+        specs = _specs_on(model, cuda, settings, graphs)
         return (
             {name: StaticGraphRunner.from_spec(spec, cuda, precision=precision) for name, spec in specs.items()},
             specs,
@@ -77,5 +80,6 @@ def build_runners(
 
     if engine_cache is None:
         raise ValueError("the tensorrt backend needs an engine cache directory")
-    runners = load_or_build_engines(caps.onnx_exports, engine_cache, tuple(specs), BuildOptions(precision), log=log)
+    specs = _specs_on(model, cuda, settings, graphs) if examples else {}
+    runners = load_or_build_engines(caps.onnx_exports, engine_cache, tuple(graphs), BuildOptions(precision), log=log)
     return dict(runners), specs, cuda

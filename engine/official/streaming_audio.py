@@ -28,12 +28,16 @@ Everything is deterministic: statistics change only at frame and window boundari
 call has a fixed shape, so the same samples pushed in any chunking give bit-identical
 features. `StreamingWindowEncoder` is the pure per-window compute with fixed tensor shapes
 (ONNX-exportable); `StreamingAudioFeatures` is the stateful driver whose state is the
-inspectable `StreamingAudioState`. See docs/streaming_audio.md for measured deviations.
+inspectable `StreamingAudioState`; its `window_step` (the encoder by default) may be any
+callable with the encoder's positional signature, e.g. an exported `audio_window` graph on
+another backend: the driver keeps the state, so streaming still equals one-shot. See
+docs/streaming_audio.md for measured deviations.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,6 +227,10 @@ class StreamingAudioFeatures:
     def __init__(self, encoder: AudioEncoder, config: StreamingAudioConfig | None = None) -> None:
         self.config = config if config is not None else StreamingAudioConfig()
         self.window_encoder = StreamingWindowEncoder(encoder, self.config)
+        # what computes one window: `(samples [1, new_samples], context [1, ctx, Cc], gn_sum,
+        # gn_sumsq [1, C0], gn_weight [1, 1]) -> (features [1, hop, 512], context', gn_sum',
+        # gn_sumsq', gn_weight')`, float32; replaceable by a graph runner of another backend
+        self.window_step: Callable[..., tuple[Tensor, ...]] = self.window_encoder
         self._silence_context = self.window_encoder.silence_context()
         self.state = self.initial_state()
 
@@ -309,7 +317,7 @@ class StreamingAudioFeatures:
     def _encode_window(self) -> Tensor:
         st, cfg = self.state, self.config
         samples = torch.from_numpy(self.normalised_new_samples()).unsqueeze(0)
-        wa, st.context, st.gn_sum, st.gn_sumsq, st.gn_weight = self.window_encoder(
+        wa, st.context, st.gn_sum, st.gn_sumsq, st.gn_weight = self.window_step(
             samples, st.context, st.gn_sum, st.gn_sumsq, st.gn_weight
         )
         st.frames_emitted += cfg.hop_frames

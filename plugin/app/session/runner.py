@@ -268,6 +268,7 @@ class Session:
         session = self.session
         self.engine.open(session)
         self.stats.backend = str(getattr(self.engine, "backend", "") or "")
+        self.stats.backend_graphs = dict(getattr(self.engine, "backend_graphs", None) or {})
         self.renderer.open(session)
         for spec in self._sink_specs:
             make = lambda s=spec: self.host.create(

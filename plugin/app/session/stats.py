@@ -54,6 +54,7 @@ class SessionStats:
     engine: str = ""
     renderer: str = ""
     backend: str = ""
+    backend_graphs: dict[str, str] = field(default_factory=dict)  # graph -> runner (engines that report it)
     latency: dict[str, LatencyTracker] = field(default_factory=lambda: {s: LatencyTracker() for s in STAGES})
     frames: int = 0  # frames written to the sinks (rendered or held)
     rendered: int = 0  # rendered frames written
@@ -97,6 +98,7 @@ class SessionStats:
                 "engine": self.engine,
                 "renderer": self.renderer,
                 "backend": self.backend,
+                "backend_graphs": dict(self.backend_graphs),
                 "frames": self.frames,
                 "rendered": self.rendered,
                 "held": self.held,

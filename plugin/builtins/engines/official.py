@@ -7,6 +7,15 @@ them into the motion stream and pulls every computable block. Blocks carry laten
 ``(num_frames, 512)`` for the ``motion-autoencoder`` renderer, which decodes them through
 ``session.engine.decode`` (this object). Weights: ``[engines.official] model`` (a spec as for
 ``render --model``: ``formula:fixture_small``, a directory; ``""`` = the weights directory).
+
+Every per-block graph (generator, audio window, motion encoder, decoder) runs on the backend
+`choose_live_backend` picks (`engine/export/live_backend.py`); `backend` names it and
+`backend_graphs` the runner of each graph (both in the open log line and the session stats).
+A fixed-shape motion-encoder graph takes N frames per call (one block, 10) while a tick
+carries one frame by default, so on such a backend `extract` collects the user's frames and
+encodes them N at a time: the block that needs them waits for the audio lookahead anyway
+(frame t+9's features come at tick t+12), so no block comes out later, and no call encodes
+nine padding frames for one real one.
 """
 
 from __future__ import annotations
@@ -53,12 +62,16 @@ class OfficialEngine:
         self.first_block_frames = 50
         self.block_frames = 10
         self.backend = ""
+        self.backend_graphs: dict[str, str] = {}
         self.pipeline: Any = None
         self._tracker: Any = None
-        self._lock = threading.Lock()  # guards _frame_map
+        self._lock = threading.Lock()  # guards _frame_map and _unencoded
         self._frame_map: deque[int] = deque()  # session frame index of each pushed engine frame
         self._mapped_from = 0  # engine frame index of _frame_map[0]
         self._blocks = 0
+        # user frames not yet encoded (fixed-N motion encoder only): per frame, a crop
+        # [3, S, S] float32 in [-1, 1], or None for the null condition (no face)
+        self._unencoded: deque[Any] = deque()
 
     def open(self, session: SessionInfo) -> None:
         import torch
@@ -74,7 +87,13 @@ class OfficialEngine:
         self.first_block_frames, self.block_frames = cfg.clip_frames, cfg.block_frames
         self._backend = self._choose_backend(settings)
         self.backend = self._backend.name
-        log.info("engine official: %s; %s", source.description, self._backend.choice.log_line())
+        self.backend_graphs = dict(self._backend.graphs)
+        log.info(
+            "engine official: %s; %s; %s",
+            source.description,
+            self._backend.choice.log_line(),
+            self._backend.graphs_line(),
+        )
         self._portrait = self._crop_portrait(session.portrait, cfg.input_size)
         self._new_pipeline()
         if self.face_tracking:
@@ -83,7 +102,7 @@ class OfficialEngine:
             self._tracker = FaceTracker(cfg.input_size)
 
     def _choose_backend(self, settings: Any):
-        """The fastest usable backend for the generator graphs (``[model] backend``; a requested
+        """The fastest usable backend for the per-block graphs (``[model] backend``; a requested
         one that cannot run is a `PluginError`), exporting the graphs on first use."""
         from pathlib import Path
 
@@ -127,18 +146,17 @@ class OfficialEngine:
         with self._lock:
             self._frame_map.clear()
             self._mapped_from = 0
+            self._unencoded.clear()
         self._blocks = 0
 
     def _accelerate(self, pipeline: Any) -> None:
-        """Run the pipeline's generator steps on the chosen backend (runners built once)."""
-        from avatarforcing.engine.export.live_backend import accelerate_stream
+        """Run the pipeline's graphs on the chosen backend (runners built once)."""
+        from avatarforcing.engine.export.live_backend import accelerate_pipeline
         from avatarforcing.plugin.app.paths import user_cache_dir
 
         threads = self._settings.threads or None
         engines = user_cache_dir() / "avatarforcing" / "engines"
-        accelerate_stream(
-            pipeline.motion, self.model, self._backend, self._export_settings, threads, engines, log=log.info
-        )
+        accelerate_pipeline(pipeline, self.model, self._backend, self._export_settings, threads, engines, log=log.info)
 
     def warm_up(self) -> list[MotionBlock]:
         """The first clip on silence (its blocks are returned for a renderer warm-up), then a
@@ -171,9 +189,34 @@ class OfficialEngine:
             frames=list(range(tick.first_frame, tick.first_frame + tick.num_frames)),
             avatar=p.avatar_audio_features(tick.avatar_audio),
             user=p.user_audio_features(tick.user_audio),
-            motion=p.user_motion(crops, tick.num_frames),
+            motion=self._user_motion(crops, tick.num_frames),
             faces=faces,
         )
+
+    def _user_motion(self, crops: Any, count: int) -> Any:
+        """Motion latents [n, 512] of this tick's user frames (`crops` [count, 3, S, S], or None:
+        no face). With a fixed-N motion encoder, the frames of the ticks since the last call
+        until N are collected (module docstring): n is then 0 or a multiple of N."""
+        p = self.pipeline
+        per_call = p.motion_frames_per_call
+        if not per_call or per_call == 1:
+            return p.user_motion(crops, count)
+        with self._lock:
+            self._unencoded.extend(list(crops) if crops is not None else [None] * count)
+            ready = len(self._unencoded) // per_call * per_call
+            frames = [self._unencoded.popleft() for _ in range(ready)]
+        return self._encode_frames(frames)
+
+    def _encode_frames(self, frames: list) -> Any:
+        """Motion latents [len(frames), 512]: the crops encoded together, zeros for None."""
+        import torch
+
+        p = self.pipeline
+        latents = torch.zeros(len(frames), self.model.cfg.dim_w, device=p.device)
+        faces = [k for k, crop in enumerate(frames) if crop is not None]
+        if faces:
+            latents[faces] = p.user_motion(torch.stack([frames[k] for k in faces]), len(faces))
+        return latents
 
     def set_guidance(self, avatar_scale: float, user_scale: float) -> None:
         from avatarforcing.engine.sampler import GuidanceScales
@@ -202,8 +245,11 @@ class OfficialEngine:
         return self._convert(self.pipeline.pull())
 
     def finish(self) -> list[MotionBlock]:
+        with self._lock:
+            frames = list(self._unencoded)
+            self._unencoded.clear()
         avatar, user = self.pipeline.flush_audio_features()
-        self.pipeline.motion.push(avatar_audio=avatar, user_audio=user)
+        self.pipeline.motion.push(avatar_audio=avatar, user_audio=user, user_motion=self._encode_frames(frames))
         self.pipeline.motion.end()
         return self._convert(self.pipeline.pull())
 

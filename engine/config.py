@@ -44,9 +44,18 @@ class ModelConfig:
     attention_window: int = 2
     num_train_timestep: int = 1000
     only_last_features: bool = False
+    # Per-dim divisor from the caller's motion units to the model's: the sampler starts from unit
+    # noise, so motion whose dims spread 0.05-0.3 (the default space's normalized parameters)
+    # would leave the small dims (pose: sway and nods) buried in it; dividing by each dim's
+    # spread gives every dim unit spread. None: the units are the model's (the official latent).
+    motion_scale: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.motion_scale is not None:
+            object.__setattr__(self, "motion_scale", tuple(float(x) for x in self.motion_scale))
+            if len(self.motion_scale) != self.dim_w or min(self.motion_scale) <= 0:
+                problems.append(f"motion_scale needs {self.dim_w} positive numbers (one per motion dim)")
         for name in ("dim_w", "dim_a", "dim_h", "num_heads", "transformer_depth", "fps", "sec", "num_frames_per_block"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

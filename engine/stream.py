@@ -23,6 +23,7 @@ from torch import Tensor
 
 from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.generator_step import BlockStep, FirstClipStep
+from avatarforcing.engine.motion_units import from_model_units, to_model_units
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 
 STREAMS = ("avatar_audio", "user_audio", "user_motion")
@@ -167,6 +168,8 @@ class MotionStream:
 
     r_s [B, dim_w] is the reference motion. Pushed condition frames are [n, D] or [B, n, D] with
     D = dim_a for the two audio-feature streams and dim_w for user motion (512 officially).
+    Motion in (r_s, user motion) and out (blocks' latents) is in the caller's units; the model's
+    `motion_scale` converts (`engine.motion_units`), the state holds model units.
     """
 
     def __init__(
@@ -184,7 +187,7 @@ class MotionStream:
         self.sampler = sampler or FlowMatchingEulerSampler()
         self.first_clip = FirstClipStep(transformer, self.sampler).to(r_s.device)
         self.block = BlockStep(transformer, self.sampler).to(r_s.device)
-        self.r_s = r_s
+        self.r_s = to_model_units(r_s, self.cfg)
         self._generator = torch.Generator(device=r_s.device).manual_seed(seed)
         self._noise = noise
         self.rope_offset = rope_offset  # None: window-local positions; int: absolute positions + offset
@@ -211,7 +214,7 @@ class MotionStream:
                     f"{name} frames have width {frames.shape[-1]}, the model expects {buf.frames.shape[-1]} "
                     f"(dim_a = {self.cfg.dim_a} for audio features, dim_w = {self.cfg.dim_w} for motion)"
                 )
-            buf.append(frames)
+            buf.append(to_model_units(frames, self.cfg) if name == "user_motion" else frames)
 
     def end(self, *names: str) -> None:
         """Mark streams as ended (all when none given); the session length becomes known once
@@ -282,7 +285,7 @@ class MotionStream:
         for buf in st.buffers.values():
             buf.drop_before(stop - cfg.context_frames)
         keep = latents.shape[1] if st.total_frames is None else min(stop, st.total_frames) - t
-        return LatentBlock(t, latents[:, :keep])
+        return LatentBlock(t, from_model_units(latents[:, :keep], cfg))
 
     # -- persistence -------------------------------------------------------------------------------
     def save_state(self, path: str | Path) -> None:

@@ -154,3 +154,35 @@ def test_pushing_after_end_is_an_error(transformer):
     stream.end("avatar_audio")
     with pytest.raises(RuntimeError, match="avatar_audio stream already ended"):
         stream.push(avatar_audio=torch.zeros(1, 1, 512))
+
+
+def test_motion_scale_converts_motion_in_and_out(transformer):
+    """With `motion_scale` s the stream divides the reference and user motion by s on the way in
+    and multiplies the sampled motion by s on the way out: the same as an unscaled stream fed
+    motion / s, times s."""
+    import dataclasses
+
+    scale = torch.linspace(0.05, 3.0, 512)
+    scaled = FlowTransformer(dataclasses.replace(ModelConfig.fixture_small(), motion_scale=tuple(scale.tolist())))
+    scaled.load_state_dict(transformer.state_dict())
+    scaled.eval()
+    a, u, r = _conditions(62)
+    r_s = torch.randn(1, 512, generator=torch.Generator().manual_seed(5))
+
+    def run(model, reference, user_motion):
+        stream = MotionStream(model, reference, FlowMatchingEulerSampler(6), GuidanceScales(2.0, 1.0), seed=11)
+        return generate(stream, a, u, user_motion)
+
+    out = run(scaled, r_s, r)
+    expected = run(transformer, r_s / scale, r / scale) * scale
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, run(transformer, r_s, r), atol=1e-3)
+
+
+def test_motion_scale_must_match_the_motion_width():
+    import dataclasses
+
+    with pytest.raises(ValueError, match="motion_scale needs 512 positive numbers"):
+        dataclasses.replace(ModelConfig.fixture_small(), motion_scale=(1.0, 2.0))
+    cfg = dataclasses.replace(ModelConfig.fixture_small(), motion_scale=[0.5] * 512)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg and isinstance(cfg.motion_scale, tuple)

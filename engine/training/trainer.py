@@ -24,6 +24,7 @@ from torch import Tensor
 from avatarforcing.engine.checkpoint_format import load_flow_transformer, save_flow_transformer
 from avatarforcing.engine.config import ModelConfig
 from avatarforcing.engine.flow_transformer import FlowTransformer
+from avatarforcing.engine.motion_units import to_model_units
 from avatarforcing.engine.training.dataset import SEQUENCE_KEYS, ConversationDataset
 from avatarforcing.engine.training.losers import make_loser
 from avatarforcing.engine.training.losses import (
@@ -131,6 +132,14 @@ def check_dataset_matches(cfg: ModelConfig, dataset: ConversationDataset) -> Non
             f"dataset {dataset.root} has dim_a {h.dim_a}, dim_w {h.dim_w}, fps {h.fps} but the model config has "
             f"dim_a {cfg.dim_a}, dim_w {cfg.dim_w}, fps {cfg.fps}"
         )
+
+
+MOTION_KEYS = ("avatar_motion", "user_motion", "reference", "loser")
+
+
+def to_model_batch(batch: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """The batch's motion (dataset units) in the model's units (`ModelConfig.motion_scale`)."""
+    return {k: to_model_units(v, cfg) if k in MOTION_KEYS else v for k, v in batch.items()}
 
 
 def collate(windows: list[dict[str, Tensor]], device: torch.device) -> dict[str, Tensor]:
@@ -266,7 +275,7 @@ class Trainer:
                     for i, s in zip(batch["item"], batch["start"])
                 ]
             ).to(self.device)
-        return batch
+        return to_model_batch(batch, self.model.cfg)
 
     def train_step(self) -> dict[str, float]:
         cfg = self.config
@@ -343,6 +352,7 @@ class Trainer:
             batch = {k: torch.stack([item[k][s : s + w] for s in starts]).to(self.device) for k in SEQUENCE_KEYS}
             batch["reference"] = item["reference"].expand(len(starts), -1).to(self.device)
             batch["loser"] = torch.stack([self.heldout_losers[index][s : s + w] for s in starts]).to(self.device)
+            batch = to_model_batch(batch, self.model.cfg)
             nw = draw_noise(self.layout, tuple(batch["avatar_motion"].shape), gen, 0.0, self.device)
             err_w, err_l = self._dpo_errors(self.model, batch, nw)
             ref_w, ref_l = self._dpo_errors(self.reference, batch, nw)

@@ -15,7 +15,11 @@
   gn_sum_out, gn_sumsq_out, gn_weight_out.
 
 (N frames per call, one block = 10 by default; D depth, H heads, d head width; ctx the audio
-context frames, Cc the conv-feature and C0 the first conv's channels.) Example inputs are
+context frames, Cc the conv-feature and C0 the first conv's channels; the sizes are the official
+model's, the generator graphs of another `ModelConfig` take its dim_w / dim_a widths and its
+clip and block lengths.) The model is an `AvatarForcingModel` (every graph) or a bare
+`FlowTransformer` (`GraphModel`; the generator graphs need nothing else, e.g. the embedded
+default avatar): `graphs_of(model)` says which. Example inputs are
 realistic: the block step's caches and context come from running the first clip, the audio
 window's context and running statistics from one window after a silent stream start.
 """
@@ -38,6 +42,7 @@ from avatarforcing.engine.export.graph_modules import (
     feature_input_names,
     identity_feeds,
 )
+from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.generator_step import BlockStep, FirstClipStep
 from avatarforcing.engine.official.model import AvatarForcingModel
 from avatarforcing.engine.official.streaming_audio import StreamingAudioConfig, StreamingWindowEncoder
@@ -45,6 +50,10 @@ from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScale
 from avatarforcing.schemas.media_rates import SAMPLES_PER_FRAME
 
 GRAPH_NAMES = ("first_clip", "block_step", "decoder", "motion_encoder", "audio_window")
+GENERATOR_GRAPHS = ("first_clip", "block_step")
+# what the graphs are built from: the whole official model, or only a flow transformer (whose
+# `cfg` is its ModelConfig), which has the generator graphs alone
+GraphModel = AvatarForcingModel | FlowTransformer
 STEP_OUTPUTS = ("latents", "self_k_out", "self_v_out", "cross_k_out", "cross_v_out")
 AUDIO_OUTPUTS = ("features", "context_out", "gn_sum_out", "gn_sumsq_out", "gn_weight_out")
 CACHE_NAMES = ("self_k", "self_v", "cross_k", "cross_v")
@@ -151,6 +160,17 @@ def model_hash(model: nn.Module, config: Mapping | None = None, settings: Export
     return digest.hexdigest()
 
 
+def graphs_of(model: GraphModel) -> tuple[str, ...]:
+    """The graphs `model` has: all of `GRAPH_NAMES` for an `AvatarForcingModel`, the
+    `GENERATOR_GRAPHS` for a bare `FlowTransformer`."""
+    return GRAPH_NAMES if isinstance(model, AvatarForcingModel) else GENERATOR_GRAPHS
+
+
+def generator_of(model: GraphModel) -> FlowTransformer:
+    """The flow transformer that the generator graphs run."""
+    return model.flow_transformer if isinstance(model, AvatarForcingModel) else model
+
+
 def _specs(names: Iterable[str], tensors: Sequence[Tensor]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec.of(n, t) for n, t in zip(names, tensors))
 
@@ -171,17 +191,18 @@ def _finish(name: str, module: nn.Module, example: dict[str, Tensor], output_nam
 
 
 def build_graph_specs(
-    model: AvatarForcingModel,
+    model: GraphModel,
     settings: ExportSettings | None = None,
-    names: Sequence[str] = GRAPH_NAMES,
+    names: Sequence[str] | None = None,
     seed: int = 0,
 ) -> list[GraphSpec]:
-    """GraphSpecs (with example inputs and reference outputs) of the requested graphs, on the
-    model's device and dtype. Runs each module once (and the first clip once more for the
-    block step's state)."""
-    unknown = set(names) - set(GRAPH_NAMES)
+    """GraphSpecs (with example inputs and reference outputs) of the requested graphs (None:
+    every graph `model` has, `graphs_of`), on the model's device and dtype. Runs each module
+    once (and the first clip once more for the block step's state)."""
+    names = graphs_of(model) if names is None else tuple(names)
+    unknown = set(names) - set(graphs_of(model))
     if unknown:
-        raise ValueError(f"unknown graphs {sorted(unknown)}; choose from {', '.join(GRAPH_NAMES)}")
+        raise ValueError(f"unknown graphs {sorted(unknown)}; {type(model).__name__} has {', '.join(graphs_of(model))}")
     settings = settings or ExportSettings()
     cfg = model.cfg
     param = next(model.parameters())
@@ -191,7 +212,7 @@ def build_graph_specs(
     def randn(*shape: int, scale: float = 1.0) -> Tensor:
         return (torch.randn(*shape, generator=gen) * scale).to(device, dtype)
 
-    b, width = settings.batch, cfg.dim_w
+    b, width, audio_width = settings.batch, cfg.dim_w, cfg.dim_a
     k, m, c = cfg.clip_frames, cfg.block_frames, cfg.context_frames
     sampler = FlowMatchingEulerSampler(settings.nfe, cfg.num_train_timestep)
     r_s = randn(b, width, scale=0.3)
@@ -199,11 +220,11 @@ def build_graph_specs(
     specs: dict[str, GraphSpec] = {}
 
     if "first_clip" in names or "block_step" in names:
-        first = FirstClipStep(model.flow_transformer, sampler).to(device)
+        first = FirstClipStep(generator_of(model), sampler).to(device)
         example = {
             "noise": randn(b, k, width),
-            "avatar_audio": randn(b, k, width),
-            "user_audio": randn(b, k, width),
+            "avatar_audio": randn(b, k, audio_width),
+            "user_audio": randn(b, k, audio_width),
             "user_motion": randn(b, k, width, scale=0.3),
             "r_s": r_s,
             "guidance": guidance,
@@ -211,13 +232,13 @@ def build_graph_specs(
         specs["first_clip"] = _finish("first_clip", first, example, STEP_OUTPUTS)
     if "block_step" in names:
         state = specs["first_clip"].reference
-        block = BlockStep(model.flow_transformer, sampler).to(device)
+        block = BlockStep(generator_of(model), sampler).to(device)
         n = c + m
         example = {
             "noise": randn(b, m, width),
             "context": state["latents"][:, -c:].clone(),
-            "avatar_audio": randn(b, n, width),
-            "user_audio": randn(b, n, width),
+            "avatar_audio": randn(b, n, audio_width),
+            "user_audio": randn(b, n, audio_width),
             "user_motion": randn(b, n, width, scale=0.3),
             "r_s": r_s,
             **{name: state[f"{name}_out"].clone() for name in CACHE_NAMES},
@@ -265,13 +286,17 @@ def numpy_feeds(feeds: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
 __all__ = [
     "AUDIO_OUTPUTS",
     "CACHE_NAMES",
+    "GENERATOR_GRAPHS",
     "GRAPH_NAMES",
     "STEP_OUTPUTS",
     "ExportSettings",
+    "GraphModel",
     "GraphSpec",
     "TensorSpec",
     "build_graph_specs",
     "feature_input_names",
+    "generator_of",
+    "graphs_of",
     "model_hash",
     "numpy_feeds",
 ]

@@ -1,13 +1,16 @@
-"""A live session on the fastest backend: every per-block graph of the official engine through
-graph runners of one backend.
+"""A live session on the fastest backend: every per-block graph of an engine through graph
+runners of one backend.
+
+The model is the official `AvatarForcingModel` (the official engine: every graph of
+`LIVE_GRAPHS`) or a bare `FlowTransformer` (the embedded default engine: only the generator's
+first clip and block step); `live_graphs(model)` says which.
 
 `choose_live_backend` picks the backend as `select_backend` does (TensorRT → CUDA graphs →
 CUDA eager → ONNX Runtime CPU → PyTorch CPU), restricted to the device the model runs on, and
-exports the ONNX graphs the backend needs (`LIVE_GRAPHS`: the generator's first clip and block
-step, the streaming audio window, the motion encoder, the decoder) on first use into a cache
-folder keyed by the model hash (`graph_cache_dir`), so the next start reuses them; a cache
-folder lacking some of them (an older start exported only the generator) is completed. A
-requested backend that cannot run is an error (`BackendUnavailable`), never a silent substitute.
+exports the ONNX graphs the backend needs on first use into a cache folder keyed by the model
+hash (`graph_cache_dir`), so the next start reuses them; a cache folder lacking some of them (an
+older start exported only the generator) is completed. A requested backend that cannot run is
+an error (`BackendUnavailable`), never a silent substitute.
 
 Exports the user made (`export_dir`) are read, never written. Without the generator graphs
 they cannot serve the backend at all (as if absent). Without one of the other graphs: with
@@ -15,8 +18,9 @@ they cannot serve the backend at all (as if absent). Without one of the other gr
 requested backend it is a `BackendUnavailable` naming the missing files.
 
 `accelerate_pipeline` then hands the runners to an `AvatarPipeline` (its stream's steps, both
-audio extractors' window step, the motion encoder and the decoder); PyTorch backends keep the
-pipeline's own modules. `LiveBackend.graphs` reports which runner runs each graph.
+audio extractors' window step, the motion encoder and the decoder), `accelerate_stream` to a
+bare `MotionStream`; PyTorch backends keep the modules' own. `LiveBackend.graphs` reports which
+runner runs each graph.
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ from avatarforcing.engine.export.backend_select import (
     select_backend,
 )
 from avatarforcing.engine.export.graph_modules import identity_feeds
-from avatarforcing.engine.export.graph_specs import ExportSettings, model_hash
+from avatarforcing.engine.export.graph_specs import GENERATOR_GRAPHS, ExportSettings, GraphModel, graphs_of, model_hash
 from avatarforcing.engine.export.rollout import GraphIO, PositionalStep
-from avatarforcing.engine.export.runners import GENERATOR_GRAPHS, Runner, build_runners
+from avatarforcing.engine.export.runners import Runner, build_runners
 from avatarforcing.engine.official.model import AvatarForcingModel
 from avatarforcing.engine.official.pipeline import AvatarPipeline
 from avatarforcing.engine.stream import MotionStream
@@ -63,15 +67,15 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass
 class LiveBackend:
-    """The chosen backend (`choice`), the export folder it reads (None for PyTorch backends),
-    which runner runs each graph (`graphs`: graph -> ``onnxruntime``/``tensorrt``/
-    ``cuda-graphs``, or ``pytorch`` for the pipeline's own modules), why a graph runs in
+    """The chosen backend (`choice`), which runner runs each of the model's live graphs
+    (`graphs`: graph -> ``onnxruntime``/``tensorrt``/``cuda-graphs``, or ``pytorch`` for the
+    modules' own), the export folder it reads (None for PyTorch backends), why a graph runs in
     PyTorch on a non-PyTorch backend (`fallbacks`), and the runners, built once and reused by
-    every new pipeline."""
+    every new pipeline or stream."""
 
     choice: BackendChoice
+    graphs: dict[str, str]
     export_dir: Path | None = None
-    graphs: dict[str, str] = field(default_factory=lambda: dict.fromkeys(LIVE_GRAPHS, PYTORCH))
     fallbacks: dict[str, str] = field(default_factory=dict)
     runners: dict[str, Runner] | None = None
     io_names: dict[str, GraphIO] | None = None
@@ -91,8 +95,15 @@ class LiveBackend:
         return line
 
 
-def graph_cache_dir(cache_root: Path, model: AvatarForcingModel, settings: ExportSettings) -> tuple[Path, str]:
-    """(folder for this model's exports, model hash): one folder per weights + export settings."""
+def live_graphs(model: GraphModel) -> tuple[str, ...]:
+    """The graphs a live session of `model` runs: `LIVE_GRAPHS` of an `AvatarForcingModel`,
+    the `GENERATOR_GRAPHS` of a bare `FlowTransformer`."""
+    return tuple(g for g in LIVE_GRAPHS if g in graphs_of(model))
+
+
+def graph_cache_dir(cache_root: Path, model: GraphModel, settings: ExportSettings) -> tuple[Path, str]:
+    """(folder for this model's exports, model hash): one folder per weights + config + export
+    settings."""
     digest = model_hash(model, model.cfg.to_dict(), settings)
     return cache_root / digest[:16], digest
 
@@ -107,7 +118,7 @@ def _on_model_device(caps: Capabilities, device: torch.device) -> Capabilities:
 
 
 def choose_live_backend(
-    model: AvatarForcingModel,
+    model: GraphModel,
     settings: ExportSettings,
     requested: str,
     cache_root: Path,
@@ -115,36 +126,42 @@ def choose_live_backend(
     log: Log | None = None,
 ) -> LiveBackend:
     """The backend for a live session of `model` (``requested``: ``auto`` or a selector name)
-    and the runner of each of `LIVE_GRAPHS` (see the module docstring).
+    and the runner of each of its `live_graphs` (see the module docstring).
 
     Exports the missing graphs into the per-model folder under `cache_root` when the chosen
     backend needs them; `export_dir` (exports the user made with ``avatarforcing graphs
     export``) is read, never written."""
     device = next(model.parameters()).device
+    graphs = live_graphs(model)
     folder, digest = (export_dir, None) if export_dir is not None else graph_cache_dir(cache_root, model, settings)
     if digest is None:
         digest = model_hash(model, model.cfg.to_dict(), settings)
     prefer = None if requested == "auto" else requested
-    caps = _live_capabilities(folder, digest, device)
+    caps = _live_capabilities(folder, digest, device, graphs)
+    if prefer is not None:  # what exports cannot fix fails before exporting anything
+        _require(prefer, _with_exports(caps))
     wants_exports = (prefer in NEEDS_EXPORTS) or (prefer is None and _best_needs_exports(caps))
     failed: dict[str, str] = {}
     # only the cache folder is written: a folder the user named is theirs (an unusable one is an error)
-    if wants_exports and export_dir is None and _exportable(caps) and _missing_graphs(folder, digest):
-        failed = _export(model, settings, folder, digest, log)
-        caps = _live_capabilities(folder, digest, device)
+    if wants_exports and export_dir is None and _exportable(caps) and _missing_graphs(folder, digest, graphs):
+        # sessions starting together (serving replicas, two `run`s) share the cache folder: one
+        # exports while the others wait, then find the graphs there
+        from filelock import FileLock
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder) + ".lock"):
+            if _missing_graphs(folder, digest, graphs):
+                failed = _export(model, settings, folder, digest, graphs, log)
+        caps = _live_capabilities(folder, digest, device, graphs)
     if prefer is not None:
-        why_not = caps.available(prefer)
-        if why_not is not None:
-            raise BackendUnavailable(
-                f"the requested backend {prefer} cannot run here: {why_not}; set model.backend = auto to use the best one"
-            )
+        _require(prefer, caps)
     choice = select_backend(caps, prefer=prefer)
     runner = RUNNER_NAMES[choice.backend]
     if runner is None:
-        return LiveBackend(choice)
+        return LiveBackend(choice, dict.fromkeys(graphs, PYTORCH))
     if choice.backend not in NEEDS_EXPORTS:
-        return LiveBackend(choice, graphs=dict.fromkeys(LIVE_GRAPHS, runner))
-    missing = _missing_graphs(caps.onnx_exports, digest)
+        return LiveBackend(choice, dict.fromkeys(graphs, runner))
+    missing = _missing_graphs(caps.onnx_exports, digest, graphs)
     fallbacks = {g: _why_missing(g, caps.onnx_exports, export_dir is not None, failed) for g in missing}
     if fallbacks and prefer is not None:
         raise BackendUnavailable(
@@ -152,16 +169,16 @@ def choose_live_backend(
             + "; ".join(fallbacks.values())
             + "; set model.backend = auto to run these in PyTorch"
         )
-    graphs = {g: PYTORCH if g in fallbacks else runner for g in LIVE_GRAPHS}
-    return LiveBackend(choice, caps.onnx_exports, graphs, fallbacks)
+    runners = {g: PYTORCH if g in fallbacks else runner for g in graphs}
+    return LiveBackend(choice, runners, caps.onnx_exports, fallbacks)
 
 
-def _live_capabilities(folder: Path, digest: str, device: torch.device) -> Capabilities:
+def _live_capabilities(folder: Path, digest: str, device: torch.device, graphs: tuple[str, ...]) -> Capabilities:
     """`probe_capabilities` for a model on `device`; exports without the generator graphs
     count as absent (the backend could not run the stream)."""
     caps = _on_model_device(probe_capabilities(folder, digest), device)
     if caps.onnx_exports is not None:
-        lacking = [g for g in GENERATOR_GRAPHS if g in _missing_graphs(caps.onnx_exports, digest)]
+        lacking = [g for g in GENERATOR_GRAPHS if g in _missing_graphs(caps.onnx_exports, digest, graphs)]
         if lacking:
             files = ", ".join(f"{g}.onnx" for g in lacking)
             caps = dataclasses.replace(
@@ -170,9 +187,9 @@ def _live_capabilities(folder: Path, digest: str, device: torch.device) -> Capab
     return caps
 
 
-def _missing_graphs(folder: Path, digest: str) -> list[str]:
-    """`LIVE_GRAPHS` that `folder` holds no usable export of (all, without a manifest of this
-    model)."""
+def _missing_graphs(folder: Path, digest: str, graphs: tuple[str, ...]) -> list[str]:
+    """Those of `graphs` that `folder` holds no usable export of (all, without a manifest of
+    this model)."""
     from avatarforcing.engine.export.onnx_graphs import MANIFEST_NAME, ExportManifest
 
     try:
@@ -180,9 +197,9 @@ def _missing_graphs(folder: Path, digest: str) -> list[str]:
     except (ValueError, KeyError):
         manifest = None
     if manifest is None or manifest.model_hash != digest:
-        return list(LIVE_GRAPHS)
+        return list(graphs)
     present = {g.name for g in manifest.graphs if (folder / g.file).exists()}
-    return [g for g in LIVE_GRAPHS if g not in present]
+    return [g for g in graphs if g not in present]
 
 
 def _why_missing(graph: str, folder: Path, user_folder: bool, failed: Mapping[str, str]) -> str:
@@ -198,22 +215,36 @@ def _exportable(caps: Capabilities) -> bool:
     return caps.onnxruntime_version is not None or caps.tensorrt_version is not None
 
 
+def _require(backend: str, caps: Capabilities) -> None:
+    """Raise `BackendUnavailable` (why, and what to set instead) unless `backend` can run."""
+    why_not = caps.available(backend)
+    if why_not is not None:
+        raise BackendUnavailable(
+            f"the requested backend {backend} cannot run here: {why_not}; set model.backend = auto to use the best one"
+        )
+
+
+def _with_exports(caps: Capabilities) -> Capabilities:
+    """`caps` as if the ONNX exports were there."""
+    return dataclasses.replace(caps, onnx_exports=Path("."), onnx_exports_reason=None)
+
+
 def _best_needs_exports(caps: Capabilities) -> bool:
     """Would the first usable backend, with exports present, be one that reads them?"""
-    with_exports = dataclasses.replace(caps, onnx_exports=Path("."), onnx_exports_reason=None)
-    return select_backend(with_exports).backend in NEEDS_EXPORTS
+    return select_backend(_with_exports(caps)).backend in NEEDS_EXPORTS
 
 
 def _export(
-    model: AvatarForcingModel, settings: ExportSettings, folder: Path, digest: str, log: Log | None
+    model: GraphModel, settings: ExportSettings, folder: Path, digest: str, graphs: tuple[str, ...], log: Log | None
 ) -> dict[str, str]:
-    """Complete the cache folder with every missing live graph; {graph: why its export failed}."""
+    """Complete the cache folder with every missing one of `graphs`; {graph: why its export
+    failed}."""
     from avatarforcing.engine.export.onnx_graphs import complete_exports
 
     if log:
-        missing = ", ".join(_missing_graphs(folder, digest))
+        missing = ", ".join(_missing_graphs(folder, digest, graphs))
         log(f"exporting the graphs {missing} to ONNX once, into {folder} (the next start reuses them)")
-    _, failed = complete_exports(model, folder, settings, LIVE_GRAPHS, log=log)
+    _, failed = complete_exports(model, folder, settings, graphs, log=log)
     for graph, why in failed.items():
         if log:
             log(f"export {graph} failed: {why}")
@@ -222,7 +253,7 @@ def _export(
 
 def _build(
     backend: LiveBackend,
-    model: AvatarForcingModel,
+    model: GraphModel,
     settings: ExportSettings,
     threads: int | None,
     engine_cache: Path | None,
@@ -262,7 +293,7 @@ def _build(
 
 def accelerate_stream(
     stream: MotionStream,
-    model: AvatarForcingModel,
+    model: GraphModel,
     backend: LiveBackend,
     settings: ExportSettings,
     threads: int | None = None,
@@ -270,9 +301,14 @@ def accelerate_stream(
     precision: str = "fp16",
     log: Log | None = None,
 ) -> None:
-    """Run `stream`'s first clip and blocks on `backend` (runners built once, then reused)."""
+    """Run `stream`'s first clip and blocks (a stream of `model`'s flow transformer, window-local
+    RoPE, sampled with `settings.nfe`) on `backend` (runners built once, then reused). The
+    stream converts motion units at push and pull (`ModelConfig.motion_scale`), outside the
+    steps, so the graphs see model units as the eager steps do."""
     if RUNNER_NAMES[backend.name] is None:
         return
+    if stream.sampler.nfe != settings.nfe:  # the sampler is unrolled inside the graphs
+        raise ValueError(f"the stream samples at nfe {stream.sampler.nfe}, the graphs were exported at {settings.nfe}")
     if backend.runners is None:
         _build(backend, model, settings, threads, engine_cache, precision, log)
     stream.first_clip = PositionalStep(backend.runners["first_clip"], backend.io_names["first_clip"])
@@ -333,4 +369,5 @@ __all__ = [
     "accelerate_stream",
     "choose_live_backend",
     "graph_cache_dir",
+    "live_graphs",
 ]

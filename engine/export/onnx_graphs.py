@@ -1,7 +1,8 @@
 """ONNX export of the per-block graphs, with a JSON manifest.
 
-`export_all(model, out_dir)` writes `<graph>.onnx` for every graph of `graph_specs.GRAPH_NAMES`
-and `manifest.json` (`ExportManifest`): graph names, files, input/output names, shapes and
+`export_all(model, out_dir)` writes `<graph>.onnx` for every graph the model has
+(`graph_specs.graphs_of`: all five of an `AvatarForcingModel`, the generator's two of a bare
+`FlowTransformer`) and `manifest.json` (`ExportManifest`): graph names, files, input/output names, shapes and
 dtypes, opset, exporter, file sha256, and the model hash (weights + config + export settings).
 
 Exporters: the generator and audio graphs use the TorchScript exporter
@@ -32,14 +33,13 @@ from pathlib import Path
 import torch
 
 from avatarforcing.engine.export.graph_specs import (
-    GRAPH_NAMES,
     ExportSettings,
+    GraphModel,
     GraphSpec,
     TensorSpec,
     build_graph_specs,
     model_hash,
 )
-from avatarforcing.engine.official.model import AvatarForcingModel
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -279,15 +279,16 @@ def export_specs(
 
 
 def export_all(
-    model: AvatarForcingModel,
+    model: GraphModel,
     out_dir: str | Path,
     settings: ExportSettings | None = None,
-    graphs: Sequence[str] = GRAPH_NAMES,
+    graphs: Sequence[str] | None = None,
     exporter: str | None = None,
     seed: int = 0,
     log: Log | None = None,
 ) -> ExportManifest:
-    """Export the per-block graphs of `model` (float32, on its device) into `out_dir`.
+    """Export the per-block graphs of `model` (float32, on its device) into `out_dir`;
+    `graphs`: None = every graph the model has.
 
     Returns the manifest, also written as `out_dir/manifest.json`.
     """
@@ -312,7 +313,7 @@ def export_all(
 
 
 def complete_exports(
-    model: AvatarForcingModel,
+    model: GraphModel,
     out_dir: str | Path,
     settings: ExportSettings,
     graphs: Sequence[str],

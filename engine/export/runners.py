@@ -14,16 +14,20 @@ from pathlib import Path
 import torch
 
 from avatarforcing.engine.export.backend_select import Capabilities
-from avatarforcing.engine.export.graph_specs import ExportSettings, GraphSpec, build_graph_specs
-from avatarforcing.engine.official.model import AvatarForcingModel
+from avatarforcing.engine.export.graph_specs import (
+    GENERATOR_GRAPHS,
+    ExportSettings,
+    GraphModel,
+    GraphSpec,
+    build_graph_specs,
+)
 
 BENCH_GRAPHS = ("audio_window", "motion_encoder", "block_step", "decoder")
-GENERATOR_GRAPHS = ("first_clip", "block_step")
 Runner = Callable[[Mapping[str, torch.Tensor]], object]
 
 
 def _specs_on(
-    model: AvatarForcingModel, device: torch.device, settings: ExportSettings, graphs: Sequence[str]
+    model: GraphModel, device: torch.device, settings: ExportSettings, graphs: Sequence[str]
 ) -> dict[str, GraphSpec]:
     moved = model if device.type == "cpu" else copy.deepcopy(model).to(device)
     specs = build_graph_specs(moved, settings, tuple(graphs))
@@ -40,7 +44,7 @@ def _eager_runner(spec: GraphSpec) -> Runner:
 
 def build_runners(
     backend: str,
-    model: AvatarForcingModel,
+    model: GraphModel,
     caps: Capabilities,
     settings: ExportSettings,
     precision: str,
@@ -50,7 +54,8 @@ def build_runners(
     graphs: Sequence[str] = BENCH_GRAPHS,
     examples: bool = True,
 ) -> tuple[dict[str, Runner], dict[str, GraphSpec], torch.device]:
-    """Runners of `graphs` on `backend` (``tensorrt``, ``cuda-graphs``, ``eager``,
+    """Runners of `graphs` of `model` (an `AvatarForcingModel`, or a bare `FlowTransformer`
+    for the generator graphs) on `backend` (``tensorrt``, ``cuda-graphs``, ``eager``,
     ``onnxruntime``): {graph: runner}, {graph: spec with example feeds on the runner's device},
     and that device. ONNX Runtime and TensorRT read the exports in ``caps.onnx_exports``;
     TensorRT engines are built on first use and cached in `engine_cache`. With
@@ -83,3 +88,6 @@ def build_runners(
     specs = _specs_on(model, cuda, settings, graphs) if examples else {}
     runners = load_or_build_engines(caps.onnx_exports, engine_cache, tuple(graphs), BuildOptions(precision), log=log)
     return dict(runners), specs, cuda
+
+
+__all__ = ["BENCH_GRAPHS", "GENERATOR_GRAPHS", "Runner", "build_runners"]

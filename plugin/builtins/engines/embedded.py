@@ -8,10 +8,19 @@ returns `MotionBlock`s whose `latents` are ``float32 [num_frames, 13]`` *denorma
 parameters (`MOTION_SPACE`), passed through the causal output smoothing
 (`avatarforcing.engine.embedded.smoothing`, option ``smoothing``) and clipped to their ranges.
 First block 25 frames (1 s), then 4-frame (160 ms) blocks.
+
+The generator's two graphs (first clip, block step) run on the backend `choose_live_backend`
+picks from ``[model] backend``, as the official engine's do (`engine/export/live_backend.py`):
+with ``auto`` ONNX Runtime on the CPU where it is installed (faster than eager PyTorch for this
+model too, see docs/acceleration.md), the graphs exported on first use into the per-model cache
+folder and reused on the next start; eager PyTorch otherwise. A requested backend that cannot
+run is a `PluginError`. `backend` names the backend and `backend_graphs` the runner of each
+graph (the open log line and the session stats show both).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from avatarforcing.plugin.api.errors import PluginError
 from avatarforcing.plugin.api.markers import hookimpl
 from avatarforcing.plugin.api.types import (
     FACE_PARAMS_SPACE,
@@ -32,6 +42,7 @@ from avatarforcing.plugin.api.types import (
 from avatarforcing.schemas.media_rates import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 ENGINE_NAME = "default"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,6 +113,10 @@ class DefaultEngine:
         self._blocks = 0
         self._ended = False
         self._guidance = None  # (avatar, user) set by set_guidance; survives warm_up's reset
+        self._backend = None  # `LiveBackend` of the generator graphs, chosen at open
+        self._threads: int | None = None
+        self.backend = ""
+        self.backend_graphs: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self, session: SessionInfo) -> None:
@@ -114,12 +129,23 @@ class DefaultEngine:
         self._device = "cpu" if model_cfg.device == "auto" else model_cfg.device
         if model_cfg.threads:
             torch.set_num_threads(model_cfg.threads)
+        self._threads = model_cfg.threads or None
         self._model = load_embedded_model(self._weights, self._device)
         self._settings = StreamSettings(
             nfe=self._nfe_option or model_cfg.nfe,
             avatar_scale=model_cfg.a_cfg_scale,
             user_scale=model_cfg.u_cfg_scale,
             seed=model_cfg.seed,
+        )
+        self._backend = self._choose_backend(model_cfg.backend)
+        self.backend = self._backend.name
+        self.backend_graphs = dict(self._backend.graphs)
+        log.info(
+            "engine default: %s weights, nfe %d; %s; %s",
+            self._weights or "packaged",
+            self._settings.nfe,
+            self._backend.choice.log_line(),
+            self._backend.graphs_line(),
         )
         self._avatar_mel, self._user_mel = StreamingLogMel(), StreamingLogMel()
         if self._face_tracking:
@@ -128,9 +154,51 @@ class DefaultEngine:
             self._faces = FaceParamsExtractor()
         self._reset_stream()
 
+    def _choose_backend(self, requested: str):
+        """The `LiveBackend` of the generator graphs (``requested``: ``[model] backend``), the
+        graphs exported into the per-model cache folder on first use; a requested backend that
+        cannot run is a `PluginError`."""
+        from avatarforcing.engine.export.live_backend import BackendUnavailable, choose_live_backend
+        from avatarforcing.plugin.app.paths import user_cache_dir
+
+        try:
+            return choose_live_backend(
+                self._model.transformer,
+                self._export_settings(),
+                requested,
+                user_cache_dir() / "avatarforcing" / "graphs",
+                log=log.info,
+            )
+        except BackendUnavailable as error:
+            raise PluginError(f"engine {ENGINE_NAME!r}: {error}") from error
+
+    def _export_settings(self):
+        from avatarforcing.engine.export.graph_specs import ExportSettings
+
+        return ExportSettings(nfe=self._settings.nfe)
+
+    def _new_stream(self):
+        """A fresh `MotionStream` of the model whose steps run on the chosen backend (the
+        runners are built on the first call, then shared)."""
+        from avatarforcing.engine.export.live_backend import accelerate_stream
+        from avatarforcing.plugin.app.paths import user_cache_dir
+
+        stream = self._model.stream(self._settings, device=self._device)
+        engines = user_cache_dir() / "avatarforcing" / "engines"
+        accelerate_stream(
+            stream,
+            self._model.transformer,
+            self._backend,
+            self._export_settings(),
+            self._threads,
+            engines,
+            log=log.info,
+        )
+        return stream
+
     def _reset_stream(self) -> None:
         with self._lock:
-            self._stream = self._model.stream(self._settings, device=self._device)
+            self._stream = self._new_stream()
             if self._guidance is not None:
                 self._stream.set_guidance(self._guidance)
             self._smoother.reset()
@@ -215,7 +283,7 @@ class DefaultEngine:
 
         saved = EmbeddedStreamState.from_bytes(blob)
         with self._lock:
-            stream = self._model.stream(self._settings, device=self._device)
+            stream = self._new_stream()
             stream_from_bytes(stream, saved.stream)
             self._avatar_mel.set_state(*saved.avatar_mel)
             self._user_mel.set_state(*saved.user_mel)

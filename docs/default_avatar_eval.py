@@ -1,14 +1,16 @@
 """Measurements of docs/default_avatar.md: the default engine's cost and the smile-mirroring PCC.
 
 Usage:
-  python docs/default_avatar_eval.py bench [--weights DIR] [--nfe 5] [--threads 1] [--shared PATH]
+  python docs/default_avatar_eval.py bench [--weights DIR] [--nfe 5] [--threads 1] [--backend auto] [--shared PATH]
   python docs/default_avatar_eval.py smile --data DPO_DATASET CHECKPOINT...
-  python docs/default_avatar_eval.py smoothing --data DPO_DATASET [--seeds 0 1000 2000]
-  python docs/default_avatar_eval.py real [--shared PATH] [--seeds 20 21 22] [--out DIR]
+  python docs/default_avatar_eval.py smoothing --data DATASET [--seeds 0 1000 2000] [--checkpoint DIR]
+  python docs/default_avatar_eval.py real [--shared PATH] [--seeds 20 21 22] [--out DIR] [--weights DIR]
+  python docs/default_avatar_eval.py lipsync [--weights DIR] [--shared PATH] [--seeds 20 21 22]
 
 `bench` streams 10 s of the sample conversation (avatar.wav + user.mp4, one tick per frame)
-through `DefaultEngine` (face tracking on) and the `puppet` renderer (512 x 512) and prints the
-median cost per frame / per 4-frame block and the real-time factor. `smile` samples every
+through `DefaultEngine` (face tracking on; its generator on `--backend`, as `[model] backend`)
+and the `puppet` renderer (512 x 512) and prints the backend, the median cost per frame / per
+4-frame block and the real-time factor. `smile` samples every
 held-out item with and without the user's conditions (as `avatarforcing eval` does) and prints
 the mean PCC of the user's and the avatar's smile, generated and ground truth. `smoothing`
 samples the packaged model on every held-out item with and without the user's conditions, once
@@ -19,7 +21,10 @@ renders the avatar on the real samples (`avatarforcing render --portrait rumi.jp
 avatar.wav --user-video user.mp4`, the default engine and the portrait renderer) per seed, with
 and without the engine's smoothing, tracks the rendered face and the person in user.mp4 with the
 same `FaceParamsExtractor` (its own filter off) and prints the jitter per group of each, and
-PCC(jaw_open, log energy of avatar.wav) of the rendered face.
+PCC(jaw_open, log energy of avatar.wav) of the rendered face. `lipsync` streams all of
+`avatar.wav` (the user silent, no face) through `DefaultEngine` per seed, with and without its
+smoothing, and prints PCC(jaw_open, log energy) at the engine's output, mean +- standard
+deviation over the seeds.
 """
 
 from __future__ import annotations
@@ -46,9 +51,11 @@ def bench(args: argparse.Namespace) -> None:
     audio, _ = sf.read(str(samples / "avatar.wav"), dtype="float32")
     audio = audio[: 10 * 16000]
     frames = [image for _, (_, _, image) in zip(range(250), iter_video_frames(samples / "user.mp4"))]
-    session = SessionInfo("bench", config_from_dict({"model": {"threads": args.threads}}), frame_size=(512, 512))
+    config = config_from_dict({"model": {"threads": args.threads, "backend": args.backend}})
+    session = SessionInfo("bench", config, frame_size=(512, 512))
     engine = DefaultEngine(nfe=args.nfe, weights=args.weights)
     engine.open(session)
+    backend = engine.backend
     engine.warm_up()
     renderer = PuppetRenderer("classic", 512, "green")
     renderer.open(session)
@@ -72,7 +79,7 @@ def bench(args: argparse.Namespace) -> None:
     ms = lambda values: 1000.0 * float(np.median(values))
     block = ms(generate) + ms(render)
     print(
-        f"nfe {args.nfe}, {args.threads} thread(s): extract {ms(extract):.1f} ms/frame, generate {ms(generate):.1f} ms/block "
+        f"{backend}, nfe {args.nfe}, {args.threads} thread(s): extract {ms(extract):.1f} ms/frame, generate {ms(generate):.1f} ms/block "
         f"(p90 {1000 * np.percentile(generate, 90):.1f}), puppet render {ms(render):.1f} ms/block; "
         f"generate + render + extract {block + 4 * ms(extract):.1f} ms per 160 ms block: real-time factor "
         f"{160 / (block + 4 * ms(extract)):.2f} video s per compute s (feature extraction counted)"
@@ -129,6 +136,7 @@ def _lag_frames(raw: np.ndarray, smoothed: np.ndarray, dims: tuple[int, ...]) ->
 
 def smoothing(args: argparse.Namespace) -> None:
     from avatarforcing.engine.checkpoint_format import load_flow_transformer
+    from avatarforcing.engine.embedded.audio_features import voiced_frames
     from avatarforcing.engine.embedded.model import packaged_files
     from avatarforcing.engine.embedded.smoothing import MotionSmoother
     from avatarforcing.engine.sampler import GuidanceScales
@@ -137,8 +145,11 @@ def smoothing(args: argparse.Namespace) -> None:
     from avatarforcing.engine.training.metrics import ConversationMotion, evaluate, groups_for_space
 
     torch.set_num_threads(1)
-    weights, config = packaged_files()
-    model, _ = load_flow_transformer(weights.parent, "cpu", weights_file=weights.name, config_file=config.name)
+    if args.checkpoint:
+        model, _ = load_flow_transformer(args.checkpoint, "cpu")
+    else:
+        weights, config = packaged_files()
+        model, _ = load_flow_transformer(weights.parent, "cpu", weights_file=weights.name, config_file=config.name)
     dataset = ConversationDataset(args.data, "heldout")
     groups = groups_for_space(dataset.header.space, dataset.header.dim_w)
     items = [dataset[i] for i in range(len(dataset))]
@@ -154,8 +165,9 @@ def smoothing(args: argparse.Namespace) -> None:
                 lag_expression.append(_lag_frames(motion, shown, groups.expression))
                 truth, user = item["avatar_motion"].numpy(), item["user_motion"].numpy()
                 energy = item["avatar_energy"].numpy()
-                raw.append(ConversationMotion(motion, truth, user, energy))
-                smoothed.append(ConversationMotion(shown, truth, user, energy))
+                voicing = (voiced_frames(item["user_audio"].numpy()), voiced_frames(item["avatar_audio"].numpy()))
+                raw.append(ConversationMotion(motion, truth, user, energy, *voicing))
+                smoothed.append(ConversationMotion(shown, truth, user, energy, *voicing))
             for label, conversations in (("raw", raw), ("smoothed", smoothed)):
                 for metric, values in evaluate(conversations, groups).items():
                     rows.setdefault(f"{metric} | {condition} | {label}", []).append(values["generated"])
@@ -211,6 +223,8 @@ def real(args: argparse.Namespace) -> None:
             command += ["--avatar-audio", str(samples / "avatar.wav"), "--user-video", str(samples / "user.mp4")]
             command += ["--out", str(video), "--overwrite", "--set", f"model.seed={seed}"]
             command += ["--set", f"engines.default.smoothing={str(smoothing).lower()}"]
+            if args.weights:
+                command += ["--set", f"engines.default.weights={args.weights}"]
             subprocess.run(command, check=True, capture_output=True)
             motion = tracked(video)
             n = min(len(motion), len(energy))
@@ -225,6 +239,44 @@ def real(args: argparse.Namespace) -> None:
             )
 
 
+def lipsync(args: argparse.Namespace) -> None:
+    import soundfile as sf
+
+    from avatarforcing.engine.training.metrics import pearson
+    from avatarforcing.plugin.api.types import InputTick, SessionInfo
+    from avatarforcing.plugin.app.config import config_from_dict
+    from avatarforcing.plugin.builtins.engines.embedded import DefaultEngine
+    from avatarforcing.schemas.motion_space import MOTION_SPACE
+
+    torch.set_num_threads(1)
+    audio, rate = sf.read(
+        str(Path(args.shared) / "reference" / "samples" / "avatar.wav"), dtype="float32", always_2d=True
+    )
+    audio = audio.mean(axis=1)
+    hop = rate // 25
+    frames = len(audio) // hop
+    energy = np.log(np.mean(audio[: frames * hop].reshape(frames, hop) ** 2, axis=1) + 1e-8)
+    silence = np.zeros(hop, np.float32)
+    for smoothing in (False, True):
+        values = []
+        for seed in args.seeds:
+            engine = DefaultEngine(face_tracking=False, weights=args.weights, smoothing=smoothing)
+            engine.open(SessionInfo("lipsync", config_from_dict({"model": {"seed": seed}})))
+            engine.set_guidance(2.0, 1.0)
+            blocks = []
+            for f in range(frames):
+                tick = InputTick(f, 1, audio[f * hop : (f + 1) * hop], silence, [None])
+                blocks += engine.generate(engine.extract(tick))
+            blocks += engine.finish()
+            engine.close()
+            jaw = np.concatenate([b.latents for b in blocks])[:frames, MOTION_SPACE.jaw_index]
+            values.append(pearson(jaw, energy[: len(jaw)]))
+        print(
+            f"{'smoothed' if smoothing else 'raw'}: PCC(jaw_open, log energy of avatar.wav) "
+            f"{np.mean(values):.3f} +- {np.std(values):.3f} over seeds {args.seeds} ({[round(v, 3) for v in values]})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -232,6 +284,9 @@ def main() -> None:
     b.add_argument("--weights", default="", help="weights folder (default: the packaged ones)")
     b.add_argument("--nfe", type=int, default=5)
     b.add_argument("--threads", type=int, default=1)
+    b.add_argument(
+        "--backend", default="auto", help="the generator's backend, as [model] backend (auto, torch_cpu, ...)"
+    )
     b.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     s = sub.add_parser("smile")
     s.add_argument("--data", required=True)
@@ -239,12 +294,18 @@ def main() -> None:
     m = sub.add_parser("smoothing")
     m.add_argument("--data", required=True)
     m.add_argument("--seeds", type=int, nargs="+", default=[0, 1000, 2000])
+    m.add_argument("--checkpoint", default="", help="a trainer checkpoint folder (default: the packaged model)")
     r = sub.add_parser("real")
     r.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     r.add_argument("--seeds", type=int, nargs="+", default=[20, 21, 22])
     r.add_argument("--out", default="real_eval")
+    r.add_argument("--weights", default="", help="weights folder (default: the packaged ones)")
+    lip = sub.add_parser("lipsync")
+    lip.add_argument("--weights", default="", help="weights folder (default: the packaged ones)")
+    lip.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
+    lip.add_argument("--seeds", type=int, nargs="+", default=[20, 21, 22])
     args = parser.parse_args()
-    {"bench": bench, "smile": smile, "smoothing": smoothing, "real": real}[args.what](args)
+    {"bench": bench, "smile": smile, "smoothing": smoothing, "real": real, "lipsync": lipsync}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from avatarforcing.engine.training.metrics import (
     jitter,
     kmeans,
     lip_sync,
+    listener_pauses,
     markdown_table,
+    nod_response,
     reactiveness,
     variance,
 )
@@ -66,6 +68,41 @@ def test_evaluate_builds_the_table():
     assert "lip_sync_pcc" not in official
     with pytest.raises(ValueError, match="no conversations"):
         evaluate([], GROUPS)
+
+
+def _nodding_listener(frames=750, seed=0):
+    """The user talks 2 s, pauses 1 s, again and again; the avatar stays silent. Its pitch is
+    slow sway + small noise, and in `nodding` also a 2 Hz damped nod 0.2 s into each pause."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames) / 25.0
+    user_voiced = (t % 3.0) < 2.0
+    avatar_voiced = np.zeros(frames, bool)
+    still = 0.1 * np.sin(2 * np.pi * 0.1 * t) + 0.004 * rng.standard_normal(frames)
+    nodding = still.copy()
+    for start in np.flatnonzero(np.diff(user_voiced.astype(int)) == -1) + 1:
+        s = np.arange(frames - start - 5) / 25.0
+        nodding[start + 5 :] += 0.15 * np.sin(2 * np.pi * 2.0 * s) * np.exp(-s / 0.4)
+    return user_voiced, avatar_voiced, still, nodding
+
+
+def test_nod_response_tells_a_listener_who_nods_at_pauses_from_one_who_does_not():
+    user_voiced, avatar_voiced, still, nodding = _nodding_listener()
+    pauses = listener_pauses(user_voiced, avatar_voiced)
+    assert len(pauses) == 9 and all(p % 75 == 50 for p in pauses)
+    assert nod_response(nodding, pauses) > 2.5  # at most 3: one 25-frame window in every 75 frames
+    assert nod_response(still, pauses) == pytest.approx(1.0, abs=0.3)
+    # nods at random moments instead of pauses: no more than elsewhere
+    shuffled = np.roll(nodding, 37)
+    assert nod_response(shuffled, pauses) < 1.5
+    # the avatar talking through the user's pause: not a listener pause
+    assert listener_pauses(user_voiced, np.ones_like(avatar_voiced)) == []
+    assert nod_response(nodding, []) is None
+    groups = MotionGroups(pose=(0,), expression=(1,), nod=0)
+    motion = lambda pitch: np.stack([pitch, np.zeros_like(pitch)], axis=1)
+    side = ConversationMotion(motion(still), motion(nodding), motion(still), None, user_voiced, avatar_voiced)
+    table = evaluate([side], groups, clusters=2)
+    assert table["nod_response"]["generated"] < 1.3 < 2.5 < table["nod_response"]["ground_truth"]
+    assert table["listener_pauses"]["generated"] == 9
 
 
 def _dataset(root, jittery: bool, frames: int = 120):

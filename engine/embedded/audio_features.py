@@ -133,3 +133,16 @@ class StreamingLogMel:
         """End of stream: rows not yet returned ([0, LOG_MEL_DIM]); the state is reset."""
         self.reset()
         return np.zeros((0, LOG_MEL_DIM), np.float32)
+
+
+VOICED_ABOVE_FLOOR = 0.5  # log-mel units above a track's noise floor (x4 in ln power: ~17 dB)
+
+
+def voiced_frames(features: np.ndarray) -> np.ndarray:
+    """Which frames of a track's log-mel features ``[T, 80]`` carry speech: ``bool [T]``, the
+    frame's mean above the track's noise floor (its 10th-percentile frame) by
+    `VOICED_ABOVE_FLOOR`. For evaluation on whole tracks (it reads the track's floor first)."""
+    level = np.asarray(features, np.float64).mean(axis=1)
+    if level.size == 0:
+        return np.zeros(0, bool)
+    return level > np.percentile(level, 10) + VOICED_ABOVE_FLOOR

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from avatarforcing.engine.checkpoint_format import load_flow_transformer
+from avatarforcing.engine.embedded.audio_features import voiced_frames
 from avatarforcing.engine.sampler import GuidanceScales
 from avatarforcing.engine.training.dataset import ConversationDataset
 from avatarforcing.engine.training.losers import make_loser, sample_motion
@@ -67,8 +68,16 @@ def evaluate_checkpoint(
         motion = generated.numpy()
         if smoothing is not None:
             motion = smoothing()(motion, 0)
+        user_voiced = avatar_voiced = None
+        if h.space == "default":  # log-mel audio features: voicing for the nod response
+            user_voiced, avatar_voiced = (
+                voiced_frames(item["user_audio"].numpy()),
+                voiced_frames(item["avatar_audio"].numpy()),
+            )
         conversations.append(
-            ConversationMotion(motion, item["avatar_motion"].numpy(), item["user_motion"].numpy(), energy)
+            ConversationMotion(
+                motion, item["avatar_motion"].numpy(), item["user_motion"].numpy(), energy, user_voiced, avatar_voiced
+            )
         )
     table = evaluate(conversations, groups_for_space(h.space, h.dim_w))
     table["conversations"] = {"generated": float(len(conversations))}

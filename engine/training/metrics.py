@@ -6,7 +6,12 @@
   of the histogram of k-means cluster assignments of the frames (clusters fitted on ground truth);
 - lip sync (spaces with a jaw parameter): PCC of jaw opening and the avatar's audio energy;
 - jitter: mean absolute acceleration |x[t+1] - 2 x[t] + x[t-1]|;
-- smile mirroring (spaces with a smile parameter): PCC of the user's and the avatar's smile.
+- smile mirroring (spaces with a smile parameter): PCC of the user's and the avatar's smile;
+- nod response (spaces with a head-pitch parameter, conversations with voicing): how much the
+  avatar's head pitch moves in the second after the user pauses while the avatar stays silent,
+  relative to how much it moves on average (1 = no more than anywhere; the listener nods of the
+  synthetic conversations give about 4.5). rPCC cannot see nods: it correlates the user's
+  *motion* with the avatar's, and a nod answers the user's *voice*.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class MotionGroups:
     expression: tuple[int, ...]
     jaw: int | None = None
     smile: int | None = None
+    nod: int | None = None  # head pitch: the nod-response metric
 
     @classmethod
     def all_dims(cls, dim_w: int) -> MotionGroups:
@@ -43,6 +49,7 @@ def groups_for_space(space: str, dim_w: int) -> MotionGroups:
             tuple(MOTION_SPACE.expression_indices),
             int(MOTION_SPACE.jaw_index),
             MOTION_SPACE.names.index("smile"),
+            MOTION_SPACE.names.index("pitch"),
         )
     return MotionGroups.all_dims(dim_w)
 
@@ -77,6 +84,43 @@ def jitter(motion: np.ndarray, dims: tuple[int, ...]) -> float:
 
 def lip_sync(motion: np.ndarray, energy: np.ndarray, jaw: int) -> float:
     return pearson(motion[:, jaw], energy)
+
+
+# nod response: a pause is the end of >= 0.5 s of the user's speech (within the last second)
+# followed by >= 0.24 s of silence; the avatar's pitch motion is read 0.08-1.08 s after it
+PAUSE_TALK_FRAMES, PAUSE_SILENT_FRAMES = 12, 6
+NOD_WINDOW = (2, 27)
+HIGHPASS_FRAMES = 15  # pitch minus its 0.6-s moving average: nods (1.5-2.5 Hz), not slow sway
+
+
+def listener_pauses(
+    user_voiced: np.ndarray, avatar_voiced: np.ndarray, window: tuple[int, int] = NOD_WINDOW
+) -> list[int]:
+    """Frames [T] bool -> frames at which the user pauses and the avatar stays silent for `window`."""
+    v, a = np.asarray(user_voiced, bool), np.asarray(avatar_voiced, bool)
+    onsets = []
+    for t in range(25, len(v) - max(PAUSE_SILENT_FRAMES, window[1]) + 1):
+        if (
+            v[t - 1]
+            and not v[t : t + PAUSE_SILENT_FRAMES].any()
+            and v[t - 25 : t].sum() >= PAUSE_TALK_FRAMES
+            and not a[t : t + window[1]].any()
+        ):
+            onsets.append(t)
+    return onsets
+
+
+def nod_response(pitch: np.ndarray, pauses: list[int], window: tuple[int, int] = NOD_WINDOW) -> float | None:
+    """Mean squared high-passed pitch [T] in `window` frames after each pause over its mean over
+    the whole track (None: no pause or a still head)."""
+    x = np.asarray(pitch, np.float64)
+    if not pauses or len(x) < HIGHPASS_FRAMES:
+        return None
+    padded = np.pad(x, (HIGHPASS_FRAMES // 2, HIGHPASS_FRAMES // 2), mode="edge")
+    power = (x - np.convolve(padded, np.ones(HIGHPASS_FRAMES) / HIGHPASS_FRAMES, "valid")) ** 2
+    if power.mean() < 1e-12:
+        return None
+    return float(np.mean([power[t + window[0] : t + window[1]].mean() for t in pauses]) / power.mean())
 
 
 def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
@@ -115,12 +159,14 @@ def diversity(motion: np.ndarray, centres: np.ndarray, dims: tuple[int, ...]) ->
 @dataclass
 class ConversationMotion:
     """One held-out conversation side: generated and true avatar motion, user motion [T, D],
-    avatar audio energy [T] or None."""
+    avatar audio energy [T] or None, and which frames [T] bool each party speaks in (None: unknown)."""
 
     generated: np.ndarray
     truth: np.ndarray
     user: np.ndarray
     energy: np.ndarray | None = None
+    user_voiced: np.ndarray | None = None
+    avatar_voiced: np.ndarray | None = None
 
 
 def evaluate(
@@ -169,6 +215,18 @@ def evaluate(
             [pearson(c.user[:, k], c.generated[:, k]) for c in conversations],
             [pearson(c.user[:, k], c.truth[:, k]) for c in conversations],
         )
+    with_voicing = [c for c in conversations if c.user_voiced is not None and c.avatar_voiced is not None]
+    if groups.nod is not None and with_voicing:
+        pairs, count = [], 0
+        for c in with_voicing:
+            pauses = listener_pauses(c.user_voiced, c.avatar_voiced)
+            count += len(pauses)
+            gen, gt = nod_response(c.generated[:, groups.nod], pauses), nod_response(c.truth[:, groups.nod], pauses)
+            if gen is not None and gt is not None:
+                pairs.append((gen, gt))
+        if pairs:
+            add("nod_response", [p[0] for p in pairs], [p[1] for p in pairs])
+            table["listener_pauses"] = {"generated": float(count)}
     return table
 
 

@@ -2,7 +2,7 @@
 [--json FILE] [--drop-user] [--nfe N] [--seed N] [--no-smoothing]``: sample every conversation
 side of the split with the streaming generator and print the metric table (markdown; JSON with
 --json), each metric for the generated motion and for the ground truth (jitter, variance,
-diversity, lip sync, smile mirroring; rPCC has no ground-truth value). Without ``--checkpoint``
+diversity, lip sync, smile mirroring, nod response; rPCC has no ground-truth value). Without ``--checkpoint``
 the embedded avatar shipped in the package is evaluated, so anyone can re-check
 docs/default_avatar.md. On the default motion space the generated motion goes through the
 `default` engine's output smoothing first (what a session shows); ``--no-smoothing`` evaluates

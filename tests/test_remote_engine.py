@@ -228,7 +228,8 @@ class SessionServer:
 
 
 def _remote_run(engine: RemoteEngine, ticks, on_tick=None) -> tuple[list, list[float]]:
-    """Drive `engine` at twice real time; returns the blocks and when each arrived."""
+    """Drive `engine` at twice real time; returns the blocks and when each arrived (those of
+    `finish()` at its return)."""
     blocks, arrivals = [], []
     for t in ticks:
         if on_tick is not None:
@@ -237,7 +238,9 @@ def _remote_run(engine: RemoteEngine, ticks, on_tick=None) -> tuple[list, list[f
         blocks += got
         arrivals += [time.monotonic()] * len(got)
         time.sleep(0.02)
-    blocks += engine.finish()
+    last = engine.finish()  # after a slow reconnect all the rest may come here
+    blocks += last
+    arrivals += [time.monotonic()] * len(last)
     return blocks, arrivals
 
 

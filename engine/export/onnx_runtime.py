@@ -68,6 +68,10 @@ class OrtRunner:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        # idle pool threads would busy-wait for the next call: in a live session that steals the
+        # cores the capture, render and pacer threads need between blocks
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         self.input_names = tuple(i.name for i in self.session.get_inputs())

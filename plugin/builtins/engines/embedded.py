@@ -129,7 +129,8 @@ class DefaultEngine:
         self._device = "cpu" if model_cfg.device == "auto" else model_cfg.device
         if model_cfg.threads:
             torch.set_num_threads(model_cfg.threads)
-        self._threads = model_cfg.threads or None
+        # a 1 M-parameter model gains nothing from a thread pool; `[model] threads` overrides
+        self._threads = model_cfg.threads or 1
         self._model = load_embedded_model(self._weights, self._device)
         self._settings = StreamSettings(
             nfe=self._nfe_option or model_cfg.nfe,

@@ -30,6 +30,7 @@ from avatarforcing.plugin.api.types import (
 from avatarforcing.plugin.app.config import AppConfig
 from avatarforcing.plugin.app.session.capture import AudioInbox, CaptureThread, VideoInbox
 from avatarforcing.plugin.app.session.clock import SessionClock
+from avatarforcing.plugin.app.session.heap import release_free_heap
 from avatarforcing.plugin.app.session.pacer import FramePacer, OfflinePacer, RenderedFrame
 from avatarforcing.plugin.app.session.queues import END, Aborted, StageQueue
 from avatarforcing.plugin.app.session.sinks import SinkWorker
@@ -596,6 +597,8 @@ class Session:
                 gc.collect()
                 gc.freeze()
                 self._frozen = True
+                # and unmap the heap freed so far, while a stall costs nothing (heap.py)
+                release_free_heap()
             live_start = self.clock.start()
             for inbox in self._inboxes.values():
                 inbox.go_live()

@@ -5,7 +5,8 @@ Usage:
   python docs/default_avatar_eval.py smile --data DPO_DATASET CHECKPOINT...
   python docs/default_avatar_eval.py smoothing --data DATASET [--seeds 0 1000 2000] [--checkpoint DIR]
   python docs/default_avatar_eval.py real [--shared PATH] [--seeds 20 21 22] [--out DIR] [--weights DIR]
-  python docs/default_avatar_eval.py lipsync [--weights DIR] [--shared PATH] [--seeds 20 21 22]
+  python docs/default_avatar_eval.py lipsync [--weights DIR] [--shared PATH] [--seeds 20 21 ... 29]
+  python docs/default_avatar_eval.py nods --data DATASET [--seed 0] CHECKPOINT...
 
 `bench` streams 10 s of the sample conversation (avatar.wav + user.mp4, one tick per frame)
 through `DefaultEngine` (face tracking on; its generator on `--backend`, as `[model] backend`)
@@ -24,7 +25,10 @@ same `FaceParamsExtractor` (its own filter off) and prints the jitter per group 
 PCC(jaw_open, log energy of avatar.wav) of the rendered face. `lipsync` streams all of
 `avatar.wav` (the user silent, no face) through `DefaultEngine` per seed, with and without its
 smoothing, and prints PCC(jaw_open, log energy) at the engine's output, mean +- standard
-deviation over the seeds.
+deviation over the seeds. `nods` samples each checkpoint on every held-out item (raw, nfe 5)
+and prints the mean head-pitch trajectory after the user's listener pauses (relative to the 5
+frames before; its peak, when, and its RMS over the 1.08-s window), the same RMS at as many
+random moments with the avatar silent (chance), and `nod_response`; and the ground truth's.
 """
 
 from __future__ import annotations
@@ -181,6 +185,66 @@ def smoothing(args: argparse.Namespace) -> None:
         print(f"| {name} | {np.mean(values):.4f} +- {np.std(values):.4f} | n={len(values)} |")
 
 
+def nods(args: argparse.Namespace) -> None:
+    """Pause-locked head pitch: for each checkpoint, the raw samples' mean pitch trajectory after
+    the user's listener pauses (minus its mean over the 5 frames before), against the same at
+    as many random moments with the avatar silent (chance), and the ground truth's."""
+    from avatarforcing.engine.checkpoint_format import load_flow_transformer
+    from avatarforcing.engine.embedded.audio_features import voiced_frames
+    from avatarforcing.engine.sampler import GuidanceScales
+    from avatarforcing.engine.training.dataset import ConversationDataset
+    from avatarforcing.engine.training.losers import sample_motion
+    from avatarforcing.engine.training.metrics import NOD_WINDOW, listener_pauses, nod_response
+    from avatarforcing.schemas.motion_space import MOTION_SPACE
+
+    torch.set_num_threads(1)
+    pitch, before, after = MOTION_SPACE.names.index("pitch"), 5, NOD_WINDOW[1]
+    dataset = ConversationDataset(args.data, "heldout")
+    items = [dataset[i] for i in range(len(dataset))]
+    rng = np.random.default_rng(0)
+    moments = []  # per item: (pauses, random moments with the avatar silent as long)
+    for item in items:
+        user, avatar = voiced_frames(item["user_audio"].numpy()), voiced_frames(item["avatar_audio"].numpy())
+        pauses = [t for t in listener_pauses(user, avatar) if t + after <= len(user)]
+        silent = [t for t in range(25, len(avatar) - after) if not avatar[t : t + after].any()]
+        moments.append((pauses, list(rng.choice(silent, len(pauses), replace=False)) if pauses and silent else []))
+
+    def locked(tracks: list[np.ndarray], which: int) -> np.ndarray:
+        segments = [
+            x[t - before : t + after, pitch] - x[t - before : t, pitch].mean()
+            for x, m in zip(tracks, moments)
+            for t in m[which]
+        ]
+        return np.mean(segments, axis=0)[before:]  # frames 0 .. after - 1 after the moment
+
+    def summary(tracks: list[np.ndarray]) -> str:
+        paused, chance = locked(tracks, 0), locked(tracks, 1)
+        responses = [nod_response(x[:, pitch], m[0]) for x, m in zip(tracks, moments)]
+        return (
+            f"pause-locked pitch peak {paused.max():+.3f} at {int(paused.argmax()) / 25:.2f} s, rms {np.sqrt((paused**2).mean()):.3f}"
+            f" (random moments: rms {np.sqrt((chance**2).mean()):.3f}); nod_response {np.mean([r for r in responses if r is not None]):.2f}"
+        )
+
+    print(f"{sum(len(m[0]) for m in moments)} listener pauses in {len(items)} sides")
+    print(f"ground truth: {summary([item['avatar_motion'].numpy() for item in items])}")
+    for checkpoint in args.checkpoints:
+        model, _ = load_flow_transformer(checkpoint, "cpu")
+        tracks = [
+            sample_motion(
+                model,
+                item["avatar_audio"],
+                item["user_audio"],
+                item["user_motion"],
+                item["reference"],
+                5,
+                GuidanceScales(2.0, 1.0),
+                args.seed + i,
+            ).numpy()
+            for i, item in enumerate(items)
+        ]
+        print(f"{checkpoint}: {summary(tracks)}")
+
+
 def real(args: argparse.Namespace) -> None:
     import subprocess
     import sys
@@ -300,12 +364,18 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[20, 21, 22])
     r.add_argument("--out", default="real_eval")
     r.add_argument("--weights", default="", help="weights folder (default: the packaged ones)")
+    nd = sub.add_parser("nods")
+    nd.add_argument("--data", required=True)
+    nd.add_argument("--seed", type=int, default=0, help="sampling seed of the first item (item i: seed + i)")
+    nd.add_argument("checkpoints", nargs="+")
     lip = sub.add_parser("lipsync")
     lip.add_argument("--weights", default="", help="weights folder (default: the packaged ones)")
     lip.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
-    lip.add_argument("--seeds", type=int, nargs="+", default=[20, 21, 22])
+    lip.add_argument("--seeds", type=int, nargs="+", default=list(range(20, 30)))
     args = parser.parse_args()
-    {"bench": bench, "smile": smile, "smoothing": smoothing, "real": real, "lipsync": lipsync}[args.what](args)
+    {"bench": bench, "smile": smile, "smoothing": smoothing, "real": real, "lipsync": lipsync, "nods": nods}[args.what](
+        args
+    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from avatarforcing.engine.embedded.audio_conditions import DEFAULT_VOICING, audio_width
 from avatarforcing.engine.embedded.conversation import generate_conversation
 from avatarforcing.engine.embedded.speech import Speaker, espeak_available, laugh, resample
+from avatarforcing.engine.embedded.voicing import voicing_history
 from avatarforcing.schemas.media_rates import FRAME_RATE as FPS
 from avatarforcing.schemas.motion_space import MOTION_SPACE
 
@@ -154,15 +156,30 @@ def test_synth_command_writes_a_dataset(tmp_path):
     )
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["space"] == "default" and manifest["dim_a"] == 80 and manifest["dim_w"] == 13
+    assert (
+        manifest["space"] == "default" and manifest["dim_a"] == audio_width(DEFAULT_VOICING) and manifest["dim_w"] == 13
+    )
     splits = [item["split"] for item in manifest["items"]]
     assert len(splits) == 6 and splits.count("heldout") == 2  # ceil(3 x 0.3) = 1 conversation, both sides
     train = dataset.ConversationDataset(out, "train")
     item = train[0]
-    assert tuple(item["avatar_audio"].shape) == (100, 80) and tuple(item["avatar_motion"].shape) == (100, 13)
+    assert tuple(item["avatar_audio"].shape) == (100, audio_width(DEFAULT_VOICING)) and tuple(
+        item["avatar_motion"].shape
+    ) == (100, 13)
     assert "avatar_energy" in item
     # both sides of a conversation: one side's avatar motion is the other side's user motion
     names = [i["id"] for i in manifest["items"]]
     a, b = train[names.index("conv00000-a")], train[names.index("conv00000-b")]
     np.testing.assert_array_equal(a["avatar_motion"].numpy(), b["user_motion"].numpy())
     assert main(["synth", "--out", str(out), "--conversations", "1"]) == 2  # refuses a non-empty folder
+    # the voicing history on request: the same log-mel rows, the party's history after them
+    voiced = tmp_path / "voiced"
+    args = ["synth", "--out", str(voiced), "--conversations", "3", "--seconds", "4", "--seed", "5"]
+    assert main([*args, "--heldout-fraction", "0.3", "--voicing-history"]) == 0
+    manifest = json.loads((voiced / "manifest.json").read_text())
+    assert manifest["dim_a"] == 84 and "voicing history" in manifest["info"]["audio_features"]
+    item = dataset.ConversationDataset(voiced, "train")[0]
+    np.testing.assert_array_equal(item["avatar_audio"][:, :80].numpy(), train[0]["avatar_audio"][:, :80].numpy())
+    np.testing.assert_array_equal(
+        item["user_audio"][:, 80:].numpy(), voicing_history(item["user_audio"][:, :80].numpy())
+    )

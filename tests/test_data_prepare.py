@@ -13,7 +13,8 @@ import pytest
 import soundfile
 from safetensors.numpy import load_file
 
-from avatarforcing.engine.embedded.audio_features import log_mel_features
+from avatarforcing.engine.embedded.audio_conditions import DEFAULT_VOICING, audio_width
+from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM, log_mel_features
 from avatarforcing.engine.training.dataset import ConversationDataset, read_manifest
 from avatarforcing.plugin.app.cli import main
 from avatarforcing.plugin.app.data_prepare import attribute_mono_speech, frame_rms, heldout_ids, mouth_activity
@@ -22,6 +23,7 @@ from avatarforcing.schemas.motion_space import MOTION_SPACE
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg builds the test videos")
 
 SECONDS = 4
+AUDIO_WIDTH = audio_width(DEFAULT_VOICING)  # the default space's audio rows (the packaged model's layout)
 
 
 def _ffmpeg(*args: str) -> None:
@@ -196,7 +198,12 @@ def _wav(path: Path) -> np.ndarray:
 
 def test_default_space_manifest_and_shapes(default_dataset: Path) -> None:
     manifest = read_manifest(default_dataset)
-    assert (manifest["space"], manifest["fps"], manifest["dim_a"], manifest["dim_w"]) == ("default", 25, 80, 13)
+    assert (manifest["space"], manifest["fps"], manifest["dim_a"], manifest["dim_w"]) == (
+        "default",
+        25,
+        AUDIO_WIDTH,
+        13,
+    )
     splits = {item["id"]: item["split"] for item in manifest["items"]}
     assert splits == {
         "sbs_stereo-a": "train",
@@ -208,7 +215,7 @@ def test_default_space_manifest_and_shapes(default_dataset: Path) -> None:
         assert SECONDS * 25 - 2 <= item["frames"] <= SECONDS * 25
         tensors = _item(default_dataset, item["id"])
         frames = item["frames"]
-        assert tensors["avatar_audio"].shape == tensors["user_audio"].shape == (frames, 80)
+        assert tensors["avatar_audio"].shape == tensors["user_audio"].shape == (frames, AUDIO_WIDTH)
         assert tensors["avatar_motion"].shape == tensors["user_motion"].shape == (frames, 13)
         assert tensors["reference"].shape == (13,) and tensors["avatar_energy"].shape == (frames,)
         # every frame shows a face: motion is not the null (all-zero) condition, and stays in range
@@ -237,8 +244,8 @@ def test_stereo_channels_give_each_party_its_audio(default_dataset: Path, media)
     frames = len(a["avatar_energy"])
     left, right = _wav(media["left.wav"]), _wav(media["right.wav"])
     np.testing.assert_allclose(a["avatar_energy"], frame_rms(left, frames), atol=1e-3)
-    np.testing.assert_allclose(a["avatar_audio"], log_mel_features(left)[:frames], atol=0.05)
-    np.testing.assert_allclose(a["user_audio"], log_mel_features(right)[:frames], atol=0.05)
+    np.testing.assert_allclose(a["avatar_audio"][:, :LOG_MEL_DIM], log_mel_features(left)[:frames], atol=0.05)
+    np.testing.assert_allclose(a["user_audio"][:, :LOG_MEL_DIM], log_mel_features(right)[:frames], atol=0.05)
     assert np.corrcoef(a["avatar_energy"], frame_rms(left, frames))[0, 1] > 0.99
     assert np.corrcoef(a["avatar_energy"], frame_rms(right, frames))[0, 1] < 0.5
 

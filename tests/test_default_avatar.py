@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from avatarforcing.engine.checkpoint_io import CheckpointError
-from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
+from avatarforcing.engine.embedded.audio_conditions import DEFAULT_VOICING, audio_width
 from avatarforcing.engine.embedded.model import (
     DEFAULT_MODEL_CONFIG,
     DefaultAvatarModel,
@@ -74,7 +74,8 @@ def test_packaged_weights_are_small_and_load():
     assert weights.stat().st_size < 8 * 2**20
     model = load_default()
     assert model.cfg == DEFAULT_MODEL_CONFIG
-    assert model.cfg.dim_w == MOTION_SPACE.dim and model.cfg.dim_a == LOG_MEL_DIM
+    assert model.cfg.dim_w == MOTION_SPACE.dim and model.cfg.dim_a == audio_width(DEFAULT_VOICING)
+    assert model.voicing_history == DEFAULT_VOICING
     assert model.cfg.block_frames == 4 and model.cfg.clip_frames == 25
     assert "training" in model.info
 

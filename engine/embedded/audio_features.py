@@ -141,8 +141,10 @@ VOICED_ABOVE_FLOOR = 0.5  # log-mel units above a track's noise floor (x4 in ln 
 def voiced_frames(features: np.ndarray) -> np.ndarray:
     """Which frames of a track's log-mel features ``[T, 80]`` carry speech: ``bool [T]``, the
     frame's mean above the track's noise floor (its 10th-percentile frame) by
-    `VOICED_ABOVE_FLOOR`. For evaluation on whole tracks (it reads the track's floor first)."""
-    level = np.asarray(features, np.float64).mean(axis=1)
+    `VOICED_ABOVE_FLOOR`. For evaluation on whole tracks (it reads the track's floor first).
+    Columns after the first 80 (features derived from the rows, such as a voicing history)
+    are ignored."""
+    level = np.asarray(features, np.float64)[:, :LOG_MEL_DIM].mean(axis=1)
     if level.size == 0:
         return np.zeros(0, bool)
     return level > np.percentile(level, 10) + VOICED_ABOVE_FLOOR

@@ -2,11 +2,12 @@
 
 Same causal diffusion-forcing architecture as the official model (dual motion encoder, causal
 blocks, KV cache) with `DEFAULT_MODEL_CONFIG`: motion width 13 (`MOTION_SPACE`, normalized
-units), 80-d log-mel audio features, width 128, 4 heads, depth 3, a 1 s (25-frame) first clip
+units), 80-d log-mel audio rows (84 with the voicing history, `audio_conditions.py`), width 128, 4 heads, depth 3, a 1 s (25-frame) first clip
 and 4-frame (160 ms) blocks. `load_default()` reads the weights shipped inside the package
 (`default_avatar.safetensors` + `default_avatar.json`, the `avatarforcing-flow-transformer`
 config layout); `DefaultAvatarModel.stream(...)` returns a `MotionStream` that takes
-normalized condition frames and yields normalized motion.
+normalized condition frames and yields normalized motion. A model's audio width says which audio
+rows it takes (`audio_conditions.py`): 80 log-mel values, or 84 with the voicing history.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from avatarforcing.engine.checkpoint_format import load_flow_transformer, save_flow_transformer
 from avatarforcing.engine.checkpoint_io import CheckpointError
 from avatarforcing.engine.config import ModelConfig
-from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
+from avatarforcing.engine.embedded.audio_conditions import DEFAULT_VOICING, audio_width, has_voicing
 from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
 from avatarforcing.engine.stream import MotionStream
@@ -33,7 +34,7 @@ CONFIG_FILE = "default_avatar.json"
 
 DEFAULT_MODEL_CONFIG = ModelConfig(
     dim_w=MOTION_SPACE.dim,
-    dim_a=LOG_MEL_DIM,
+    dim_a=audio_width(DEFAULT_VOICING),
     dim_h=128,
     num_heads=4,
     transformer_depth=3,
@@ -55,15 +56,14 @@ class StreamSettings:
 
 
 class DefaultAvatarModel:
-    """A loaded default avatar: `transformer` (eval mode) and the training `info` of its config."""
+    """A loaded default avatar: `transformer` (eval mode), the training `info` of its config, and
+    `voicing_history`: whether its audio rows carry the voicing history (width 84) or not (80)."""
 
     def __init__(self, transformer: FlowTransformer, info: dict[str, Any] | None = None) -> None:
         cfg = transformer.cfg
-        if cfg.dim_w != MOTION_SPACE.dim or cfg.dim_a != LOG_MEL_DIM:
-            raise ValueError(
-                f"default avatar needs dim_w = {MOTION_SPACE.dim} (motion space) and dim_a = {LOG_MEL_DIM} "
-                f"(log-mel), got {cfg.dim_w} and {cfg.dim_a}"
-            )
+        if cfg.dim_w != MOTION_SPACE.dim:
+            raise ValueError(f"default avatar needs dim_w = {MOTION_SPACE.dim} (motion space), got {cfg.dim_w}")
+        self.voicing_history = has_voicing(cfg.dim_a)  # ValueError for another audio width
         self.transformer = transformer.eval()
         self.info = dict(info or {})
         self.motion_space = MOTION_SPACE

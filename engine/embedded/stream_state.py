@@ -2,8 +2,9 @@
 
 What a default-avatar session carries from one tick to the next: the `MotionStream` state
 (KV caches, context latents, buffered condition frames, frame counter, guidance and the noise
-generator's state: `StreamState`), the two streaming log-mel front ends (`StreamingLogMel`:
-240 samples of history and < 640 pending samples each), the output smoothing's filter
+generator's state: `StreamState`), the two parties' streaming audio front ends
+(`StreamingAudioConditions`: 240 samples of history and < 640 pending samples each, and the
+voicing history's floor and counters for a model that takes it), the output smoothing's filter
 (`MotionSmoother`: last value, speed and time), the number of blocks emitted and whether the
 inputs ended. `EmbeddedStreamState.to_bytes()` packs all of it into one
 safetensors blob (no pickle: a blob from an untrusted peer can at worst fail to load), about
@@ -21,20 +22,21 @@ import numpy as np
 
 from avatarforcing.engine.stream import MotionStream
 
-STATE_FORMAT = 2  # bumped when the blob's layout changes; older blobs are refused, not misread
+PARTIES = ("avatar", "user")
+STATE_FORMAT = 3  # bumped when the blob's layout changes; older blobs are refused, not misread
 
 
 @dataclass
 class EmbeddedStreamState:
-    """`stream`: the `MotionStream` state as safetensors bytes; `avatar_mel`/`user_mel`:
-    ``(history float64 [240], pending float64 [k < 640])`` of the two log-mel front ends;
+    """`stream`: the `MotionStream` state as safetensors bytes; `avatar_audio`/`user_audio`:
+    `StreamingAudioConditions.get_state()` of the two parties' audio front ends (name -> array);
     `blocks`: blocks emitted so far; `ended`: the inputs ended (`finish` was called);
     `smoother`: `MotionSmoother.state()` (value and speed ``float64 [13]`` or None, time or
     None: nothing filtered yet)."""
 
     stream: bytes
-    avatar_mel: tuple[np.ndarray, np.ndarray]
-    user_mel: tuple[np.ndarray, np.ndarray]
+    avatar_audio: dict[str, np.ndarray]
+    user_audio: dict[str, np.ndarray]
     blocks: int = 0
     ended: bool = False
     smoother: dict | None = None
@@ -44,10 +46,8 @@ class EmbeddedStreamState:
 
         arrays = {
             "stream": np.frombuffer(self.stream, np.uint8),
-            "avatar_mel_history": self.avatar_mel[0],
-            "avatar_mel_pending": self.avatar_mel[1],
-            "user_mel_history": self.user_mel[0],
-            "user_mel_pending": self.user_mel[1],
+            **{f"avatar_{name}": value for name, value in self.avatar_audio.items()},
+            **{f"user_{name}": value for name, value in self.user_audio.items()},
             "counters": np.array([STATE_FORMAT, self.blocks, int(self.ended)], np.int64),
         }
         smoother = self.smoother or {}
@@ -68,10 +68,7 @@ class EmbeddedStreamState:
             raise ValueError(f"not a saved default-avatar stream: {error}") from None
         missing = {
             "stream",
-            "avatar_mel_history",
-            "avatar_mel_pending",
-            "user_mel_history",
-            "user_mel_pending",
+            *(f"{party}_mel_{part}" for party in PARTIES for part in ("history", "pending")),
             "counters",
         } - set(arrays)
         if missing:
@@ -81,8 +78,8 @@ class EmbeddedStreamState:
             raise ValueError(f"saved stream has format {counters[:1].tolist()}, this version reads {STATE_FORMAT}")
         return cls(
             stream=arrays["stream"].tobytes(),
-            avatar_mel=(arrays["avatar_mel_history"], arrays["avatar_mel_pending"]),
-            user_mel=(arrays["user_mel_history"], arrays["user_mel_pending"]),
+            avatar_audio=_party_state(arrays, "avatar"),
+            user_audio=_party_state(arrays, "user"),
             blocks=int(counters[1]),
             ended=bool(counters[2]),
             smoother={
@@ -91,6 +88,12 @@ class EmbeddedStreamState:
                 "time": float(arrays["smoother_time"][0]) if "smoother_time" in arrays else None,
             },
         )
+
+
+def _party_state(arrays: dict[str, np.ndarray], party: str) -> dict[str, np.ndarray]:
+    """The arrays saved under ``{party}_`` (the `StreamingAudioConditions` state of one party)."""
+    prefix = f"{party}_"
+    return {name[len(prefix) :]: value for name, value in arrays.items() if name.startswith(prefix)}
 
 
 def stream_to_bytes(stream: MotionStream) -> bytes:

@@ -2,7 +2,8 @@
 
 Each conversation gives two items, one per side (`<conv>-a`: party 0 is the avatar, party 1 the
 user; `<conv>-b`: the reverse). Motion and reference are stored in *normalized* units (what the
-model works in; 0 = neutral = the null condition); audio as `log_mel_features` rows. The last
+model works in; 0 = neutral = the null condition); audio as `audio_conditions` rows (log-mel,
+and the voicing history when `voicing_history` is on). The last
 `ceil(N * heldout_fraction)` conversations (both sides) form the held-out split.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM, log_mel_features
+from avatarforcing.engine.embedded.audio_conditions import DEFAULT_VOICING, audio_conditions, audio_width
 from avatarforcing.engine.embedded.conversation import Conversation, generate_conversation
 from avatarforcing.engine.embedded.speech import espeak_available
 from avatarforcing.schemas.motion_space import MOTION_SPACE
@@ -23,13 +24,15 @@ from avatarforcing.schemas.motion_space import MOTION_SPACE
 
 @dataclass(frozen=True)
 class SynthSettings:
-    """What `avatarforcing synth` generates: `conversations` of `seconds` each from `seed`."""
+    """What `avatarforcing synth` generates: `conversations` of `seconds` each from `seed`;
+    `voicing_history`: the audio rows carry it (84 wide) or not (80)."""
 
     conversations: int = 100
     seconds: float = 40.0
     seed: int = 0
     heldout_fraction: float = 0.1
     use_espeak: bool | None = None
+    voicing_history: bool = DEFAULT_VOICING
 
     def __post_init__(self) -> None:
         if self.conversations < 1:
@@ -47,12 +50,14 @@ class SynthSettings:
         return "heldout" if index >= self.conversations - heldout else "train"
 
 
-def conversation_items(conv: Conversation) -> list[tuple[str, dict[str, np.ndarray]]]:
+def conversation_items(
+    conv: Conversation, voicing_history: bool = DEFAULT_VOICING
+) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Both sides of a conversation as (suffix, tensors) in the dataset's item layout."""
     from avatarforcing.engine.training.dataset import conversation_sides
 
     return conversation_sides(
-        [log_mel_features(p.audio) for p in conv.parties],
+        [audio_conditions(p.audio, voicing_history) for p in conv.parties],
         [MOTION_SPACE.normalize(p.motion) for p in conv.parties],
         [MOTION_SPACE.normalize(p.reference) for p in conv.parties],
         [p.energy for p in conv.parties],
@@ -74,12 +79,13 @@ def write_synthetic_dataset(
         "heldout_fraction": settings.heldout_fraction,
         "speech": "espeak-ng" if use_espeak else "formant",
         "motion_units": "normalized",
-        "audio_features": "log-mel 80 (avatarforcing.engine.embedded.audio_features)",
+        "audio_features": ("log-mel 80 + voicing history 4" if settings.voicing_history else "log-mel 80")
+        + " (avatarforcing.engine.embedded.audio_conditions)",
     }
-    create_dataset(root, "default", LOG_MEL_DIM, MOTION_SPACE.dim, info)
+    create_dataset(root, "default", audio_width(settings.voicing_history), MOTION_SPACE.dim, info)
     for index in range(settings.conversations):
         conv = generate_conversation(settings.conversation_seed(index), settings.seconds, use_espeak)
-        for suffix, tensors in conversation_items(conv):
+        for suffix, tensors in conversation_items(conv, settings.voicing_history):
             write_item(
                 root,
                 f"conv{index:05d}-{suffix}",

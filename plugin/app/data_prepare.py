@@ -17,7 +17,7 @@ reverse). Held-out conversations: the ``ceil(N * fraction)`` ones whose id has t
 SHA-256 (deterministic, independent of argument order).
 
 Spaces (`DefaultSpace`, `OfficialSpace`):
-- ``default``: audio `log_mel_features` [T, 80]; motion = `FaceParamsExtractor` parameters in
+- ``default``: audio `audio_conditions` in the packaged model's layout (log-mel, [T, 80]); motion = `FaceParamsExtractor` parameters in
   normalized units [T, 13] (no face -> zeros = neutral); reference = mean motion over the
   frames with a face.
 - ``official``: audio = the engine's offline wav2vec2 features (`AudioEncoder`, whole-utterance
@@ -294,23 +294,26 @@ class DefaultSpace:
 
     @property
     def dims(self) -> tuple[int, int]:
-        from avatarforcing.engine.embedded.audio_features import LOG_MEL_DIM
+        from avatarforcing.engine.embedded.audio_conditions import DEFAULT_VOICING, audio_width
         from avatarforcing.schemas.motion_space import MOTION_SPACE
 
-        return LOG_MEL_DIM, MOTION_SPACE.dim
+        return audio_width(DEFAULT_VOICING), MOTION_SPACE.dim
 
     def audio_features(self, samples: np.ndarray, frames: int) -> np.ndarray:
-        from avatarforcing.engine.embedded.audio_features import log_mel_features
+        from avatarforcing.engine.embedded.audio_conditions import DEFAULT_VOICING, audio_conditions
 
-        return log_mel_features(np.asarray(samples, np.float32)[: frames * SAMPLES_PER_FRAME])
+        return audio_conditions(np.asarray(samples, np.float32)[: frames * SAMPLES_PER_FRAME], DEFAULT_VOICING)
 
     def side_reader(self, with_mouth: bool) -> DefaultSideReader:
         return DefaultSideReader()
 
     def info(self) -> dict[str, Any]:
+        from avatarforcing.engine.embedded.audio_conditions import DEFAULT_VOICING
+
+        layout = "log-mel 80 + voicing history 4" if DEFAULT_VOICING else "log-mel 80"
         return {
             "motion_units": "normalized (avatarforcing.schemas.motion_space)",
-            "audio_features": "log-mel 80 (avatarforcing.engine.embedded.audio_features)",
+            "audio_features": f"{layout} (avatarforcing.engine.embedded.audio_conditions)",
         }
 
 

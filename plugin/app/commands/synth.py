@@ -1,8 +1,10 @@
-"""``avatarforcing synth --out DIR --conversations N --seconds S --seed N [--heldout-fraction F]``.
+"""``avatarforcing synth --out DIR --conversations N --seconds S --seed N [--heldout-fraction F] [--voicing-history]``.
 
 Writes a training dataset of synthetic two-party conversations for the default avatar
 (`avatarforcing.engine.embedded.synthetic_dataset`): both sides of every conversation as items,
-the last conversations held out. Deterministic given the arguments. Exit status 0 written,
+the last conversations held out; audio rows of log-mel values, as the packaged model takes them,
+or with the voicing history after them with ``--voicing-history`` (for a model trained with
+it). Deterministic given the arguments. Exit status 0 written,
 2 bad arguments.
 """
 
@@ -30,6 +32,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-espeak", action="store_true", help="use the built-in formant synthesiser even if espeak-ng is installed"
     )
+    parser.add_argument(
+        "--voicing-history",
+        action="store_true",
+        help="append each party's voicing history to its audio rows (84 wide), for a model trained with it",
+    )
 
 
 def _run(args: argparse.Namespace, context) -> int:
@@ -37,7 +44,12 @@ def _run(args: argparse.Namespace, context) -> int:
 
     try:
         settings = SynthSettings(
-            args.conversations, args.seconds, args.seed, args.heldout_fraction, False if args.no_espeak else None
+            args.conversations,
+            args.seconds,
+            args.seed,
+            args.heldout_fraction,
+            False if args.no_espeak else None,
+            voicing_history=args.voicing_history,
         )
     except ValueError as error:
         raise CommandError(str(error), exit_code=2) from None

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DefaultFeatures:
-    """Normalized condition frames of one tick: audio [n, 80] float32 (avatar, user) and user
+    """Normalized condition frames of one tick: audio [n, 80 or 84] float32 (avatar, user; the model's audio rows) and user
     motion [n, 13] float32 (zeros where no face); `faces`: how many frames had a face."""
 
     first_frame: int
@@ -108,8 +108,8 @@ class DefaultEngine:
         self._stream = None
         self._device = "cpu"
         self._faces = None
-        self._avatar_mel = None
-        self._user_mel = None
+        self._avatar_audio = None
+        self._user_audio = None
         self._blocks = 0
         self._ended = False
         self._guidance = None  # (avatar, user) set by set_guidance; survives warm_up's reset
@@ -122,7 +122,7 @@ class DefaultEngine:
     def open(self, session: SessionInfo) -> None:
         import torch
 
-        from avatarforcing.engine.embedded.audio_features import StreamingLogMel
+        from avatarforcing.engine.embedded.audio_conditions import StreamingAudioConditions
         from avatarforcing.engine.embedded.model import StreamSettings
 
         model_cfg = session.config.model
@@ -148,7 +148,8 @@ class DefaultEngine:
             self._backend.choice.log_line(),
             self._backend.graphs_line(),
         )
-        self._avatar_mel, self._user_mel = StreamingLogMel(), StreamingLogMel()
+        voicing = self._model.voicing_history
+        self._avatar_audio, self._user_audio = StreamingAudioConditions(voicing), StreamingAudioConditions(voicing)
         if self._face_tracking:
             from avatarforcing.integrations.face_params import FaceParamsExtractor
 
@@ -209,10 +210,10 @@ class DefaultEngine:
     def warm_up(self) -> list[MotionBlock]:
         """Run the first clip and one block on silence (returned for a renderer warm-up), then
         start a fresh stream."""
-        from avatarforcing.engine.embedded.audio_features import log_mel_features
+        from avatarforcing.engine.embedded.audio_conditions import audio_conditions
 
         frames = self.first_block_frames + self.block_frames
-        rows = log_mel_features(np.zeros(frames * SAMPLES_PER_FRAME, np.float32))
+        rows = audio_conditions(np.zeros(frames * SAMPLES_PER_FRAME, np.float32), self._model.voicing_history)
         features = DefaultFeatures(0, rows, rows, np.zeros((frames, 13), np.float32))
         blocks = self.generate(features)
         self._reset_stream()
@@ -240,8 +241,8 @@ class DefaultEngine:
                 raise ValueError(
                     f"InputTick.{name} must have shape ({expected},) for {tick.num_frames} frames, got {np.shape(samples)}"
                 )
-        avatar = self._avatar_mel.push(np.asarray(tick.avatar_audio, np.float32))
-        user = self._user_mel.push(np.asarray(tick.user_audio, np.float32))
+        avatar = self._avatar_audio.push(np.asarray(tick.avatar_audio, np.float32))
+        user = self._user_audio.push(np.asarray(tick.user_audio, np.float32))
         motion = np.zeros((tick.num_frames, MOTION_SPACE.dim), np.float32)
         faces = 0
         frames = list(tick.user_frames) if tick.user_frames is not None else []
@@ -270,8 +271,8 @@ class DefaultEngine:
         with self._lock:
             return EmbeddedStreamState(
                 stream=stream_to_bytes(self._stream),
-                avatar_mel=self._avatar_mel.get_state(),
-                user_mel=self._user_mel.get_state(),
+                avatar_audio=self._avatar_audio.get_state(),
+                user_audio=self._user_audio.get_state(),
                 blocks=self._blocks,
                 ended=self._ended,
                 smoother=self._smoother.state(),
@@ -286,8 +287,8 @@ class DefaultEngine:
         with self._lock:
             stream = self._new_stream()
             stream_from_bytes(stream, saved.stream)
-            self._avatar_mel.set_state(*saved.avatar_mel)
-            self._user_mel.set_state(*saved.user_mel)
+            self._avatar_audio.set_state(saved.avatar_audio)
+            self._user_audio.set_state(saved.user_audio)
             self._stream, self._blocks, self._ended = stream, saved.blocks, saved.ended
             self._smoother.load_state(saved.smoother)
             if self._guidance is not None:  # a guidance set since wins over the saved one

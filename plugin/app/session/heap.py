@@ -4,8 +4,9 @@ glibc keeps memory that was freed (by model loading, graph export, the warm-up r
 in a test run, whatever ran before) mapped in the process until a later `free()` happens to
 make it trimmable; that `free()` then unmaps it all at once. Unmapping gigabytes takes the
 kernel 100 ms or more, spent by whichever thread freed the last block — while it holds the
-GIL, so the pacer misses its ticks. Trimming once before going live pays that cost during the
-warm-up instead.
+GIL, so the pacer misses its ticks. Trimming once before the warm-up pays that cost before
+the session is live, and the warm-up maps again (and keeps) what the live path needs, instead of
+its first ticks.
 """
 
 from __future__ import annotations

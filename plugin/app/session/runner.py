@@ -554,6 +554,11 @@ class Session:
             for capture in self._captures:
                 if capture not in deferred:
                     capture.start()
+            if not self.offline:
+                # unmap the heap freed so far (model loading, earlier work) now, before the warm-up
+                # touches the memory the live path needs: mid-session, the unmapping is a stall of
+                # whichever thread frees the last block (heap.py)
+                release_free_heap()
             initial = self._warm_up() if self.config.session.warm_up and not self.offline else None
             block_frames = self._block_frames()
             n = self.config.session.feature_frames
@@ -597,8 +602,6 @@ class Session:
                 gc.collect()
                 gc.freeze()
                 self._frozen = True
-                # and unmap the heap freed so far, while a stall costs nothing (heap.py)
-                release_free_heap()
             live_start = self.clock.start()
             for inbox in self._inboxes.values():
                 inbox.go_live()

@@ -41,6 +41,15 @@ import numpy as np
 import torch
 
 
+def _sampled(sample, model, item: dict, seed: int) -> np.ndarray:
+    """`sample` (`sample_motion` or `make_loser`) of one dataset item as the evaluation samples
+    it: nfe 5, guidance (2.0, 1.0), noise seed `seed` -> motion ``[T, dim_w]``."""
+    from avatarforcing.engine.sampler import GuidanceScales
+
+    conditions = (item["avatar_audio"], item["user_audio"], item["user_motion"], item["reference"])
+    return sample(model, *conditions, 5, GuidanceScales(2.0, 1.0), seed).numpy()
+
+
 def bench(args: argparse.Namespace) -> None:
     import soundfile as sf
 
@@ -92,7 +101,6 @@ def bench(args: argparse.Namespace) -> None:
 
 def smile(args: argparse.Namespace) -> None:
     from avatarforcing.engine.checkpoint_format import load_flow_transformer
-    from avatarforcing.engine.sampler import GuidanceScales
     from avatarforcing.engine.training.dataset import ConversationDataset
     from avatarforcing.engine.training.losers import make_loser, sample_motion
     from avatarforcing.engine.training.metrics import pearson
@@ -105,16 +113,7 @@ def smile(args: argparse.Namespace) -> None:
             generated, truth = [], []
             for i in range(len(dataset)):
                 item = dataset[i]
-                motion = sample(
-                    model,
-                    item["avatar_audio"],
-                    item["user_audio"],
-                    item["user_motion"],
-                    item["reference"],
-                    5,
-                    GuidanceScales(2.0, 1.0),
-                    i,
-                ).numpy()
+                motion = _sampled(sample, model, item, i)
                 user = item["user_motion"].numpy()
                 generated.append(pearson(user[:, 6], motion[:, 6]))
                 truth.append(pearson(user[:, 6], item["avatar_motion"].numpy()[:, 6]))
@@ -143,7 +142,6 @@ def smoothing(args: argparse.Namespace) -> None:
     from avatarforcing.engine.embedded.audio_features import voiced_frames
     from avatarforcing.engine.embedded.model import packaged_files
     from avatarforcing.engine.embedded.smoothing import MotionSmoother
-    from avatarforcing.engine.sampler import GuidanceScales
     from avatarforcing.engine.training.dataset import ConversationDataset
     from avatarforcing.engine.training.losers import make_loser, sample_motion
     from avatarforcing.engine.training.metrics import ConversationMotion, evaluate, groups_for_space
@@ -162,8 +160,7 @@ def smoothing(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             raw, smoothed, lag_pose, lag_expression = [], [], [], []
             for i, item in enumerate(items):
-                conditions = (item["avatar_audio"], item["user_audio"], item["user_motion"], item["reference"])
-                motion = sample(model, *conditions, 5, GuidanceScales(2.0, 1.0), seed + i).numpy()
+                motion = _sampled(sample, model, item, seed + i)
                 shown = MotionSmoother()(motion, 0)
                 lag_pose.append(_lag_frames(motion, shown, groups.pose))
                 lag_expression.append(_lag_frames(motion, shown, groups.expression))
@@ -191,7 +188,6 @@ def nods(args: argparse.Namespace) -> None:
     as many random moments with the avatar silent (chance), and the ground truth's."""
     from avatarforcing.engine.checkpoint_format import load_flow_transformer
     from avatarforcing.engine.embedded.audio_features import voiced_frames
-    from avatarforcing.engine.sampler import GuidanceScales
     from avatarforcing.engine.training.dataset import ConversationDataset
     from avatarforcing.engine.training.losers import sample_motion
     from avatarforcing.engine.training.metrics import NOD_WINDOW, listener_pauses, nod_response
@@ -229,19 +225,7 @@ def nods(args: argparse.Namespace) -> None:
     print(f"ground truth: {summary([item['avatar_motion'].numpy() for item in items])}")
     for checkpoint in args.checkpoints:
         model, _ = load_flow_transformer(checkpoint, "cpu")
-        tracks = [
-            sample_motion(
-                model,
-                item["avatar_audio"],
-                item["user_audio"],
-                item["user_motion"],
-                item["reference"],
-                5,
-                GuidanceScales(2.0, 1.0),
-                args.seed + i,
-            ).numpy()
-            for i, item in enumerate(items)
-        ]
+        tracks = [_sampled(sample_motion, model, item, args.seed + i) for i, item in enumerate(items)]
         print(f"{checkpoint}: {summary(tracks)}")
 
 

@@ -52,8 +52,6 @@ class StreamingAudioConditions:
     completed so far."""
 
     def __init__(self, voicing: bool) -> None:
-        self.voicing = voicing
-        self.width = audio_width(voicing)
         self._mel = StreamingLogMel()
         self._history = StreamingVoicingHistory() if voicing else None
 

@@ -91,6 +91,16 @@ def test_noise_levels_are_independent_per_block_and_shared_inside_a_block():
     assert torch.allclose(add_noise(x0, eps, frames[:1]), (1 - frames[:1])[..., None].expand(-1, -1, 4))
 
 
+def test_clean_first_clip_makes_every_block_but_the_last_clean_history_at_the_given_rate():
+    layout = block_layout(CFG, 25 + 4 * 3)
+    sig = sample_block_sigmas(layout, 4000, torch.Generator().manual_seed(0), clean_prob=0.5, clean_first_clip=True)
+    clean = (sig == 0).float().mean(0)
+    assert (clean[:-1] > 0.46).all() and (clean[:-1] < 0.54).all()  # the first clip included
+    assert clean[-1] == 0  # the last block always carries the loss
+    default = sample_block_sigmas(layout, 4000, torch.Generator().manual_seed(0), clean_prob=0.5)
+    assert (default[:, 0] > 0).all() and (default[:, 1:] == 0).float().mean() > 0.46
+
+
 def test_windows_must_be_the_first_clip_plus_whole_blocks():
     with pytest.raises(ValueError, match="try 25, 29, 33"):
         block_layout(CFG, 30)

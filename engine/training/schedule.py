@@ -4,7 +4,9 @@ A training window of W = K + n*M frames mirrors a streaming session: block 0 is 
 (K frames, one noise level, like `FirstClipStep`), blocks 1..n are streaming blocks of M frames
 (like `BlockStep`). Every block draws its own noise level (diffusion forcing); with probability
 `clean_prob` a streaming block is clean (sigma 0), which is what the cached history and the
-context frames look like at inference.
+context frames look like at inference. With `clean_first_clip` the first clip may be clean too
+(and the window's last block never is): at inference the first streaming block's history is the
+clean first clip, a case the default layout never trains.
 
 Convention (must match `engine.sampler`): x_sigma = (1 - sigma) x0 + sigma * eps, velocity
 target v = eps - x0, the network sees the raw timestep t = 1000 * sigma. sigma is drawn
@@ -65,15 +67,17 @@ def sample_block_sigmas(
     generator: torch.Generator,
     clean_prob: float = 0.0,
     device: torch.device | str = "cpu",
+    clean_first_clip: bool = False,
 ) -> Tensor:
     """sigma [batch, num_blocks] float32: independent levels per block from the 1000-point grid;
-    streaming blocks (not the first clip) are set to 0 with probability `clean_prob`."""
+    streaming blocks (not the first clip) are set to 0 with probability `clean_prob`; with
+    `clean_first_clip`, every block but the last (the first clip included) is."""
     sigmas, _ = sigma_grid(1000)
     index = torch.randint(0, len(sigmas) - 1, (batch, layout.num_blocks), generator=generator)  # grid without sigma 0
     out = sigmas[index]
     if clean_prob > 0 and layout.num_blocks > 1:
         clean = torch.rand(batch, layout.num_blocks, generator=generator) < clean_prob
-        clean[:, 0] = False
+        clean[:, -1 if clean_first_clip else 0] = False  # one block always carries the loss
         out = torch.where(clean, torch.zeros_like(out), out)
     return out.to(device)
 

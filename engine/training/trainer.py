@@ -73,6 +73,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     window: int | None = None  # frames; default K + 2M
     clean_block_prob: float = 0.25
+    clean_first_clip: bool = False  # the first clip may be clean history too (schedule.sample_block_sigmas)
     dropout: ConditionDropout = field(default_factory=ConditionDropout)
     dpo_weight: float = 0.1
     dpo_beta: float = 1000.0
@@ -185,9 +186,14 @@ class NoisedWindow:
 
 
 def draw_noise(
-    layout: BlockLayout, shape: tuple[int, int, int], generator: torch.Generator, clean_prob: float, device
+    layout: BlockLayout,
+    shape: tuple[int, int, int],
+    generator: torch.Generator,
+    clean_prob: float,
+    device,
+    clean_first_clip: bool = False,
 ) -> NoisedWindow:
-    sigma_blocks = sample_block_sigmas(layout, shape[0], generator, clean_prob)
+    sigma_blocks = sample_block_sigmas(layout, shape[0], generator, clean_prob, clean_first_clip=clean_first_clip)
     sigma = frame_values(sigma_blocks, layout).to(device)
     noise = torch.randn(shape, generator=generator).to(device)
     return NoisedWindow(noise, sigma, sigma * 1000.0, (sigma > 0).float())
@@ -281,7 +287,9 @@ class Trainer:
         cfg = self.config
         batch = self._sample_batch()
         x0 = batch["avatar_motion"]
-        nw = draw_noise(self.layout, tuple(x0.shape), self.generator, cfg.clean_block_prob, self.device)
+        nw = draw_noise(
+            self.layout, tuple(x0.shape), self.generator, cfg.clean_block_prob, self.device, cfg.clean_first_clip
+        )
         a, u, r, r_s = apply_dropout(batch, cfg.dropout, self.generator)
         x_w = add_noise(x0, nw.noise, nw.sigma)
         v_w = velocity_target(x0, nw.noise)
@@ -372,6 +380,8 @@ class Trainer:
             "space": self.train_set.header.space,
             "dataset": str(cfg.data),
             "window": self.layout.frames,
+            "clean_block_prob": cfg.clean_block_prob,
+            "clean_first_clip": cfg.clean_first_clip,
             "seed": cfg.seed,
         }
         save_flow_transformer(self.model, self.checkpoint_path, info)

@@ -45,6 +45,18 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--window", metavar="FRAMES", type=int, help="training window (first clip + whole blocks; default K + 2M)"
     )
+    parser.add_argument(
+        "--clean-block-prob",
+        metavar="P",
+        type=float,
+        default=0.25,
+        help="probability that a streaming block is clean history (sigma 0) in a training window (default 0.25)",
+    )
+    parser.add_argument(
+        "--clean-first-clip",
+        action="store_true",
+        help="let the first clip be clean history too (the window's last block always carries noise)",
+    )
     parser.add_argument("--dpo-weight", type=float, default=0.1, help="lambda of the DPO term (default 0.1)")
     parser.add_argument("--dpo-beta", type=float, default=1000.0, help="beta of Diffusion-DPO (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -106,6 +118,8 @@ def _run(args: argparse.Namespace, context) -> int:
             batch=args.batch,
             lr=args.lr,
             window=args.window,
+            clean_block_prob=args.clean_block_prob,
+            clean_first_clip=args.clean_first_clip,
             dpo_weight=args.dpo_weight,
             dpo_beta=args.dpo_beta,
             seed=args.seed,

@@ -7,6 +7,7 @@ Usage:
   python docs/default_avatar_eval.py real [--shared PATH] [--seeds 20 21 22] [--out DIR] [--weights DIR]
   python docs/default_avatar_eval.py lipsync [--weights DIR] [--shared PATH] [--seeds 20 21 ... 29]
   python docs/default_avatar_eval.py nods --data DATASET [--seed 0] CHECKPOINT...
+  python docs/default_avatar_eval.py history --data DATASET [--offsets 4 8 12 16] CHECKPOINT...
 
 `bench` streams 10 s of the sample conversation (avatar.wav + user.mp4, one tick per frame)
 through `DefaultEngine` (face tracking on; its generator on `--backend`, as `[model] backend`)
@@ -29,6 +30,9 @@ deviation over the seeds. `nods` samples each checkpoint on every held-out item 
 and prints the mean head-pitch trajectory after the user's listener pauses (relative to the 5
 frames before; its peak, when, and its RMS over the 1.08-s window), the same RMS at as many
 random moments with the avatar silent (chance), and `nod_response`; and the ground truth's.
+`history` asks whether a checkpoint continues the head motion of a clean history (what the
+stream's cache holds): the R^2 of its conditional mean of the next block's head pitch after
+the user's pauses and at random silent moments (see the function).
 """
 
 from __future__ import annotations
@@ -182,28 +186,41 @@ def smoothing(args: argparse.Namespace) -> None:
         print(f"| {name} | {np.mean(values):.4f} +- {np.std(values):.4f} | n={len(values)} |")
 
 
-def nods(args: argparse.Namespace) -> None:
-    """Pause-locked head pitch: for each checkpoint, the raw samples' mean pitch trajectory after
-    the user's listener pauses (minus its mean over the 5 frames before), against the same at
-    as many random moments with the avatar silent (chance), and the ground truth's."""
-    from avatarforcing.engine.checkpoint_format import load_flow_transformer
-    from avatarforcing.engine.embedded.audio_features import voiced_frames
+def _heldout_items(data: str) -> list[dict]:
     from avatarforcing.engine.training.dataset import ConversationDataset
-    from avatarforcing.engine.training.losers import sample_motion
-    from avatarforcing.engine.training.metrics import NOD_WINDOW, listener_pauses, nod_response
-    from avatarforcing.schemas.motion_space import MOTION_SPACE
 
-    torch.set_num_threads(1)
-    pitch, before, after = MOTION_SPACE.names.index("pitch"), 5, NOD_WINDOW[1]
-    dataset = ConversationDataset(args.data, "heldout")
-    items = [dataset[i] for i in range(len(dataset))]
-    rng = np.random.default_rng(0)
-    moments = []  # per item: (pauses, random moments with the avatar silent as long)
+    dataset = ConversationDataset(data, "heldout")
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def _listener_moments(items: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """Per item: (the user's listener pauses, as many random moments with the avatar silent),
+    frame indices, each followed by the nod window (`metrics.NOD_WINDOW`) inside the item."""
+    from avatarforcing.engine.embedded.audio_features import voiced_frames
+    from avatarforcing.engine.training.metrics import NOD_WINDOW, listener_pauses
+
+    after, rng, moments = NOD_WINDOW[1], np.random.default_rng(0), []
     for item in items:
         user, avatar = voiced_frames(item["user_audio"].numpy()), voiced_frames(item["avatar_audio"].numpy())
         pauses = [t for t in listener_pauses(user, avatar) if t + after <= len(user)]
         silent = [t for t in range(25, len(avatar) - after) if not avatar[t : t + after].any()]
         moments.append((pauses, list(rng.choice(silent, len(pauses), replace=False)) if pauses and silent else []))
+    return moments
+
+
+def nods(args: argparse.Namespace) -> None:
+    """Pause-locked head pitch: for each checkpoint, the raw samples' mean pitch trajectory after
+    the user's listener pauses (minus its mean over the 5 frames before), against the same at
+    as many random moments with the avatar silent (chance), and the ground truth's."""
+    from avatarforcing.engine.checkpoint_format import load_flow_transformer
+    from avatarforcing.engine.training.losers import sample_motion
+    from avatarforcing.engine.training.metrics import NOD_WINDOW, nod_response
+    from avatarforcing.schemas.motion_space import MOTION_SPACE
+
+    torch.set_num_threads(1)
+    pitch, before, after = MOTION_SPACE.names.index("pitch"), 5, NOD_WINDOW[1]
+    items = _heldout_items(args.data)
+    moments = _listener_moments(items)
 
     def locked(tracks: list[np.ndarray], which: int) -> np.ndarray:
         segments = [
@@ -227,6 +244,61 @@ def nods(args: argparse.Namespace) -> None:
         model, _ = load_flow_transformer(checkpoint, "cpu")
         tracks = [_sampled(sample_motion, model, item, args.seed + i) for i, item in enumerate(items)]
         print(f"{checkpoint}: {summary(tracks)}")
+
+
+def history(args: argparse.Namespace) -> None:
+    """Does the model continue the head motion it is shown? For each checkpoint, training windows
+    of K + 4M frames whose last block starts k frames after a listener pause (or a random silent
+    moment): the true motion before it as clean history (as the stream's cache holds it), the
+    block at sigma 1; the model's conditional mean of the block's head pitch (x - v, averaged
+    over 4 noise draws), relative to the last history frame, against the truth's: R^2 (1 = the
+    truth, 0 = holding the last frame, below 0 = worse than holding it)."""
+    from avatarforcing.engine.checkpoint_format import load_flow_transformer
+    from avatarforcing.engine.training.schedule import block_layout
+    from avatarforcing.engine.training.window_model import WindowAttention, window_velocity
+    from avatarforcing.schemas.motion_space import MOTION_SPACE
+
+    torch.set_num_threads(1)
+    pitch = MOTION_SPACE.names.index("pitch")
+    items = _heldout_items(args.data)
+    moments = _listener_moments(items)
+    for checkpoint in args.checkpoints:
+        model, _ = load_flow_transformer(checkpoint, "cpu")
+        cfg = model.cfg
+        frames = cfg.clip_frames + 4 * cfg.block_frames
+        last = frames - cfg.block_frames  # first frame of the generated block
+        attention = WindowAttention.build(cfg, block_layout(cfg, frames))
+        print(checkpoint)
+        for which, name in ((0, "after the user's pauses"), (1, "random silent moments")):
+            for k in args.offsets:
+                windows = [
+                    (item, t + k - last)
+                    for item, m in zip(items, moments)
+                    for t in m[which]
+                    if t + k - last >= 0 and t + k - last + frames <= len(item["avatar_motion"])
+                ]
+                x0, a, u, r = (
+                    torch.stack([item[key][s : s + frames] for item, s in windows])
+                    for key in ("avatar_motion", "avatar_audio", "user_audio", "user_motion")
+                )
+                r_s = torch.stack([item["reference"] for item, _ in windows])
+                t_frames = torch.zeros(x0.shape[:2])
+                t_frames[:, last:] = 1000.0
+                generator, means = torch.Generator().manual_seed(0), []
+                for _ in range(4):
+                    x = x0.clone()
+                    x[:, last:] = torch.randn(x0[:, last:].shape, generator=generator)
+                    with torch.no_grad():
+                        means.append(
+                            (x - window_velocity(model, x, t_frames, r_s, a, u, r, attention))[:, last:, pitch]
+                        )
+                held = x0[:, last - 1 : last, pitch]
+                predicted, truth = torch.stack(means).mean(0) - held, x0[:, last:, pitch] - held
+                r2 = 1 - float(((predicted - truth) ** 2).sum() / (truth**2).sum())
+                print(
+                    f"  {name}, block {k:2d} frames after: {len(windows)} windows, truth rms {float(truth.pow(2).mean().sqrt()):.3f}, "
+                    f"model rms {float(predicted.pow(2).mean().sqrt()):.3f}, R^2 {r2:+.2f}"
+                )
 
 
 def real(args: argparse.Namespace) -> None:
@@ -352,14 +424,26 @@ def main() -> None:
     nd.add_argument("--data", required=True)
     nd.add_argument("--seed", type=int, default=0, help="sampling seed of the first item (item i: seed + i)")
     nd.add_argument("checkpoints", nargs="+")
+    hist = sub.add_parser("history")
+    hist.add_argument("--data", required=True)
+    hist.add_argument(
+        "--offsets", type=int, nargs="+", default=[4, 8, 12, 16], help="frames from the moment to the block"
+    )
+    hist.add_argument("checkpoints", nargs="+")
     lip = sub.add_parser("lipsync")
     lip.add_argument("--weights", default="", help="weights folder (default: the packaged ones)")
     lip.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     lip.add_argument("--seeds", type=int, nargs="+", default=list(range(20, 30)))
     args = parser.parse_args()
-    {"bench": bench, "smile": smile, "smoothing": smoothing, "real": real, "lipsync": lipsync, "nods": nods}[args.what](
-        args
-    )
+    {
+        "bench": bench,
+        "smile": smile,
+        "smoothing": smoothing,
+        "real": real,
+        "lipsync": lipsync,
+        "nods": nods,
+        "history": history,
+    }[args.what](args)
 
 
 if __name__ == "__main__":

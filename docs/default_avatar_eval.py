@@ -250,10 +250,11 @@ def history(args: argparse.Namespace) -> None:
     """Does the model continue the head motion it is shown? For each checkpoint, training windows
     of K + 4M frames whose last block starts k frames after a listener pause (or a random silent
     moment): the true motion before it as clean history (as the stream's cache holds it), the
-    block at sigma 1; the model's conditional mean of the block's head pitch (x - v, averaged
-    over 4 noise draws), relative to the last history frame, against the truth's: R^2 (1 = the
+    block at sigma 1; the model's conditional mean of the block's head pitch (x - v in the
+    model's units, averaged over 4 noise draws), relative to the last history frame, against the truth's: R^2 (1 = the
     truth, 0 = holding the last frame, below 0 = worse than holding it)."""
     from avatarforcing.engine.checkpoint_format import load_flow_transformer
+    from avatarforcing.engine.motion_units import from_model_units, to_model_units
     from avatarforcing.engine.training.schedule import block_layout
     from avatarforcing.engine.training.window_model import WindowAttention, window_velocity
     from avatarforcing.schemas.motion_space import MOTION_SPACE
@@ -282,16 +283,16 @@ def history(args: argparse.Namespace) -> None:
                     for key in ("avatar_motion", "avatar_audio", "user_audio", "user_motion")
                 )
                 r_s = torch.stack([item["reference"] for item, _ in windows])
+                x0_model, r, r_s = (to_model_units(m, cfg) for m in (x0, r, r_s))
                 t_frames = torch.zeros(x0.shape[:2])
                 t_frames[:, last:] = 1000.0
                 generator, means = torch.Generator().manual_seed(0), []
                 for _ in range(4):
-                    x = x0.clone()
+                    x = x0_model.clone()
                     x[:, last:] = torch.randn(x0[:, last:].shape, generator=generator)
                     with torch.no_grad():
-                        means.append(
-                            (x - window_velocity(model, x, t_frames, r_s, a, u, r, attention))[:, last:, pitch]
-                        )
+                        mean = x - window_velocity(model, x, t_frames, r_s, a, u, r, attention)
+                    means.append(from_model_units(mean, cfg)[:, last:, pitch])
                 held = x0[:, last - 1 : last, pitch]
                 predicted, truth = torch.stack(means).mean(0) - held, x0[:, last:, pitch] - held
                 r2 = 1 - float(((predicted - truth) ** 2).sum() / (truth**2).sum())

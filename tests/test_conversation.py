@@ -183,3 +183,26 @@ def test_synth_command_writes_a_dataset(tmp_path):
     np.testing.assert_array_equal(
         item["user_audio"][:, 80:].numpy(), voicing_history(item["user_audio"][:, :80].numpy())
     )
+
+
+def test_nod_loss_weights_mark_the_head_pitch_after_the_users_listener_pauses(conversations):
+    from avatarforcing.engine.embedded.audio_features import voiced_frames
+    from avatarforcing.engine.embedded.synthetic_dataset import conversation_items
+    from avatarforcing.engine.training.metrics import NOD_WINDOW, listener_pauses
+
+    plain = dict(conversation_items(conversations[0]))
+    weighted = dict(conversation_items(conversations[0], nod_loss_weight=8.0))
+    assert "loss_weight" not in plain["a"]
+    marked = 0
+    for side in ("a", "b"):
+        items = weighted[side]
+        for key in plain[side]:
+            np.testing.assert_array_equal(items[key], plain[side][key])  # nothing else changes
+        w = items["loss_weight"]
+        pauses = listener_pauses(voiced_frames(items["user_audio"]), voiced_frames(items["avatar_audio"]))
+        expected = np.ones_like(w)
+        for t in pauses:
+            expected[t + NOD_WINDOW[0] : t + NOD_WINDOW[1], PITCH] = 8.0
+        np.testing.assert_array_equal(w, expected)
+        marked += len(pauses)
+    assert marked >= 1  # 24 s of conversation has listener pauses to mark

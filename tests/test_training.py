@@ -25,9 +25,9 @@ from avatarforcing.engine.training.dataset import (
     write_item,
 )
 from avatarforcing.engine.training.losers import make_loser, sample_motion
-from avatarforcing.engine.training.losses import diffusion_dpo_loss, preference_margin
+from avatarforcing.engine.training.losses import diffusion_dpo_loss, flow_matching_loss, preference_margin
 from avatarforcing.engine.training.schedule import add_noise, block_layout, frame_values, sample_block_sigmas
-from avatarforcing.engine.training.trainer import TrainConfig, Trainer
+from avatarforcing.engine.training.trainer import TrainConfig, Trainer, collate
 from avatarforcing.engine.training.window_model import WindowAttention, training_self_mask, window_velocity
 from avatarforcing.plugin.app.cli import main
 
@@ -163,6 +163,23 @@ def test_dpo_loss_sign_rewards_preferring_winners():
     assert float(err_w.grad) == pytest.approx(1000 / 4)  # beta/2 * (1 - sigmoid(0))
 
 
+def test_error_weights_scale_each_frame_and_dim_of_the_flow_matching_loss():
+    g = torch.Generator().manual_seed(0)
+    v, target = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    frames = torch.ones(2, 5)
+    frames[:, :2] = 0  # clean history: no loss
+    plain = flow_matching_loss(v, target, frames)
+    assert flow_matching_loss(v, target, frames, torch.ones(2, 5, 4)) == pytest.approx(float(plain))
+    weight = torch.ones(2, 5, 4)
+    weight[:, :, 1] = 0  # drop one dim everywhere
+    sq = (v - target).pow(2)
+    sq[:, :, 1] = 0
+    assert flow_matching_loss(v, target, frames, weight) == pytest.approx(float(sq[:, 2:].mean(-1).mean()))
+    weight = torch.ones(2, 5, 4)
+    weight[:, :2] = 50  # weights on clean frames change nothing
+    assert flow_matching_loss(v, target, frames, weight) == pytest.approx(float(plain))
+
+
 # -- losers ------------------------------------------------------------------------------------
 
 
@@ -295,6 +312,16 @@ def test_dataset_items_round_trip_and_bad_items_are_refused(tmp_path):
         write_item(root, "bad", {**good, "user_motion": np.zeros((40, 5))}, "train")
     with pytest.raises(DatasetError, match="split must be"):
         write_item(root, "bad", good, "test")
+    with pytest.raises(DatasetError, match="negative values in loss_weight"):
+        write_item(root, "bad", {**good, "loss_weight": -np.ones((40, 4))}, "train")
+    with pytest.raises(DatasetError, match=r"loss_weight \(40,\)"):
+        write_item(root, "bad", {**good, "loss_weight": np.ones(40)}, "train")
+    weighted = {**good, "loss_weight": np.full((40, 4), 3.0)}
+    write_item(root, "conv1", weighted, "train")  # one item with weights, one without
+    windows = [ConversationDataset(root, "train").sample_window(np.random.default_rng(s), 29) for s in range(8)]
+    batch = collate(windows, torch.device("cpu"))
+    expected = torch.stack([torch.full((29, 4), 3.0 if int(w["item"]) == 1 else 1.0) for w in windows])
+    assert torch.equal(batch["loss_weight"], expected) and len({int(w["item"]) for w in windows}) == 2
     with pytest.raises(DatasetError, match="existing dataset"):
         create_dataset(root, "default", 8, 4)
 

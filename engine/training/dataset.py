@@ -6,7 +6,9 @@ Layout of a dataset directory ROOT:
   "info": {...}}
 - `items/ID.safetensors`, float32: avatar_audio [T, dim_a], user_audio [T, dim_a],
   avatar_motion [T, dim_w], user_motion [T, dim_w] (zeros = no face = null condition),
-  reference [dim_w], optional avatar_energy [T] (RMS of the avatar's raw audio per 40 ms frame).
+  reference [dim_w], optional avatar_energy [T] (RMS of the avatar's raw audio per 40 ms frame),
+  optional loss_weight [T, dim_w] (>= 0: the weight of each frame's and motion dim's squared
+  flow-matching error in training; 1 where absent).
 
 `create_dataset` writes the header, `write_item` adds or replaces one item (manifest updated
 atomically), `ConversationDataset` reads one split.
@@ -35,7 +37,7 @@ SPACES = ("official", "default")
 SPLITS = ("train", "heldout")
 SEQUENCE_KEYS = ("avatar_audio", "user_audio", "avatar_motion", "user_motion")
 REQUIRED_KEYS = (*SEQUENCE_KEYS, "reference")
-OPTIONAL_KEYS = ("avatar_energy",)
+OPTIONAL_KEYS = ("avatar_energy", "loss_weight")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -169,6 +171,7 @@ def _check_tensors(tensors: Mapping[str, np.ndarray], dim_a: int, dim_w: int, it
         "user_motion": (frames, dim_w),
         "reference": (dim_w,),
         "avatar_energy": (frames,),
+        "loss_weight": (frames, dim_w),
     }
     wrong = [f"{k} {arrays[k].shape} (expected {expected[k]})" for k in arrays if arrays[k].shape != expected[k]]
     if frames < 1 or wrong:
@@ -176,6 +179,8 @@ def _check_tensors(tensors: Mapping[str, np.ndarray], dim_a: int, dim_w: int, it
     bad = [k for k, v in arrays.items() if not np.isfinite(v).all()]
     if bad:
         raise DatasetError(f"item {item_id}: non-finite values in {bad}")
+    if "loss_weight" in arrays and (arrays["loss_weight"] < 0).any():
+        raise DatasetError(f"item {item_id}: negative values in loss_weight")
     return arrays
 
 

@@ -1,7 +1,8 @@
 """Losses: flow matching (stage 1) and Diffusion-DPO on velocity errors (stage 2).
 
 Errors are mean squared velocity errors over the frames that carry noise (weight 1) and the
-motion dims; clean frames (sigma 0, history) carry no loss.
+motion dims; clean frames (sigma 0, history) carry no loss. The flow-matching loss can weight
+each frame's and dim's squared error (a dataset's `loss_weight`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ def per_sample_error(v_pred: Tensor, v_target: Tensor, frame_weight: Tensor) -> 
     return (sq * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
 
-def flow_matching_loss(v_pred: Tensor, v_target: Tensor, frame_weight: Tensor) -> Tensor:
-    """Stage-1 loss: mean squared velocity error over all weighted frames of the batch."""
-    sq = (v_pred.float() - v_target.float()).pow(2).mean(dim=-1)
+def flow_matching_loss(
+    v_pred: Tensor, v_target: Tensor, frame_weight: Tensor, error_weight: Tensor | None = None
+) -> Tensor:
+    """Stage-1 loss: mean squared velocity error over all weighted frames of the batch.
+    error_weight [B, W, D] (optional, >= 0) scales each squared error before the mean over the
+    dims; the normalisation stays the count of noisy frames, so weights above 1 add emphasis."""
+    sq = (v_pred.float() - v_target.float()).pow(2)
+    if error_weight is not None:
+        sq = sq * error_weight.float()
+    sq = sq.mean(dim=-1)
     w = frame_weight.float()
     return (sq * w).sum() / w.sum().clamp_min(1.0)
 

@@ -145,6 +145,9 @@ def to_model_batch(batch: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tens
 
 def collate(windows: list[dict[str, Tensor]], device: torch.device) -> dict[str, Tensor]:
     out = {k: torch.stack([w[k] for w in windows]).to(device) for k in (*SEQUENCE_KEYS, "reference")}
+    if any("loss_weight" in w for w in windows):  # items without one weigh every error 1
+        ones = torch.ones_like(windows[0]["avatar_motion"])
+        out["loss_weight"] = torch.stack([w.get("loss_weight", ones) for w in windows]).to(device)
     out["item"] = torch.stack([w["item"] for w in windows])
     out["start"] = torch.stack([w["start"] for w in windows])
     return out
@@ -293,7 +296,8 @@ class Trainer:
         a, u, r, r_s = apply_dropout(batch, cfg.dropout, self.generator)
         x_w = add_noise(x0, nw.noise, nw.sigma)
         v_w = velocity_target(x0, nw.noise)
-        fm = flow_matching_loss(self._velocity(self.model, x_w, nw.t, r_s, a, u, r), v_w, nw.weight)
+        v = self._velocity(self.model, x_w, nw.t, r_s, a, u, r)
+        fm = flow_matching_loss(v, v_w, nw.weight, batch.get("loss_weight"))
         metrics = {"fm_loss": float(fm.detach())}
         loss = fm
         if cfg.stage == 2:

@@ -1,10 +1,12 @@
-"""``avatarforcing synth --out DIR --conversations N --seconds S --seed N [--heldout-fraction F] [--voicing-history]``.
+"""``avatarforcing synth --out DIR --conversations N --seconds S --seed N [--heldout-fraction F] [--voicing-history]
+[--nod-loss-weight W]``.
 
 Writes a training dataset of synthetic two-party conversations for the default avatar
 (`avatarforcing.engine.embedded.synthetic_dataset`): both sides of every conversation as items,
 the last conversations held out; audio rows of log-mel values, as the packaged model takes them,
 or with the voicing history after them with ``--voicing-history`` (for a model trained with
-it). Deterministic given the arguments. Exit status 0 written,
+it); with ``--nod-loss-weight W`` each item carries loss weights (the head pitch's error counts
+W times after the user's listener pauses). Deterministic given the arguments. Exit status 0 written,
 2 bad arguments.
 """
 
@@ -37,6 +39,14 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="append each party's voicing history to its audio rows (84 wide), for a model trained with it",
     )
+    parser.add_argument(
+        "--nod-loss-weight",
+        metavar="W",
+        type=float,
+        default=1.0,
+        help="write loss weights: the head pitch's training error counts W times after the user's listener pauses "
+        "(default 1: none written)",
+    )
 
 
 def _run(args: argparse.Namespace, context) -> int:
@@ -50,6 +60,7 @@ def _run(args: argparse.Namespace, context) -> int:
             args.heldout_fraction,
             False if args.no_espeak else None,
             voicing_history=args.voicing_history,
+            nod_loss_weight=args.nod_loss_weight,
         )
     except ValueError as error:
         raise CommandError(str(error), exit_code=2) from None

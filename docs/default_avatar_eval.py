@@ -6,7 +6,7 @@ Usage:
   python docs/default_avatar_eval.py smoothing --data DATASET [--seeds 0 1000 2000] [--checkpoint DIR]
   python docs/default_avatar_eval.py real [--shared PATH] [--seeds 20 21 22] [--out DIR] [--weights DIR]
   python docs/default_avatar_eval.py lipsync [--weights DIR] [--shared PATH] [--seeds 20 21 ... 29]
-  python docs/default_avatar_eval.py nods --data DATASET [--seed 0] CHECKPOINT...
+  python docs/default_avatar_eval.py nods --data DATASET [--seed 0] [--drop-user] CHECKPOINT...
   python docs/default_avatar_eval.py history --data DATASET [--offsets 4 8 12 16] CHECKPOINT...
 
 `bench` streams 10 s of the sample conversation (avatar.wav + user.mp4, one tick per frame)
@@ -26,7 +26,8 @@ same `FaceParamsExtractor` (its own filter off) and prints the jitter per group 
 PCC(jaw_open, log energy of avatar.wav) of the rendered face. `lipsync` streams all of
 `avatar.wav` (the user silent, no face) through `DefaultEngine` per seed, with and without its
 smoothing, and prints PCC(jaw_open, log energy) at the engine's output, mean +- standard
-deviation over the seeds. `nods` samples each checkpoint on every held-out item (raw, nfe 5)
+deviation over the seeds. `nods` samples each checkpoint on every held-out item (raw, nfe 5;
+with `--drop-user` the user's conditions null, the control)
 and prints the mean head-pitch trajectory after the user's listener pauses (relative to the 5
 frames before; its peak, when, and its RMS over the 1.08-s window), the same RMS at as many
 random moments with the avatar silent (chance), and `nod_response`; and the ground truth's.
@@ -213,7 +214,7 @@ def nods(args: argparse.Namespace) -> None:
     the user's listener pauses (minus its mean over the 5 frames before), against the same at
     as many random moments with the avatar silent (chance), and the ground truth's."""
     from avatarforcing.engine.checkpoint_format import load_flow_transformer
-    from avatarforcing.engine.training.losers import sample_motion
+    from avatarforcing.engine.training.losers import make_loser, sample_motion
     from avatarforcing.engine.training.metrics import NOD_WINDOW, nod_response
     from avatarforcing.schemas.motion_space import MOTION_SPACE
 
@@ -242,7 +243,8 @@ def nods(args: argparse.Namespace) -> None:
     print(f"ground truth: {summary([item['avatar_motion'].numpy() for item in items])}")
     for checkpoint in args.checkpoints:
         model, _ = load_flow_transformer(checkpoint, "cpu")
-        tracks = [_sampled(sample_motion, model, item, args.seed + i) for i, item in enumerate(items)]
+        sample = make_loser if args.drop_user else sample_motion
+        tracks = [_sampled(sample, model, item, args.seed + i) for i, item in enumerate(items)]
         print(f"{checkpoint}: {summary(tracks)}")
 
 
@@ -424,6 +426,7 @@ def main() -> None:
     nd = sub.add_parser("nods")
     nd.add_argument("--data", required=True)
     nd.add_argument("--seed", type=int, default=0, help="sampling seed of the first item (item i: seed + i)")
+    nd.add_argument("--drop-user", action="store_true", help="sample with the user's conditions null (the control)")
     nd.add_argument("checkpoints", nargs="+")
     hist = sub.add_parser("history")
     hist.add_argument("--data", required=True)

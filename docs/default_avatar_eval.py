@@ -219,7 +219,7 @@ def nods(args: argparse.Namespace) -> None:
     from avatarforcing.schemas.motion_space import MOTION_SPACE
 
     torch.set_num_threads(1)
-    pitch, before, after = MOTION_SPACE.names.index("pitch"), 5, NOD_WINDOW[1]
+    pitch, before, after = MOTION_SPACE.index("pitch"), 5, NOD_WINDOW[1]
     items = _heldout_items(args.data)
     moments = _listener_moments(items)
 
@@ -253,8 +253,8 @@ def history(args: argparse.Namespace) -> None:
     of K + 4M frames whose last block starts k frames after a listener pause (or a random silent
     moment): the true motion before it as clean history (as the stream's cache holds it), the
     block at sigma 1; the model's conditional mean of the block's head pitch (x - v in the
-    model's units, averaged over 4 noise draws), relative to the last history frame, against the truth's: R^2 (1 = the
-    truth, 0 = holding the last frame, below 0 = worse than holding it)."""
+    model's units, averaged over 4 noise draws), relative to the last history frame, against
+    the truth's: R^2 (1 = the truth, 0 = holding the last frame, below 0 = worse than that)."""
     from avatarforcing.engine.checkpoint_format import load_flow_transformer
     from avatarforcing.engine.motion_units import from_model_units, to_model_units
     from avatarforcing.engine.training.schedule import block_layout
@@ -262,7 +262,7 @@ def history(args: argparse.Namespace) -> None:
     from avatarforcing.schemas.motion_space import MOTION_SPACE
 
     torch.set_num_threads(1)
-    pitch = MOTION_SPACE.names.index("pitch")
+    pitch = MOTION_SPACE.index("pitch")
     items = _heldout_items(args.data)
     moments = _listener_moments(items)
     for checkpoint in args.checkpoints:

@@ -83,9 +83,8 @@ def nod_loss_weights(user_audio: np.ndarray, avatar_audio: np.ndarray, weight: f
     from avatarforcing.engine.training.metrics import NOD_WINDOW, listener_pauses
 
     out = np.ones((len(user_audio), MOTION_SPACE.dim), np.float32)
-    pitch = MOTION_SPACE.names.index("pitch")
     for t in listener_pauses(voiced_frames(user_audio), voiced_frames(avatar_audio)):
-        out[t + NOD_WINDOW[0] : t + NOD_WINDOW[1], pitch] = weight
+        out[t + NOD_WINDOW[0] : t + NOD_WINDOW[1], MOTION_SPACE.index("pitch")] = weight
     return out
 
 

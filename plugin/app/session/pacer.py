@@ -50,19 +50,22 @@ class RenderedFrame:
 
 
 class FramePacer(threading.Thread):
-    """Sends `queue`'s frames to `sinks` on `clock`, one per tick from tick 0, until `END` (after
-    the queue is drained) or `stop`.
+    """Sends `queue`'s frames to `sinks`, one per period of `clock`, until `END` (after the queue
+    is drained) or `stop`.
 
-    Frame ``k`` (complete at tick ``k + 1``) is shown at tick ``k + delay``, where the delay is
-    the smallest that keeps frames on time (`DelayController`: learned from how late frames
-    become ready). The first block starts at its newest frame (older ones are `skipped_stale`).
-    A frame not ready at its tick is held (the previous image repeats) and the delay grows by one;
-    when a smaller delay has sufficed for a while, one frame is dropped to lower it. Ticks before
-    the first frame and in the `settle_ticks` after it, while the delay settles on the first
-    blocks, count as `startup_ticks`, not as held. `initial` is
-    the image shown before the first frame (the warm-up render), or None to send nothing until
-    then. `session` (a `SessionInfo`) gets the smoothed end-to-end latency in seconds in its
-    `latency_s`, which sinks such as OBS (audio sync offset) and mic-delay read."""
+    Before the first frame, output frame ``n`` goes out at the clock's tick ``n`` (the `initial`
+    image, or nothing when it is None). From then on, frame ``k`` is shown ``delay_s`` seconds
+    after its input tick ``k`` began, where the delay is the smallest that keeps frames on time
+    (`DelayController`: learned from how late frames become ready, a time rather than whole
+    ticks, so the output runs at a phase of its own against the input). The first block starts
+    at its newest frame (older ones are `skipped_stale`). A frame not ready at its time is held
+    (the previous image repeats) and the delay grows by a tick; when a smaller delay has
+    sufficed for a while, one frame is dropped to lower it by a tick, and in between each frame
+    comes up to 1 ms early or late so the delay follows its target without either. Output
+    frames before the first rendered one and in the `settle_ticks` after it, while the delay
+    settles on the first blocks, count as `startup_ticks`, not as held. `session` (a
+    `SessionInfo`) gets the smoothed end-to-end latency in seconds in its `latency_s`, which
+    sinks such as OBS (audio sync offset) and mic-delay read."""
 
     def __init__(
         self,
@@ -88,8 +91,9 @@ class FramePacer(threading.Thread):
         self._holds_since_log = 0
         self._last_hold_log = 0.0
         self._observed = -1  # newest frame index whose lag was observed
-        self._first_tick = 0  # when the first rendered frame was shown
-        self._missing = False  # this tick's frame has not arrived (set by _due_frame)
+        self._first_output = 0  # the output frame at which the first rendered frame was shown
+        self._want = 0  # the input tick of the frame to show next (once started)
+        self._missing = False  # this output's frame has not arrived (set by _due_frame)
         self.settle_ticks = settle_ticks
         self.finished = False
         self.session = session
@@ -98,7 +102,7 @@ class FramePacer(threading.Thread):
     @property
     def started(self) -> bool:
         """True once the first rendered frame was shown."""
-        return self.delay.delay > 0
+        return self.delay.started
 
     def _observe_arrivals(self, items: list) -> None:
         """Learn the lag of each newly queued frame: ready this long after its input tick."""
@@ -108,8 +112,9 @@ class FramePacer(threading.Thread):
             self._observed = item.tick
             self.delay.observe(item.queued_at - self.clock.due(item.tick + 1))
 
-    def _due_frame(self, tick: int) -> tuple[RenderedFrame | None, bool]:
-        """The frame for `tick` (dropping ones whose tick has passed) and whether END was reached."""
+    def _due_frame(self, at: float) -> tuple[RenderedFrame | None, bool]:
+        """The frame to show at time `at` (dropping ones whose time has passed) and whether END
+        was reached."""
         items = self.queue.peek_all()
         self._observe_arrivals(items)
         frames = [item for item in items if item is not END]
@@ -119,9 +124,9 @@ class FramePacer(threading.Thread):
                     self.queue.get_nowait()
                     return None, True
                 return None, False
-            self.delay.start(tick - frames[-1].tick)  # the live edge: the newest frame is shown now
-            self._first_tick = tick
-        want = tick - self.delay.delay
+            # the live edge: the newest frame is shown now
+            self._want = frames[-1].tick
+            self.delay.start(at - self.clock.due(self._want))
         while True:
             items = self.queue.peek_all()
             if not items:
@@ -131,17 +136,18 @@ class FramePacer(threading.Thread):
             if head is END:
                 self.queue.get_nowait()
                 return None, True
-            if head.tick >= want:
+            if head.tick >= self._want:
                 break
-            self.queue.get_nowait()  # its tick has passed
+            self.queue.get_nowait()  # its time has passed
             self.stats.count("dropped" if self.stats.rendered else "skipped_stale")
-        if head.tick == want:
-            return self.queue.get_nowait(), False
-        # a gap in the input ticks: the session dropped the ticks it missed while it was behind
-        # (the delay grew by one for every tick it held meanwhile); start again at the live edge,
-        # showing the first frame after the gap now, as at the start of the session
-        self.delay.restart(tick - head.tick)
-        log.info("input resumed after dropped ticks: delay now %d ticks", self.delay.delay)
+        if head.tick > self._want:
+            # a gap in the input ticks: the session dropped the ticks it missed while it was
+            # behind (the delay grew by one tick for every frame it held meanwhile); start again
+            # at the live edge, showing the first frame after the gap now, as at the start
+            self._want = head.tick
+            self.delay.restart(at - self.clock.due(head.tick))
+            log.info("input resumed after dropped ticks: delay now %.0f ms", self.delay.delay_s * 1000)
+        self._want += 1
         return self.queue.get_nowait(), False
 
     def _lower_delay(self) -> None:
@@ -149,35 +155,36 @@ class FramePacer(threading.Thread):
         if not self.delay.should_lower():
             return
         items = self.queue.peek_all()
-        if not items or items[0] is END:
+        if not items or items[0] is END or items[0].tick != self._want:
             return
         self.queue.get_nowait()
+        self._want += 1
         self.stats.count("dropped")
         self.delay.lowered()
-        log.info("output ahead of need: one frame dropped, delay now %d ticks", self.delay.delay)
+        log.info("output ahead of need: one frame dropped, delay now %.0f ms", self.delay.delay_s * 1000)
 
     def _send(
         self,
-        tick: int,
+        index: int,
         image: np.ndarray,
         audio: np.ndarray | None,
         held: bool,
         source: int | None,
         metadata: dict | None = None,
     ) -> None:
-        """Offer the frame of `tick` to every sink; `metadata`: the rendered frame's (e.g. the
+        """Offer output frame `index` to every sink; `metadata`: the rendered frame's (e.g. the
         motion parameters the VMC sink sends), plus ``held`` and ``rendered_index``."""
         frame = Frame(
             image=image,
-            index=tick,
-            timestamp=tick / self.clock.fps,
+            index=index,
+            timestamp=index / self.clock.fps,
             metadata={**(metadata or {}), "held": held, "rendered_index": source},
         )
         chunk = AudioChunk(
             audio if audio is not None else np.zeros(self.samples_per_frame, np.float32),
             self.sample_rate,
-            tick / self.clock.fps,
-            tick,
+            index / self.clock.fps,
+            index,
         )
         for worker in self.sinks:
             worker.offer(frame, chunk)
@@ -194,17 +201,29 @@ class FramePacer(threading.Thread):
         self._holds_since_log += 1
         if now - self._last_hold_log >= self.hold_log_interval_s:
             log.info(
-                "the next block is late: holding the last frame (%d held since the last note; delay now %d ticks)",
+                "the next block is late: holding the last frame (%d held since the last note; delay now %.0f ms)",
                 self._holds_since_log,
-                self.delay.delay,
+                self.delay.delay_s * 1000,
             )
             self._last_hold_log, self._holds_since_log = now, 0
 
+    def _wait_until(self, at: float) -> bool:
+        """Sleep until monotonic time `at`; False when `stop` was set first."""
+        remaining = at - time.monotonic()
+        if remaining > 0:
+            return not self.stop.wait(remaining)
+        return not self.stop.is_set()
+
     def run(self) -> None:
-        tick = 0
-        while self.clock.wait_until_due(tick, self.stop):
+        index = 0  # output frames so far: the sinks' frame index
+        at = self.clock.due(0)
+        period = 1.0 / self.clock.fps
+        while self._wait_until(at):
             self._missing = False
-            chosen, ended = self._due_frame(tick)
+            was_started = self.started
+            chosen, ended = self._due_frame(at)
+            if self.started and not was_started:
+                self._first_output = index
             now = time.monotonic()
             if chosen is not None:
                 self.image = chosen.frame.image
@@ -213,28 +232,33 @@ class FramePacer(threading.Thread):
                     self.stats.observe("end_to_end", now - chosen.captured_at)
                     self._publish_latency(now - chosen.captured_at)
                 self.stats.count("rendered")
-                self._send(tick, self.image, chosen.audio, False, chosen.frame.index, chosen.frame.metadata)
+                self._send(index, self.image, chosen.audio, False, chosen.frame.index, chosen.frame.metadata)
                 self._lower_delay()
+                self.delay.slew()
             elif ended:
                 self.finished = True
                 return
             else:
-                if self._missing:  # the frame due now is late: show it (and the rest) a tick later
-                    self.delay.late()
-                if self.started and tick - self._first_tick >= self.settle_ticks:
+                if self._missing and not self.delay.late():
+                    self._want += 1  # the delay is at its cap: the schedule goes on, the late frame is stale
+                if self.started and index - self._first_output >= self.settle_ticks:
                     self.stats.count("held")
                     self._log_hold(now)
                 else:  # before the first frame, and while the delay settles on the first blocks
                     self.stats.count("startup_ticks")
                 if self.image is not None:
-                    self._send(tick, self.image, None, True, None)
-            self.stats.delay_ticks = self.delay.delay
-            late = time.monotonic() - self.clock.due(tick)
-            tick += 1
-            if late > 1.0 / self.clock.fps:  # this thread itself stalled: skip the missed ticks
-                skipped = int(late * self.clock.fps)
-                log.warning("the pacer fell %.0f ms behind the clock; skipping %d tick(s)", late * 1000, skipped)
-                tick += skipped
+                    self._send(index, self.image, None, True, None)
+            self.stats.delay_ticks = round(self.delay.ticks, 2)
+            index += 1
+            at = self.clock.due(self._want) + self.delay.delay_s if self.started else self.clock.due(index)
+            late = time.monotonic() - at
+            if late > period:  # this thread itself stalled: skip the missed output frames
+                skipped = int(late / period)
+                log.warning("the pacer fell %.0f ms behind the clock; skipping %d frame(s)", late * 1000, skipped)
+                index += skipped
+                at += skipped * period
+                if self.started:
+                    self._want += skipped
 
 
 class OfflinePacer(threading.Thread):

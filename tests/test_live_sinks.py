@@ -294,9 +294,17 @@ def test_preview_shows_frames_in_a_window(monkeypatch):
             assert found.returncode == 0 and found.stdout.strip()
             import mss
 
+            # the window exists before its first paint (seconds later on a busy machine): look
+            # until the frames show, for at most 10 s while they keep coming
+            red_pixels = 0
             with mss.MSS() as grabber:
-                screen = np.asarray(grabber.grab(grabber.monitors[1]))[..., :3][..., ::-1]  # BGRA -> RGB
-            assert (np.abs(screen.astype(int) - RED).max(axis=2) < 8).sum() > 0.5 * SIZE[0] * SIZE[1]
+                for _ in range(20):
+                    screen = np.asarray(grabber.grab(grabber.monitors[1]))[..., :3][..., ::-1]  # BGRA -> RGB
+                    red_pixels = int((np.abs(screen.astype(int) - RED).max(axis=2) < 8).sum())
+                    if red_pixels > 0.5 * SIZE[0] * SIZE[1]:
+                        break
+                    pace(sink, [solid(RED)] * 12)
+            assert red_pixels > 0.5 * SIZE[0] * SIZE[1], red_pixels
             assert sink.window.shown > 0
             sink.window._process.kill()  # the user closes the window: the session goes on
             sink.window._process.wait()

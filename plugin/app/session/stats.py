@@ -62,7 +62,7 @@ class SessionStats:
     dropped: int = 0  # rendered frames dropped as too late (after the first rendered frame)
     startup_ticks: int = 0  # ticks before the first rendered frame (the warm-up image, if any)
     skipped_stale: int = 0  # frames of the first block older than the live edge, never shown
-    delay_ticks: float = 0.0  # the pacer's output delay now: a frame is shown this many ticks (fractional) after its input tick began
+    delay_ticks: float = 0.0  # the pacer's output delay now, in ticks (fractional) after a frame's input tick began
     dropped_ticks: int = 0  # input ticks skipped because the generator fell behind
     blocks: int = 0
     max_frame_queue: int = 0  # deepest renderer -> pacer queue seen

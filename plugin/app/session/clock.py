@@ -14,8 +14,8 @@ class SessionClock:
     """A 25 fps (by default) monotonic clock started once with `start()`.
 
     `due(k)`: monotonic time (s) at which frame `k` is due; `frame_at(t)`: the frame due at or
-    before time `t`; `wait_until_due(k, stop)`: sleep until frame `k` is due, returning False
-    early when the `stop` event is set.
+    before time `t`; `wait_until(t, stop)`: sleep until monotonic time `t`, returning False early
+    when the `stop` event is set; `wait_until_due(k, stop)`: the same until frame `k` is due.
     """
 
     fps: int = FRAME_RATE
@@ -41,8 +41,11 @@ class SessionClock:
         now = time.monotonic() if t is None else t
         return int((now - self._origin()) * self.fps)
 
-    def wait_until_due(self, frame: int, stop: threading.Event) -> bool:
-        delay = self.due(frame) - time.monotonic()
-        if delay > 0:
-            return not stop.wait(delay)
+    def wait_until(self, at: float, stop: threading.Event) -> bool:
+        remaining = at - time.monotonic()
+        if remaining > 0:
+            return not stop.wait(remaining)
         return not stop.is_set()
+
+    def wait_until_due(self, frame: int, stop: threading.Event) -> bool:
+        return self.wait_until(self.due(frame), stop)

@@ -207,18 +207,11 @@ class FramePacer(threading.Thread):
             )
             self._last_hold_log, self._holds_since_log = now, 0
 
-    def _wait_until(self, at: float) -> bool:
-        """Sleep until monotonic time `at`; False when `stop` was set first."""
-        remaining = at - time.monotonic()
-        if remaining > 0:
-            return not self.stop.wait(remaining)
-        return not self.stop.is_set()
-
     def run(self) -> None:
         index = 0  # output frames so far: the sinks' frame index
         at = self.clock.due(0)
         period = 1.0 / self.clock.fps
-        while self._wait_until(at):
+        while self.clock.wait_until(at, self.stop):
             self._missing = False
             was_started = self.started
             chosen, ended = self._due_frame(at)

@@ -45,6 +45,7 @@ class DelayController:
     max_slew_s: float = 0.001
     delay_s: float = 0.0
     _lags: deque[float] = field(default_factory=deque)
+    _target: float = 0.0  # target() of the lags now: computed when they change, read every frame
     _fits_lower: int = 0
 
     @property
@@ -62,17 +63,15 @@ class DelayController:
 
     def target(self) -> float:
         """The delay the recent lags call for (0.0 before any was seen)."""
-        if not self._lags:
-            return 0.0
-        ordered = sorted(self._lags)
-        p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
-        return self.needed(p95)
+        return self._target
 
     def observe(self, lag_s: float) -> None:
         """A frame became ready `lag_s` seconds after its input tick ended."""
         self._lags.append(lag_s)
         while len(self._lags) > self.window:
             self._lags.popleft()
+        ordered = sorted(self._lags)
+        self._target = self.needed(ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))])
         if self.started and self.target() <= self.delay_s - self.period_s:
             self._fits_lower += 1
         else:
@@ -88,6 +87,7 @@ class DelayController:
         (ticks the session dropped while it was behind), the lags from before it describe a
         machine that was stalled, not the one now."""
         self._lags.clear()
+        self._target = 0.0
         self.start(delay_s)
 
     def late(self) -> bool:

@@ -27,10 +27,11 @@ PCC(jaw_open, log energy of avatar.wav) of the rendered face. `lipsync` streams 
 `avatar.wav` (the user silent, no face) through `DefaultEngine` per seed, with and without its
 smoothing, and prints PCC(jaw_open, log energy) at the engine's output, mean +- standard
 deviation over the seeds. `nods` samples each checkpoint on every held-out item (raw, nfe 5;
-with `--drop-user` the user's conditions null, the control)
-and prints the mean head-pitch trajectory after the user's listener pauses (relative to the 5
-frames before; its peak, when, and its RMS over the 1.08-s window), the same RMS at as many
-random moments with the avatar silent (chance), and `nod_response`; and the ground truth's.
+with `--drop-user` the user's conditions null, the control; with `--listen A U` the guidance
+switches to (A, U) while the avatar listens, as in a session) and prints the mean head-pitch
+trajectory after the user's listener pauses (relative to the 5 frames before; its peak, when,
+and its RMS over the 1.08-s window), the same RMS at as many random moments with the avatar
+silent (chance, mean of 20 draws), and `nod_response`; and the ground truth's.
 `history` asks whether a checkpoint continues the head motion of a clean history (what the
 stream's cache holds): the R^2 of its conditional mean of the next block's head pitch after
 the user's pauses and at random silent moments (see the function).
@@ -194,57 +195,63 @@ def _heldout_items(data: str) -> list[dict]:
     return [dataset[i] for i in range(len(dataset))]
 
 
-def _listener_moments(items: list[dict]) -> list[tuple[list[int], list[int]]]:
-    """Per item: (the user's listener pauses, as many random moments with the avatar silent),
-    frame indices, each followed by the nod window (`metrics.NOD_WINDOW`) inside the item."""
+def _listener_moments(items: list[dict]) -> tuple[list[list[int]], list[list[int]]]:
+    """Per item: the user's listener pauses and the moments with the avatar silent through the
+    nod window (`metrics.NOD_WINDOW`), frame indices."""
     from avatarforcing.engine.embedded.audio_features import voiced_frames
-    from avatarforcing.engine.training.metrics import NOD_WINDOW, listener_pauses
+    from avatarforcing.engine.training.metrics import listener_pauses, silent_moments
 
-    after, rng, moments = NOD_WINDOW[1], np.random.default_rng(0), []
+    pauses, silent = [], []
     for item in items:
         user, avatar = voiced_frames(item["user_audio"].numpy()), voiced_frames(item["avatar_audio"].numpy())
-        pauses = [t for t in listener_pauses(user, avatar) if t + after <= len(user)]
-        silent = [t for t in range(25, len(avatar) - after) if not avatar[t : t + after].any()]
-        moments.append((pauses, list(rng.choice(silent, len(pauses), replace=False)) if pauses and silent else []))
-    return moments
+        pauses.append(listener_pauses(user, avatar))
+        silent.append(silent_moments(avatar))
+    return pauses, silent
 
 
 def nods(args: argparse.Namespace) -> None:
     """Pause-locked head pitch: for each checkpoint, the raw samples' mean pitch trajectory after
-    the user's listener pauses (minus its mean over the 5 frames before), against the same at
-    as many random moments with the avatar silent (chance), and the ground truth's."""
+    the user's listener pauses (`metrics.pause_locked_trajectory`), its RMS against chance (the
+    same at random silent moments, `metrics.pause_lock`), and `nod_response`; the ground
+    truth's first. ``--listen A U`` samples as a session does (guidance (2, 1) while the avatar
+    speaks, (A, U) while it listens); otherwise guidance (2, 1) throughout."""
     from avatarforcing.engine.checkpoint_format import load_flow_transformer
+    from avatarforcing.engine.embedded.audio_features import voiced_frames
+    from avatarforcing.engine.guidance_schedule import VoicedGuidance
+    from avatarforcing.engine.sampler import GuidanceScales
     from avatarforcing.engine.training.losers import make_loser, sample_motion
-    from avatarforcing.engine.training.metrics import NOD_WINDOW, nod_response
+    from avatarforcing.engine.training.metrics import nod_response, pause_lock, pause_locked_trajectory
     from avatarforcing.schemas.motion_space import MOTION_SPACE
 
     torch.set_num_threads(1)
-    pitch, before, after = MOTION_SPACE.index("pitch"), 5, NOD_WINDOW[1]
+    pitch = MOTION_SPACE.index("pitch")
     items = _heldout_items(args.data)
-    moments = _listener_moments(items)
-
-    def locked(tracks: list[np.ndarray], which: int) -> np.ndarray:
-        segments = [
-            x[t - before : t + after, pitch] - x[t - before : t, pitch].mean()
-            for x, m in zip(tracks, moments)
-            for t in m[which]
-        ]
-        return np.mean(segments, axis=0)[before:]  # frames 0 .. after - 1 after the moment
+    pauses, silent = _listener_moments(items)
 
     def summary(tracks: list[np.ndarray]) -> str:
-        paused, chance = locked(tracks, 0), locked(tracks, 1)
-        responses = [nod_response(x[:, pitch], m[0]) for x, m in zip(tracks, moments)]
+        pitches = [x[:, pitch] for x in tracks]
+        trajectory = pause_locked_trajectory(pitches, pauses)
+        locked, chance = pause_lock(pitches, pauses, silent)
+        responses = [nod_response(x, p) for x, p in zip(pitches, pauses)]
         return (
-            f"pause-locked pitch peak {paused.max():+.3f} at {int(paused.argmax()) / 25:.2f} s, rms {np.sqrt((paused**2).mean()):.3f}"
-            f" (random moments: rms {np.sqrt((chance**2).mean()):.3f}); nod_response {np.mean([r for r in responses if r is not None]):.2f}"
+            f"pause-locked pitch peak {trajectory.max():+.3f} at {int(trajectory.argmax()) / 25:.2f} s, rms {locked:.3f}"
+            f" (random silent moments: rms {chance:.3f}); nod_response {np.mean([r for r in responses if r is not None]):.2f}"
         )
 
-    print(f"{sum(len(m[0]) for m in moments)} listener pauses in {len(items)} sides")
+    speak = GuidanceScales(2.0, 1.0)
+    print(f"{sum(len(p) for p in pauses)} listener pauses in {len(items)} sides")
     print(f"ground truth: {summary([item['avatar_motion'].numpy() for item in items])}")
     for checkpoint in args.checkpoints:
         model, _ = load_flow_transformer(checkpoint, "cpu")
         sample = make_loser if args.drop_user else sample_motion
-        tracks = [_sampled(sample, model, item, args.seed + i) for i, item in enumerate(items)]
+        tracks = []
+        for i, item in enumerate(items):
+            guidance = speak
+            if args.listen:
+                voiced = voiced_frames(item["avatar_audio"].numpy())
+                guidance = VoicedGuidance(voiced, speak, GuidanceScales(*args.listen))
+            conditions = (item["avatar_audio"], item["user_audio"], item["user_motion"], item["reference"])
+            tracks.append(sample(model, *conditions, 5, guidance, args.seed + i).numpy())
         print(f"{checkpoint}: {summary(tracks)}")
 
 
@@ -257,6 +264,7 @@ def history(args: argparse.Namespace) -> None:
     the truth's: R^2 (1 = the truth, 0 = holding the last frame, below 0 = worse than that)."""
     from avatarforcing.engine.checkpoint_format import load_flow_transformer
     from avatarforcing.engine.motion_units import from_model_units, to_model_units
+    from avatarforcing.engine.training.metrics import NOD_WINDOW
     from avatarforcing.engine.training.schedule import block_layout
     from avatarforcing.engine.training.window_model import WindowAttention, window_velocity
     from avatarforcing.schemas.motion_space import MOTION_SPACE
@@ -264,7 +272,14 @@ def history(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     pitch = MOTION_SPACE.index("pitch")
     items = _heldout_items(args.data)
-    moments = _listener_moments(items)
+    pauses, silent = _listener_moments(items)
+    rng = np.random.default_rng(0)  # as many random silent moments as pauses, per item
+    moments = [
+        (p, list(rng.choice([t for t in s if t + NOD_WINDOW[1] < len(item["avatar_motion"])], len(p), replace=False)))
+        if p
+        else (p, [])
+        for item, p, s in zip(items, pauses, silent)
+    ]
     for checkpoint in args.checkpoints:
         model, _ = load_flow_transformer(checkpoint, "cpu")
         cfg = model.cfg
@@ -427,6 +442,13 @@ def main() -> None:
     nd.add_argument("--data", required=True)
     nd.add_argument("--seed", type=int, default=0, help="sampling seed of the first item (item i: seed + i)")
     nd.add_argument("--drop-user", action="store_true", help="sample with the user's conditions null (the control)")
+    nd.add_argument(
+        "--listen",
+        type=float,
+        nargs=2,
+        metavar=("A", "U"),
+        help="listening guidance (the session's speak/listen switching)",
+    )
     nd.add_argument("checkpoints", nargs="+")
     hist = sub.add_parser("history")
     hist.add_argument("--data", required=True)

@@ -237,6 +237,17 @@ class MotionStream:
             blocks.append(block)
         return blocks
 
+    def next_block(self) -> LatentBlock | None:
+        """Compute the next block if its condition windows are complete (None otherwise, or at
+        the end), so a caller can change the guidance between blocks."""
+        return self._try_step()
+
+    @property
+    def next_stop(self) -> int:
+        """The frame the next block ends before (its condition windows reach up to there)."""
+        t = self.state.next_frame
+        return self.cfg.clip_frames if t == 0 else t + self.cfg.block_frames
+
     def _draw_noise(self, frames: int) -> Tensor:
         shape = (self.r_s.shape[0], frames, self.cfg.dim_w)
         if self._noise is not None:
@@ -253,7 +264,7 @@ class MotionStream:
         if st.total_frames is not None and t >= st.total_frames:
             return None
         first_clip = t == 0
-        stop = cfg.clip_frames if first_clip else t + cfg.block_frames
+        stop = self.next_stop
         if not all(st.buffers[n].covers(stop) for n in STREAMS):
             return None
         guidance = st.guidance.as_tensor().to(self.r_s.device)

@@ -16,7 +16,9 @@ from avatarforcing.engine.training.metrics import (
     listener_pauses,
     markdown_table,
     nod_response,
+    pause_lock,
     reactiveness,
+    silent_moments,
     variance,
 )
 
@@ -103,6 +105,32 @@ def test_nod_response_tells_a_listener_who_nods_at_pauses_from_one_who_does_not(
     table = evaluate([side], groups, clusters=2)
     assert table["nod_response"]["generated"] < 1.3 < 2.5 < table["nod_response"]["ground_truth"]
     assert table["listener_pauses"]["generated"] == 9
+    assert table["pause_locked_pitch"]["ground_truth"] > 3 * table["pause_locked_pitch_chance"]["ground_truth"]
+
+
+def test_pause_lock_tells_a_response_at_the_pauses_from_one_at_random_moments():
+    """The mean pitch trajectory after the pauses keeps a response that comes at a consistent
+    time after them and averages away one that does not; chance is the same at random silent
+    moments."""
+    user_voiced, avatar_voiced, still, nodding = _nodding_listener(frames=1500)
+    pauses, silent = [listener_pauses(user_voiced, avatar_voiced)], [silent_moments(avatar_voiced)]
+    locked, chance = pause_lock([nodding], pauses, silent)
+    assert locked > 3 * chance
+    assert locked == pytest.approx(0.045, abs=0.015)  # RMS of the damped 0.15 nod over the window
+    still_locked, still_chance = pause_lock([still], pauses, silent)
+    assert still_locked < 0.2 * locked and still_chance < 0.2 * locked
+    # the same nods at random times (each pause's nod shifted by a different amount)
+    rng = np.random.default_rng(5)
+    scattered = still.copy()
+    for p in pauses[0]:
+        start = p + int(rng.integers(-40, 40))
+        s = np.arange(min(60, len(scattered) - start)) / 25.0
+        scattered[start : start + len(s)] += 0.15 * np.sin(2 * np.pi * 2.0 * s) * np.exp(-s / 0.4)
+    scattered_locked, _ = pause_lock([scattered], pauses, silent)
+    assert scattered_locked < 0.5 * locked
+    assert pause_lock([nodding], [[]], silent) is None
+    # same seed, same draws: the chance level is reproducible
+    assert pause_lock([nodding], pauses, silent)[1] == chance
 
 
 def _dataset(root, jittery: bool, frames: int = 120):
@@ -177,3 +205,31 @@ def test_eval_smooths_the_default_space_as_the_engine_does_unless_told_not_to(tm
         raw, smoothed = (reports[n][f"jitter_{group}"]["generated"] for n in ("raw", "smoothed"))
         assert smoothed < 0.5 * raw, (group, raw, smoothed)
     assert set(reports["smoothed"]["smile_pcc_user"]) == {"generated", "ground_truth"}
+
+
+def test_eval_samples_with_the_sessions_speak_listen_guidance_when_asked(tmp_path):
+    """``--guidance voice`` switches the scales per block from the avatar's voice as a session
+    does: with the listening scales set equal to the speaking ones it is the fixed guidance
+    exactly; with the defaults (the avatar is silent here, so it listens throughout) it differs.
+    The fixed guidance does not read the session's scales."""
+    import io
+    import json
+
+    from avatarforcing.plugin.app.cli import run_cli
+    from avatarforcing.plugin.host import build_plugin_host
+
+    data = _dataset(tmp_path / "data", jittery=False)
+
+    def report(name: str, *options: str, guidance: str = "fixed") -> dict:
+        out, err = io.StringIO(), io.StringIO()
+        argv = [*options, "eval", "--data", str(data), "--json", str(tmp_path / f"{name}.json"), "--nfe", "3"]
+        assert run_cli([*argv, "--guidance", guidance], build_plugin_host({}), out, err) == 0, err.getvalue()
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    listen_as_speak = ("--set", "session.listen_a_cfg=2.0", "--set", "session.listen_u_cfg=1.0")
+    fixed = report("fixed")
+    assert report("fixed_session", "--set", "session.listen_u_cfg=3.0") == fixed
+    assert report("voice_same", *listen_as_speak, guidance="voice") == fixed
+    listening = report("voice", guidance="voice")
+    assert listening["jitter_pose"]["generated"] != fixed["jitter_pose"]["generated"]
+    assert listening["jitter_pose"]["ground_truth"] == fixed["jitter_pose"]["ground_truth"]

@@ -202,6 +202,44 @@ def test_losers_are_reference_samples_without_the_user():
     assert not torch.allclose(loser, sample_motion(tf, a, u, r, r_s, 4, GuidanceScales(), 3))
 
 
+def test_guidance_per_block_follows_the_avatars_voice_as_a_session_does():
+    """`VoicedGuidance` gives the speaking scales while the avatar's voice was heard within the
+    release time before a block's end, the listening scales otherwise; `sample_motion` sets
+    them before each block (a constant schedule is the fixed guidance, bit for bit)."""
+    from avatarforcing.engine.guidance_schedule import VoicedGuidance
+
+    speak, listen = GuidanceScales(2.0, 1.0), GuidanceScales(1.0, 3.0)
+    voiced = np.zeros(60, bool)
+    voiced[10:20] = True
+    schedule = VoicedGuidance(voiced, speak, listen, release_frames=5)
+    assert schedule(12) is speak  # voice in the block
+    assert schedule(24) is speak and schedule(25) is listen  # released 5 frames after the last voiced one
+    assert schedule(8) is listen
+
+    tf = _random_transformer()
+    g = torch.Generator().manual_seed(2)
+    a, u, r, r_s = (
+        torch.randn(40, 8, generator=g),
+        torch.randn(40, 8, generator=g),
+        torch.randn(40, 4, generator=g),
+        torch.randn(4, generator=g),
+    )
+    stops = []
+
+    def constant(stop: int) -> GuidanceScales:
+        stops.append(stop)
+        return speak
+
+    fixed = sample_motion(tf, a, u, r, r_s, 4, speak, 3)
+    assert torch.equal(sample_motion(tf, a, u, r, r_s, 4, constant, 3), fixed)
+    clip, block = CFG.clip_frames, CFG.block_frames
+    assert stops[: len(range(clip, 40 + block, block))] == list(range(clip, 40 + block, block))
+    # listening after the first clip and one block: those frames are the same, the later ones differ
+    switching = sample_motion(tf, a, u, r, r_s, 4, lambda stop: speak if stop <= clip + block else listen, 3)
+    assert torch.equal(switching[: clip + block], fixed[: clip + block])
+    assert not torch.allclose(switching[clip + block :], fixed[clip + block :])
+
+
 # -- the trainer -------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from avatarforcing.engine.checkpoint_format import load_flow_transformer
 from avatarforcing.engine.embedded.audio_features import voiced_frames
+from avatarforcing.engine.guidance_schedule import VoicedGuidance
 from avatarforcing.engine.sampler import GuidanceScales
 from avatarforcing.engine.training.dataset import ConversationDataset
 from avatarforcing.engine.training.losers import make_loser, sample_motion
@@ -27,6 +28,8 @@ def evaluate_checkpoint(
     seed: int = 0,
     device: str = "cpu",
     smoothing: Callable[[], Callable[[np.ndarray, int], np.ndarray]] | None = None,
+    listen: GuidanceScales | None = None,
+    release_frames: int = 5,
 ) -> dict[str, dict[str, float]]:
     """Metric table (see `metrics.evaluate`) of the checkpoint's samples on `split`: each metric
     for the generated motion and, where it has one, for the ground truth.
@@ -34,7 +37,11 @@ def evaluate_checkpoint(
     drop_user: sample with the user's conditions null (what the stage-2 losers are).
     smoothing: makes a fresh causal filter per conversation side (e.g.
     `avatarforcing.engine.embedded.smoothing.MotionSmoother`), called as ``filter(motion [T, D],
-    first_frame=0)`` on the generated motion, as a live engine would apply it."""
+    first_frame=0)`` on the generated motion, as a live engine would apply it.
+    listen: sample as a live session does: `guidance` while the avatar speaks, `listen` while it
+    listens (`engine.guidance_schedule.VoicedGuidance` on the avatar's voiced frames, with
+    `release_frames`); needs log-mel audio features (the default space). None: `guidance`
+    throughout."""
     dataset = ConversationDataset(data, split)
     if not len(dataset):
         raise ValueError(f"{data}: the {split!r} split is empty")
@@ -50,10 +57,16 @@ def evaluate_checkpoint(
         raise ValueError(
             f"checkpoint dims (dim_a {model.cfg.dim_a}, dim_w {model.cfg.dim_w}) differ from the dataset's ({h.dim_a}, {h.dim_w})"
         )
+    if listen is not None and h.space != "default":
+        raise ValueError("guidance that follows the avatar's voice needs log-mel audio features (the default space)")
     conversations = []
     for index in range(len(dataset)):
         item = dataset[index]
         sample = make_loser if drop_user else sample_motion
+        schedule = guidance
+        if listen is not None:
+            voiced = voiced_frames(item["avatar_audio"].numpy())
+            schedule = VoicedGuidance(voiced, guidance, listen, release_frames)
         generated = sample(
             model,
             item["avatar_audio"],
@@ -61,7 +74,7 @@ def evaluate_checkpoint(
             item["user_motion"],
             item["reference"],
             nfe,
-            guidance,
+            schedule,
             seed + index,
         )
         energy = item["avatar_energy"].numpy() if "avatar_energy" in item else None

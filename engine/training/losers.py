@@ -9,6 +9,8 @@ once per item (the reference is frozen; the trainer caches them, see `docs/train
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -30,14 +32,27 @@ def sample_motion(
     user_motion: Tensor,
     r_s: Tensor,
     nfe: int = 10,
-    guidance: GuidanceScales = GuidanceScales(),  # noqa: B008 - GuidanceScales is a frozen dataclass
+    guidance: GuidanceScales | Callable[[int], GuidanceScales] = GuidanceScales(),  # noqa: B008 - frozen dataclass
     seed: int = 0,
 ) -> Tensor:
-    """Streamed sample of one item: A, U [T, dim_a], R [T, dim_w], r_s [dim_w] -> motion [T, dim_w]."""
+    """Streamed sample of one item: A, U [T, dim_a], R [T, dim_w], r_s [dim_w] -> motion [T, dim_w].
+    `guidance`: fixed scales, or scales per block from the frame the block ends before (e.g.
+    `engine.guidance_schedule.VoicedGuidance`), set before each block as a live session does."""
     device = next(reference.parameters()).device
-    stream = MotionStream(reference, r_s[None].to(device), FlowMatchingEulerSampler(nfe), guidance, seed=seed)
-    out = generate(stream, avatar_audio[None].to(device), user_audio[None].to(device), user_motion[None].to(device))
-    return out[0].cpu()
+    conditions = (avatar_audio[None].to(device), user_audio[None].to(device), user_motion[None].to(device))
+    if isinstance(guidance, GuidanceScales):
+        stream = MotionStream(reference, r_s[None].to(device), FlowMatchingEulerSampler(nfe), guidance, seed=seed)
+        return generate(stream, *conditions)[0].cpu()
+    stream = MotionStream(reference, r_s[None].to(device), FlowMatchingEulerSampler(nfe), seed=seed)
+    stream.push(*conditions)
+    stream.end()
+    blocks = []
+    while True:
+        stream.set_guidance(guidance(stream.next_stop))
+        if (block := stream.next_block()) is None:
+            break
+        blocks.append(block.latents)
+    return torch.cat(blocks, dim=1)[0].cpu()
 
 
 def make_loser(
@@ -47,7 +62,7 @@ def make_loser(
     user_motion: Tensor,
     r_s: Tensor,
     nfe: int = 10,
-    guidance: GuidanceScales = GuidanceScales(),  # noqa: B008 - GuidanceScales is a frozen dataclass
+    guidance: GuidanceScales | Callable[[int], GuidanceScales] = GuidanceScales(),  # noqa: B008 - frozen dataclass
     seed: int = 0,
 ) -> Tensor:
     """Loser motion [T, dim_w]: `sample_motion` with the user conditions replaced by the null condition."""

@@ -11,7 +11,11 @@
   avatar's head pitch moves in the second after the user pauses while the avatar stays silent,
   relative to how much it moves on average (1 = no more than anywhere; the listener nods of the
   synthetic conversations give about 4.5). rPCC cannot see nods: it correlates the user's
-  *motion* with the avatar's, and a nod answers the user's *voice*.
+  *motion* with the avatar's, and a nod answers the user's *voice*;
+- pause-locked pitch (same spaces and conversations): the RMS of the avatar's mean head-pitch
+  trajectory in the nod window after the user's listener pauses (each relative to its 5 frames
+  before), against the same at as many random moments with the avatar silent (chance; mean of
+  20 draws). Only motion that answers the pauses at a consistent time survives the mean.
 """
 
 from __future__ import annotations
@@ -123,6 +127,50 @@ def nod_response(pitch: np.ndarray, pauses: list[int], window: tuple[int, int] =
     return float(np.mean([power[t + window[0] : t + window[1]].mean() for t in pauses]) / power.mean())
 
 
+PAUSE_LOCK_BEFORE = 5  # frames before the pause that a trajectory is measured from
+PAUSE_LOCK_DRAWS = 20  # draws of random silent moments for the chance level
+
+
+def pause_locked_trajectory(
+    pitches: list[np.ndarray], moments: list[list[int]], window: tuple[int, int] = NOD_WINDOW
+) -> np.ndarray:
+    """Mean over every moment t of pitch[t : t + window[1]] minus the mean of the
+    `PAUSE_LOCK_BEFORE` frames before t; pitches [T] per conversation, moments per conversation
+    (frames with room on both sides). Returns [window[1]] (empty when there is no moment)."""
+    segments = [
+        np.asarray(x[t : t + window[1]], np.float64) - np.mean(x[t - PAUSE_LOCK_BEFORE : t])
+        for x, ts in zip(pitches, moments)
+        for t in ts
+    ]
+    return np.mean(segments, axis=0) if segments else np.zeros(0)
+
+
+def silent_moments(avatar_voiced: np.ndarray, window: tuple[int, int] = NOD_WINDOW) -> list[int]:
+    """Frames after the first second with the avatar silent through `window`: where a listener
+    pause could be."""
+    a = np.asarray(avatar_voiced, bool)
+    return [t for t in range(25, len(a) - window[1] + 1) if not a[t : t + window[1]].any()]
+
+
+def pause_lock(
+    pitches: list[np.ndarray], pauses: list[list[int]], silent: list[list[int]], seed: int = 0
+) -> tuple[float, float] | None:
+    """(RMS of the pause-locked trajectory, its chance level): the same RMS at as many random
+    silent moments per conversation as it has pauses, averaged over `PAUSE_LOCK_DRAWS` draws
+    (fixed seed, so a generated track and the truth are compared at the same moments).
+    None: no pause."""
+    if not any(pauses):
+        return None
+    locked = pause_locked_trajectory(pitches, pauses)
+    rng, chance = np.random.default_rng(seed), []
+    for _ in range(PAUSE_LOCK_DRAWS):
+        drawn = [
+            list(rng.choice(s, min(len(p), len(s)), replace=False)) if p and s else [] for p, s in zip(pauses, silent)
+        ]
+        chance.append(float(np.sqrt(np.mean(pause_locked_trajectory(pitches, drawn) ** 2))))
+    return float(np.sqrt(np.mean(locked**2))), float(np.mean(chance))
+
+
 def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
     """Cluster centres [k', D] (k' = min(k, distinct points)) by Lloyd's algorithm, k-means++ start."""
     rng = np.random.default_rng(seed)
@@ -227,6 +275,13 @@ def evaluate(
         if pairs:
             add("nod_response", [p[0] for p in pairs], [p[1] for p in pairs])
             table["listener_pauses"] = {"generated": float(count)}
+        pauses = [listener_pauses(c.user_voiced, c.avatar_voiced) for c in with_voicing]
+        silent = [silent_moments(c.avatar_voiced) for c in with_voicing]
+        generated = pause_lock([c.generated[:, groups.nod] for c in with_voicing], pauses, silent)
+        truth = pause_lock([c.truth[:, groups.nod] for c in with_voicing], pauses, silent)
+        if generated is not None and truth is not None:
+            table["pause_locked_pitch"] = {"generated": generated[0], "ground_truth": truth[0]}
+            table["pause_locked_pitch_chance"] = {"generated": generated[1], "ground_truth": truth[1]}
     return table
 
 

@@ -1,12 +1,17 @@
 """``avatarforcing eval --data DIR [--checkpoint CKPT] [--split heldout] [--out TABLE.md]
-[--json FILE] [--drop-user] [--nfe N] [--seed N] [--no-smoothing]``: sample every conversation
+[--json FILE] [--drop-user] [--nfe N] [--seed N] [--no-smoothing] [--guidance fixed|voice]``: sample every conversation
 side of the split with the streaming generator and print the metric table (markdown; JSON with
 --json), each metric for the generated motion and for the ground truth (jitter, variance,
-diversity, lip sync, smile mirroring, nod response; rPCC has no ground-truth value). Without ``--checkpoint``
+diversity, lip sync, smile mirroring, nod response, pause-locked head pitch; rPCC has no
+ground-truth value). Without ``--checkpoint``
 the embedded avatar shipped in the package is evaluated, so anyone can re-check
 docs/default_avatar.md. On the default motion space the generated motion goes through the
 `default` engine's output smoothing first (what a session shows); ``--no-smoothing`` evaluates
-the raw samples.
+the raw samples. Guidance: ``fixed`` (default) samples with ``[model]`` ``a_cfg_scale`` /
+``u_cfg_scale`` throughout; ``voice`` switches per block as a live session's speak/listen policy
+does: ``[session]`` ``speak_*_cfg`` while the avatar's voice was heard within
+``vad_release_ms``, ``listen_*_cfg`` otherwise (voice activity from the dataset's log-mel audio
+features; the default space only).
 Exit status 0 evaluated, 2 bad arguments or data.
 """
 
@@ -20,6 +25,7 @@ from rich.markup import escape
 
 from avatarforcing.plugin.api.errors import CommandError
 from avatarforcing.plugin.api.types import CommandSpec
+from avatarforcing.schemas.media_rates import FRAME_RATE
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -44,21 +50,45 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="evaluate the raw samples, without the default engine's output smoothing",
     )
+    parser.add_argument(
+        "--guidance",
+        choices=("fixed", "voice"),
+        default="fixed",
+        help="fixed: [model] guidance scales throughout; voice: the session's speak/listen scales per block",
+    )
 
 
 def _run(args: argparse.Namespace, context) -> int:
     from avatarforcing.engine.checkpoint_io import CheckpointError
     from avatarforcing.engine.embedded.smoothing import MotionSmoother
+    from avatarforcing.engine.sampler import GuidanceScales
     from avatarforcing.engine.training.dataset import DatasetError, read_manifest
     from avatarforcing.engine.training.evaluation import evaluate_checkpoint
     from avatarforcing.engine.training.metrics import markdown_table
 
+    config = context.load_config()
+    if args.guidance == "voice":
+        session = config.session
+        guidance = GuidanceScales(session.speak_a_cfg, session.speak_u_cfg)
+        listen = GuidanceScales(session.listen_a_cfg, session.listen_u_cfg)
+        release_frames = round(session.vad_release_ms * FRAME_RATE / 1000.0)
+    else:
+        guidance, listen, release_frames = GuidanceScales(config.model.a_cfg_scale, config.model.u_cfg_scale), None, 0
     try:
         smoothing = None
         if not args.no_smoothing and read_manifest(args.data).get("space") == "default":
             smoothing = MotionSmoother
         table = evaluate_checkpoint(
-            args.data, args.checkpoint, args.split, args.drop_user, args.nfe, seed=args.seed, smoothing=smoothing
+            args.data,
+            args.checkpoint,
+            args.split,
+            args.drop_user,
+            args.nfe,
+            guidance,
+            seed=args.seed,
+            smoothing=smoothing,
+            listen=listen,
+            release_frames=release_frames,
         )
     except (DatasetError, CheckpointError, ValueError) as error:
         raise CommandError(str(error), exit_code=2) from None

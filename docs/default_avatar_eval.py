@@ -6,7 +6,7 @@ Usage:
   python docs/default_avatar_eval.py smoothing --data DATASET [--seeds 0 1000 2000] [--checkpoint DIR]
   python docs/default_avatar_eval.py real [--shared PATH] [--seeds 20 21 22] [--out DIR] [--weights DIR]
   python docs/default_avatar_eval.py lipsync [--weights DIR] [--shared PATH] [--seeds 20 21 ... 29]
-  python docs/default_avatar_eval.py nods --data DATASET [--seed 0] [--drop-user] CHECKPOINT...
+  python docs/default_avatar_eval.py nods --data DATASET [--seed 0] [--drop-user] [--listen A U] [--smoothed] [--plot PNG] CHECKPOINT|packaged...
   python docs/default_avatar_eval.py history --data DATASET [--offsets 4 8 12 16] CHECKPOINT...
 
 `bench` streams 10 s of the sample conversation (avatar.wav + user.mp4, one tick per frame)
@@ -144,20 +144,14 @@ def _lag_frames(raw: np.ndarray, smoothed: np.ndarray, dims: tuple[int, ...]) ->
 
 
 def smoothing(args: argparse.Namespace) -> None:
-    from avatarforcing.engine.checkpoint_format import load_flow_transformer
     from avatarforcing.engine.embedded.audio_features import voiced_frames
-    from avatarforcing.engine.embedded.model import packaged_files
     from avatarforcing.engine.embedded.smoothing import MotionSmoother
     from avatarforcing.engine.training.dataset import ConversationDataset
     from avatarforcing.engine.training.losers import make_loser, sample_motion
     from avatarforcing.engine.training.metrics import ConversationMotion, evaluate, groups_for_space
 
     torch.set_num_threads(1)
-    if args.checkpoint:
-        model, _ = load_flow_transformer(args.checkpoint, "cpu")
-    else:
-        weights, config = packaged_files()
-        model, _ = load_flow_transformer(weights.parent, "cpu", weights_file=weights.name, config_file=config.name)
+    model = _load_model(args.checkpoint)
     dataset = ConversationDataset(args.data, "heldout")
     groups = groups_for_space(dataset.header.space, dataset.header.dim_w)
     items = [dataset[i] for i in range(len(dataset))]
@@ -188,6 +182,17 @@ def smoothing(args: argparse.Namespace) -> None:
         print(f"| {name} | {np.mean(values):.4f} +- {np.std(values):.4f} | n={len(values)} |")
 
 
+def _load_model(checkpoint: str):
+    """A trainer checkpoint folder's flow transformer, or the packaged model's ("" or "packaged")."""
+    from avatarforcing.engine.checkpoint_format import load_flow_transformer
+    from avatarforcing.engine.embedded.model import packaged_files
+
+    if checkpoint and checkpoint != "packaged":
+        return load_flow_transformer(checkpoint, "cpu")[0]
+    weights, config = packaged_files()
+    return load_flow_transformer(weights.parent, "cpu", weights_file=weights.name, config_file=config.name)[0]
+
+
 def _heldout_items(data: str) -> list[dict]:
     from avatarforcing.engine.training.dataset import ConversationDataset
 
@@ -215,8 +220,8 @@ def nods(args: argparse.Namespace) -> None:
     same at random silent moments, `metrics.pause_lock`), and `nod_response`; the ground
     truth's first. ``--listen A U`` samples as a session does (guidance (2, 1) while the avatar
     speaks, (A, U) while it listens); otherwise guidance (2, 1) throughout."""
-    from avatarforcing.engine.checkpoint_format import load_flow_transformer
     from avatarforcing.engine.embedded.audio_features import voiced_frames
+    from avatarforcing.engine.embedded.smoothing import MotionSmoother
     from avatarforcing.engine.guidance_schedule import VoicedGuidance
     from avatarforcing.engine.sampler import GuidanceScales
     from avatarforcing.engine.training.losers import make_loser, sample_motion
@@ -238,11 +243,23 @@ def nods(args: argparse.Namespace) -> None:
             f" (random silent moments: rms {chance:.3f}); nod_response {np.mean([r for r in responses if r is not None]):.2f}"
         )
 
+    curves = {}
+
+    def report(label: str, tracks: list[np.ndarray]) -> None:
+        """Print (and keep for the plot) the tracks' summary, and with --smoothed also the same
+        through the default engine's output smoothing (what the camera shows)."""
+        variants = [(label, tracks)]
+        if args.smoothed:
+            variants.append((f"{label}, smoothed", [MotionSmoother()(x, 0) for x in tracks]))
+        for name, shown in variants:
+            curves[name] = pause_locked_trajectory([x[:, pitch] for x in shown], pauses)
+            print(f"{name}: {summary(shown)}")
+
     speak = GuidanceScales(2.0, 1.0)
     print(f"{sum(len(p) for p in pauses)} listener pauses in {len(items)} sides")
-    print(f"ground truth: {summary([item['avatar_motion'].numpy() for item in items])}")
+    report("ground truth", [item["avatar_motion"].numpy() for item in items])
     for checkpoint in args.checkpoints:
-        model, _ = load_flow_transformer(checkpoint, "cpu")
+        model = _load_model(checkpoint)
         sample = make_loser if args.drop_user else sample_motion
         tracks = []
         for i, item in enumerate(items):
@@ -252,7 +269,24 @@ def nods(args: argparse.Namespace) -> None:
                 guidance = VoicedGuidance(voiced, speak, GuidanceScales(*args.listen))
             conditions = (item["avatar_audio"], item["user_audio"], item["user_motion"], item["reference"])
             tracks.append(sample(model, *conditions, 5, guidance, args.seed + i).numpy())
-        print(f"{checkpoint}: {summary(tracks)}")
+        report(checkpoint, tracks)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        degrees = float(MOTION_SPACE.scales[pitch])  # degrees per normalized unit
+        figure, axes = plt.subplots(figsize=(8, 4.5))
+        for label, curve in curves.items():
+            axes.plot(np.arange(len(curve)) / 25, curve * degrees, label=label)
+        axes.axhline(0, color="k", lw=0.5)
+        axes.set_xlabel("seconds after the user's listener pause")
+        axes.set_ylabel("mean head pitch change (degrees)")
+        axes.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(args.plot, dpi=90)
+        print(f"wrote {args.plot}")
 
 
 def history(args: argparse.Namespace) -> None:
@@ -449,7 +483,9 @@ def main() -> None:
         metavar=("A", "U"),
         help="listening guidance (the session's speak/listen switching)",
     )
-    nd.add_argument("checkpoints", nargs="+")
+    nd.add_argument("--smoothed", action="store_true", help="also through the default engine's output smoothing")
+    nd.add_argument("--plot", metavar="PNG", help="write the pause-locked trajectories (degrees) here")
+    nd.add_argument("checkpoints", nargs="+", help="trainer checkpoint folders, or 'packaged'")
     hist = sub.add_parser("history")
     hist.add_argument("--data", required=True)
     hist.add_argument(

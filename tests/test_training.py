@@ -207,6 +207,7 @@ def test_guidance_per_block_follows_the_avatars_voice_as_a_session_does():
     release time before a block's end, the listening scales otherwise; `sample_motion` sets
     them before each block (a constant schedule is the fixed guidance, bit for bit)."""
     from avatarforcing.engine.guidance_schedule import VoicedGuidance
+    from avatarforcing.engine.stream import MotionStream, generate
 
     speak, listen = GuidanceScales(2.0, 1.0), GuidanceScales(1.0, 3.0)
     voiced = np.zeros(60, bool)
@@ -231,6 +232,10 @@ def test_guidance_per_block_follows_the_avatars_voice_as_a_session_does():
         return speak
 
     fixed = sample_motion(tf, a, u, r, r_s, 4, speak, 3)
+    one_shot = generate(
+        MotionStream(tf, r_s[None], FlowMatchingEulerSampler(4), speak, seed=3), a[None], u[None], r[None]
+    )
+    assert torch.equal(fixed, one_shot[0])  # block by block is the one-shot stream
     assert torch.equal(sample_motion(tf, a, u, r, r_s, 4, constant, 3), fixed)
     clip, block = CFG.clip_frames, CFG.block_frames
     assert stops[: len(range(clip, 40 + block, block))] == list(range(clip, 40 + block, block))

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from avatarforcing.engine.flow_transformer import FlowTransformer
 from avatarforcing.engine.sampler import FlowMatchingEulerSampler, GuidanceScales
-from avatarforcing.engine.stream import MotionStream, generate
+from avatarforcing.engine.stream import MotionStream
 
 
 def null_user_conditions(user_audio: Tensor, user_motion: Tensor) -> tuple[Tensor, Tensor]:
@@ -39,16 +39,13 @@ def sample_motion(
     `guidance`: fixed scales, or scales per block from the frame the block ends before (e.g.
     `engine.guidance_schedule.VoicedGuidance`), set before each block as a live session does."""
     device = next(reference.parameters()).device
-    conditions = (avatar_audio[None].to(device), user_audio[None].to(device), user_motion[None].to(device))
-    if isinstance(guidance, GuidanceScales):
-        stream = MotionStream(reference, r_s[None].to(device), FlowMatchingEulerSampler(nfe), guidance, seed=seed)
-        return generate(stream, *conditions)[0].cpu()
+    scales_for = (lambda stop: guidance) if isinstance(guidance, GuidanceScales) else guidance
     stream = MotionStream(reference, r_s[None].to(device), FlowMatchingEulerSampler(nfe), seed=seed)
-    stream.push(*conditions)
+    stream.push(avatar_audio[None].to(device), user_audio[None].to(device), user_motion[None].to(device))
     stream.end()
     blocks = []
     while True:
-        stream.set_guidance(guidance(stream.next_stop))
+        stream.set_guidance(scales_for(stream.next_stop))
         if (block := stream.next_block()) is None:
             break
         blocks.append(block.latents)

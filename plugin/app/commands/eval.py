@@ -1,17 +1,16 @@
 """``avatarforcing eval --data DIR [--checkpoint CKPT] [--split heldout] [--out TABLE.md]
-[--json FILE] [--drop-user] [--nfe N] [--seed N] [--no-smoothing] [--guidance fixed|voice]``: sample every conversation
-side of the split with the streaming generator and print the metric table (markdown; JSON with
---json), each metric for the generated motion and for the ground truth (jitter, variance,
-diversity, lip sync, smile mirroring, nod response, pause-locked head pitch; rPCC has no
-ground-truth value). Without ``--checkpoint``
-the embedded avatar shipped in the package is evaluated, so anyone can re-check
-docs/default_avatar.md. On the default motion space the generated motion goes through the
-`default` engine's output smoothing first (what a session shows); ``--no-smoothing`` evaluates
-the raw samples. Guidance: ``fixed`` (default) samples with ``[model]`` ``a_cfg_scale`` /
-``u_cfg_scale`` throughout; ``voice`` switches per block as a live session's speak/listen policy
-does: ``[session]`` ``speak_*_cfg`` while the avatar's voice was heard within
-``vad_release_ms``, ``listen_*_cfg`` otherwise (voice activity from the dataset's log-mel audio
-features; the default space only).
+[--json FILE] [--drop-user] [--nfe N] [--seed N] [--no-smoothing] [--guidance fixed|voice]``:
+sample every conversation side of the split with the streaming generator and print the metric
+table (markdown; JSON with --json), each metric for the generated motion and for the ground
+truth (jitter, variance, diversity, lip sync, smile mirroring, nod response, pause-locked head
+pitch; rPCC has no ground-truth value). Without ``--checkpoint`` the embedded avatar shipped in
+the package is evaluated, so anyone can re-check docs/default_avatar.md. On the default motion
+space the generated motion goes through the `default` engine's output smoothing first (what a
+session shows); ``--no-smoothing`` evaluates the raw samples. Guidance: ``fixed`` (default)
+samples with ``[model]`` ``a_cfg_scale`` / ``u_cfg_scale`` throughout; ``voice`` switches per
+block as a live session's speak/listen policy does: ``[session]`` ``speak_*_cfg`` while the
+avatar's voice was heard within ``vad_release_ms``, ``listen_*_cfg`` otherwise (voice activity
+from the dataset's log-mel audio features; the default space only).
 Exit status 0 evaluated, 2 bad arguments or data.
 """
 

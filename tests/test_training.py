@@ -183,15 +183,20 @@ def test_error_weights_scale_each_frame_and_dim_of_the_flow_matching_loss():
 # -- losers ------------------------------------------------------------------------------------
 
 
-def test_losers_are_reference_samples_without_the_user():
-    tf = _random_transformer()
+def _conversation_tensors(frames: int = 40):
+    """Random avatar audio, user audio [frames, 8], user motion [frames, 4] and r_s [4] (seed 2)."""
     g = torch.Generator().manual_seed(2)
-    a, u, r, r_s = (
-        torch.randn(40, 8, generator=g),
-        torch.randn(40, 8, generator=g),
-        torch.randn(40, 4, generator=g),
+    return (
+        torch.randn(frames, 8, generator=g),
+        torch.randn(frames, 8, generator=g),
+        torch.randn(frames, 4, generator=g),
         torch.randn(4, generator=g),
     )
+
+
+def test_losers_are_reference_samples_without_the_user():
+    tf = _random_transformer()
+    a, u, r, r_s = _conversation_tensors()
     loser = make_loser(tf, a, u, r, r_s, nfe=4, seed=3)
     assert loser.shape == (40, 4)
     assert torch.equal(
@@ -218,13 +223,7 @@ def test_guidance_per_block_follows_the_avatars_voice_as_a_session_does():
     assert schedule(8) is listen
 
     tf = _random_transformer()
-    g = torch.Generator().manual_seed(2)
-    a, u, r, r_s = (
-        torch.randn(40, 8, generator=g),
-        torch.randn(40, 8, generator=g),
-        torch.randn(40, 4, generator=g),
-        torch.randn(4, generator=g),
-    )
+    a, u, r, r_s = _conversation_tensors()
     stops = []
 
     def constant(stop: int) -> GuidanceScales:

@@ -63,10 +63,13 @@ def evaluate_checkpoint(
     for index in range(len(dataset)):
         item = dataset[index]
         sample = make_loser if drop_user else sample_motion
-        schedule = guidance
-        if listen is not None:
-            voiced = voiced_frames(item["avatar_audio"].numpy())
-            schedule = VoicedGuidance(voiced, guidance, listen, release_frames)
+        user_voiced = avatar_voiced = None
+        if h.space == "default":  # log-mel audio features: voicing for the nod response and the schedule
+            user_voiced, avatar_voiced = (
+                voiced_frames(item["user_audio"].numpy()),
+                voiced_frames(item["avatar_audio"].numpy()),
+            )
+        schedule = guidance if listen is None else VoicedGuidance(avatar_voiced, guidance, listen, release_frames)
         generated = sample(
             model,
             item["avatar_audio"],
@@ -81,12 +84,6 @@ def evaluate_checkpoint(
         motion = generated.numpy()
         if smoothing is not None:
             motion = smoothing()(motion, 0)
-        user_voiced = avatar_voiced = None
-        if h.space == "default":  # log-mel audio features: voicing for the nod response
-            user_voiced, avatar_voiced = (
-                voiced_frames(item["user_audio"].numpy()),
-                voiced_frames(item["avatar_audio"].numpy()),
-            )
         conversations.append(
             ConversationMotion(
                 motion, item["avatar_motion"].numpy(), item["user_motion"].numpy(), energy, user_voiced, avatar_voiced

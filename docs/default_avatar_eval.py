@@ -8,6 +8,8 @@ Usage:
   python docs/default_avatar_eval.py lipsync [--weights DIR] [--shared PATH] [--seeds 20 21 ... 29]
   python docs/default_avatar_eval.py nods --data DATASET [--seed 0] [--drop-user] [--listen A U] [--smoothed] [--plot PNG] CHECKPOINT|packaged...
   python docs/default_avatar_eval.py history --data DATASET [--offsets 4 8 12 16] CHECKPOINT...
+  python docs/default_avatar_eval.py curves --out PNG [--shipped RUN] RUN...
+  python docs/default_avatar_eval.py sheet --out IMAGE [--first 100] [--every 12] [--count 10] VIDEO...
 
 `bench` streams 10 s of the sample conversation (avatar.wav + user.mp4, one tick per frame)
 through `DefaultEngine` (face tracking on; its generator on `--backend`, as `[model] backend`)
@@ -34,7 +36,10 @@ and its RMS over the 1.08-s window), the same RMS at as many random moments with
 silent (chance, mean of 20 draws), and `nod_response`; and the ground truth's.
 `history` asks whether a checkpoint continues the head motion of a clean history (what the
 stream's cache holds): the R^2 of its conditional mean of the next block's head pitch after
-the user's pauses and at random silent moments (see the function).
+the user's pauses and at random silent moments (see the function). `curves` plots the
+flow-matching loss of each training run (a folder holding the recipe's `stage1`, `stage1b` and
+`stage2` outputs), stage by stage, averaged over 50 steps. `sheet` writes a contact sheet: one row per video (e.g.
+the `real` renders of two weights at the same seed), the face region of every `--every`-th frame.
 """
 
 from __future__ import annotations
@@ -449,6 +454,63 @@ def lipsync(args: argparse.Namespace) -> None:
         )
 
 
+def curves(args: argparse.Namespace) -> None:
+    """The flow-matching loss of each run's three stages (`curves.jsonl` as the trainer logs it,
+    every 10 steps), as a 50-step running mean, one panel per stage; ``--shipped`` draws that run
+    thicker."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [
+        ("stage1", "stage 1 (lr 8e-4, batch 24)"),
+        ("stage1b", "stage 1 continued (lr 3e-4, batch 32)"),
+        ("stage2", "stage 2: FM + 0.1 x Diffusion-DPO"),
+    ]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    for run in args.runs:
+        for axis, (stage, title) in zip(axes, stages):
+            lines = (Path(run) / stage / "curves.jsonl").read_text().splitlines()
+            records = [json.loads(line) for line in lines if line.strip()]
+            steps = np.array([r["step"] for r in records])
+            loss = np.array([r["fm_loss"] for r in records])
+            mean = np.convolve(loss, np.ones(5) / 5, mode="valid")  # 5 records = 50 steps
+            shipped = Path(run) == Path(args.shipped) if args.shipped else False
+            label = f"{Path(run).name}{' (shipped)' if shipped else ''}"
+            axis.plot(steps[4:], mean, lw=2.2 if shipped else 1.0, label=label)
+            axis.set_title(title, fontsize=9)
+            axis.set_xlabel("step")
+    axes[0].set_ylabel("flow-matching loss (50-step mean)")
+    axes[0].set_yscale("log")
+    axes[-1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(args.out, dpi=80)
+    print(f"wrote {args.out}")
+
+
+def sheet(args: argparse.Namespace) -> None:
+    """Contact sheet of 512 x 512 renders: row r holds frames first, first + every, ... of video r,
+    cropped to the face (rows 60-420, columns 110-400) and shrunk to 145 x 180."""
+    import cv2
+
+    from avatarforcing.integrations.media import iter_video_frames
+
+    wanted = {args.first + k * args.every for k in range(args.count)}
+    rows = []
+    for video in args.videos:
+        tiles = [
+            cv2.resize(image[60:420, 110:400], (145, 180))
+            for index, (_, _, image) in enumerate(iter_video_frames(video))
+            if index in wanted
+        ]
+        rows.append(np.hstack(tiles))
+    cv2.imwrite(args.out, cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -496,6 +558,16 @@ def main() -> None:
     lip.add_argument("--weights", default="", help="weights folder (default: the packaged ones)")
     lip.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     lip.add_argument("--seeds", type=int, nargs="+", default=list(range(20, 30)))
+    cur = sub.add_parser("curves")
+    cur.add_argument("--out", required=True, help="PNG to write")
+    cur.add_argument("--shipped", default="", help="the run whose stage 2 is packaged (drawn thicker)")
+    cur.add_argument("runs", nargs="+", help="folders with stage1/, stage1b/, stage2/ trainer outputs")
+    sh = sub.add_parser("sheet")
+    sh.add_argument("--out", required=True, help="image to write (.png or .jpg)")
+    sh.add_argument("--first", type=int, default=100, help="first frame")
+    sh.add_argument("--every", type=int, default=12, help="frames between tiles")
+    sh.add_argument("--count", type=int, default=10, help="tiles per row")
+    sh.add_argument("videos", nargs="+", help="one row each")
     args = parser.parse_args()
     {
         "bench": bench,
@@ -505,6 +577,8 @@ def main() -> None:
         "lipsync": lipsync,
         "nods": nods,
         "history": history,
+        "curves": curves,
+        "sheet": sheet,
     }[args.what](args)
 
 

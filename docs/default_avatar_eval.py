@@ -471,15 +471,15 @@ def curves(args: argparse.Namespace) -> None:
         ("stage2", "stage 2: FM + 0.1 x Diffusion-DPO"),
     ]
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
-    for run in args.runs:
+    for run in map(Path, args.runs):
+        shipped = bool(args.shipped) and run == Path(args.shipped)
+        label = f"{run.name}{' (shipped)' if shipped else ''}"
         for axis, (stage, title) in zip(axes, stages):
-            lines = (Path(run) / stage / "curves.jsonl").read_text().splitlines()
+            lines = (run / stage / "curves.jsonl").read_text().splitlines()
             records = [json.loads(line) for line in lines if line.strip()]
             steps = np.array([r["step"] for r in records])
             loss = np.array([r["fm_loss"] for r in records])
             mean = np.convolve(loss, np.ones(5) / 5, mode="valid")  # 5 records = 50 steps
-            shipped = Path(run) == Path(args.shipped) if args.shipped else False
-            label = f"{Path(run).name}{' (shipped)' if shipped else ''}"
             axis.plot(steps[4:], mean, lw=2.2 if shipped else 1.0, label=label)
             axis.set_title(title, fontsize=9)
             axis.set_xlabel("step")
